@@ -1,0 +1,47 @@
+# Conspirator developer commands.  Everything installs what it needs into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit install bench-fractional bench-mig bench-scale clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '.[test]'
+	touch $(STAMP)
+
+# Tests run against the installed package, so reinstall the tree on every run.
+install: $(STAMP)
+	$(BIN)/pip install -q --no-deps --force-reinstall .
+
+# Quickstart 1: the main job on the local default (the simulator on the default trace).
+demo: install
+	$(BIN)/conspirator simulate --track fractional --seeds 2 --out out/demo
+	$(BIN)/conspirator simulate --track mig --seeds 2 --out out/demo
+
+# Quickstart 2: every check CI runs.
+test: install lint typecheck unit
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+typecheck:
+	$(BIN)/mypy --strict conspirator operator/ tests/ benchmarks/
+
+unit:
+	$(BIN)/pytest -n 2 -q
+
+bench-fractional: install
+	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd --policy bestfit --seeds 10 --out benchmarks/results/fractional
+
+bench-mig: install
+	$(BIN)/python benchmarks/mig_gap.py --out benchmarks/results/mig
+
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py --out benchmarks/results/scale
+
+clean:
+	rm -rf $(VENV) build *.egg-info out

@@ -1,0 +1,5 @@
+import sys
+
+from conspirator.cli import main
+
+sys.exit(main())

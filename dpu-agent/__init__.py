@@ -1,0 +1,1 @@
+"""DPU agent: moves request data into GPU input buffers (not built yet)."""

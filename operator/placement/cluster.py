@@ -1,0 +1,186 @@
+"""The cluster as the MIG placement engine sees it: nodes, GPUs and instances.
+
+A :class:`ClusterState` is the engine's working copy.  Policies mutate it while
+they decide; callers that want to keep the original pass ``state.copy()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from conspirator.operator.placement.gpus import GpuModel, MigLayoutError, MigProfile, Placement
+from conspirator.operator.placement.jobs import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A GPU instance (or a whole non-MIG GPU) serving one replica of one job."""
+
+    job_id: str
+    tenant: str
+    profile: MigProfile
+    start: int
+    throughput_rps: float
+    dedicated: bool = False
+
+    @property
+    def mask(self) -> int:
+        return self.profile.mask(self.start)
+
+
+@dataclass(slots=True)
+class GpuState:
+    """One physical GPU: its model, the instances on it and the resulting free space."""
+
+    node: str
+    index: int  # position of the GPU on its node
+    model: GpuModel
+    uid: int  # dense id in the cluster
+    instances: list[Instance] = field(default_factory=list)
+    used_mask: int = 0
+    compute_used: int = 0
+
+    @property
+    def uuid(self) -> str:
+        return f"GPU-{self.node}-{self.index}"
+
+    @property
+    def empty(self) -> bool:
+        return not self.instances
+
+    @property
+    def free_slots(self) -> int:
+        return self.model.slots - self.used_mask.bit_count()
+
+    @property
+    def free_compute(self) -> int:
+        return self.model.compute - self.compute_used
+
+    def tenants(self) -> set[str]:
+        return {i.tenant for i in self.instances}
+
+    def admits_tenant(self, tenant: str, dedicated: bool) -> bool:
+        """Whether a replica of ``tenant`` (dedicated or not) may join this GPU."""
+        for inst in self.instances:
+            if inst.tenant != tenant and (dedicated or inst.dedicated):
+                return False
+        return True
+
+    def free_starts(self, profile: MigProfile) -> list[int]:
+        """Start slices where ``profile`` fits next to the current instances."""
+        if profile.compute_slices > self.free_compute:
+            return []
+        if sum(1 for i in self.instances if i.profile.name == profile.name) >= profile.max_count:
+            return []
+        return [s for s in profile.starts if not (profile.mask(s) & self.used_mask)]
+
+    def add(self, inst: Instance) -> None:
+        if inst.mask & self.used_mask or inst.profile.compute_slices > self.free_compute:
+            raise MigLayoutError(
+                f"{inst.profile.name}@{inst.start} does not fit on {self.uuid} "
+                f"(used slices {self.used_mask:08b}, free compute {self.free_compute})"
+            )
+        if inst.start not in inst.profile.starts:
+            raise MigLayoutError(f"{inst.profile.name} cannot start at {inst.start}")
+        self.instances.append(inst)
+        self.used_mask |= inst.mask
+        self.compute_used += inst.profile.compute_slices
+
+    def remove_job(self, job_id: str) -> list[Instance]:
+        gone = [i for i in self.instances if i.job_id == job_id]
+        if gone:
+            self.instances = [i for i in self.instances if i.job_id != job_id]
+            self._recount()
+        return gone
+
+    def remove(self, inst: Instance) -> None:
+        self.instances.remove(inst)
+        self._recount()
+
+    def _recount(self) -> None:
+        self.used_mask = 0
+        self.compute_used = 0
+        for i in self.instances:
+            self.used_mask |= i.mask
+            self.compute_used += i.profile.compute_slices
+
+    def placements(self) -> list[Placement]:
+        return [Placement(i.profile, i.start) for i in self.instances]
+
+
+class ClusterState:
+    """All GPUs of a cluster and the jobs placed on them."""
+
+    def __init__(self, gpus: Iterable[tuple[str, GpuModel]] = ()) -> None:
+        self.gpus: list[GpuState] = []
+        self.jobs: dict[str, Job] = {}
+        self._where: dict[str, Counter[int]] = {}
+        per_node: Counter[str] = Counter()
+        for node, model in gpus:
+            self.add_gpu(node, model, per_node[node])
+            per_node[node] += 1
+
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[tuple[str, GpuModel, int]]) -> ClusterState:
+        """Build from ``(node name, GPU model, GPU count)`` triples."""
+        return cls((name, model) for name, model, count in nodes for _ in range(count))
+
+    def add_gpu(self, node: str, model: GpuModel, index: int) -> GpuState:
+        g = GpuState(node=node, index=index, model=model, uid=len(self.gpus))
+        self.gpus.append(g)
+        return g
+
+    def copy(self) -> ClusterState:
+        return copy.deepcopy(self)
+
+    # --- queries ------------------------------------------------------------------------
+
+    def models(self) -> dict[str, GpuModel]:
+        return {g.model.name: g.model for g in self.gpus}
+
+    def gpus_used(self) -> int:
+        return sum(1 for g in self.gpus if g.instances)
+
+    def replicas(self, job_id: str) -> Iterator[tuple[GpuState, Instance]]:
+        for uid in self._where.get(job_id, Counter()):
+            g = self.gpus[uid]
+            for inst in g.instances:
+                if inst.job_id == job_id:
+                    yield g, inst
+
+    def served_rps(self, job_id: str) -> float:
+        return sum(i.throughput_rps for _, i in self.replicas(job_id))
+
+    def unmet_rps(self, job_id: str) -> float:
+        return max(0.0, self.jobs[job_id].demand_rps - self.served_rps(job_id))
+
+    # --- changes ------------------------------------------------------------------------
+
+    def assign(self, job: Job, gpu: GpuState, profile: MigProfile, start: int,
+               throughput_rps: float) -> Instance:
+        """Place one replica of ``job`` on ``gpu`` at ``profile``/``start``."""
+        if not gpu.admits_tenant(job.tenant, job.dedicated_gpu):
+            raise MigLayoutError(f"{gpu.uuid} hosts another tenant; {job.id} needs isolation")
+        inst = Instance(job.id, job.tenant, profile, start, throughput_rps, job.dedicated_gpu)
+        gpu.add(inst)
+        self.jobs[job.id] = job
+        self._where.setdefault(job.id, Counter())[gpu.uid] += 1
+        return inst
+
+    def unassign(self, gpu: GpuState, inst: Instance) -> None:
+        gpu.remove(inst)
+        where = self._where[inst.job_id]
+        where[gpu.uid] -= 1
+        if where[gpu.uid] <= 0:
+            del where[gpu.uid]
+
+    def release(self, job_id: str) -> int:
+        """Remove every replica of ``job_id``; returns how many were removed."""
+        n = 0
+        for uid in self._where.pop(job_id, Counter()):
+            n += len(self.gpus[uid].remove_job(job_id))
+        self.jobs.pop(job_id, None)
+        return n
