@@ -25,10 +25,12 @@ class Instance:
     start: int
     throughput_rps: float
     dedicated: bool = False
+    time_share: float = 0.0
+    """Fraction of the whole GPU's time for a time-sliced replica (no MIG); 0 for an instance."""
 
     @property
     def mask(self) -> int:
-        return self.profile.mask(self.start)
+        return 0 if self.time_share else self.profile.mask(self.start)
 
 
 @dataclass(slots=True)
@@ -42,6 +44,8 @@ class GpuState:
     instances: list[Instance] = field(default_factory=list)
     used_mask: int = 0
     compute_used: int = 0
+    time_share_used: float = 0.0
+    memory_used_gib: float = 0.0  # by time-sliced replicas
 
     @property
     def uuid(self) -> str:
@@ -71,13 +75,18 @@ class GpuState:
 
     def free_starts(self, profile: MigProfile) -> list[int]:
         """Start slices where ``profile`` fits next to the current instances."""
-        if profile.compute_slices > self.free_compute:
+        if self.time_share_used or profile.compute_slices > self.free_compute:
             return []
         if sum(1 for i in self.instances if i.profile.name == profile.name) >= profile.max_count:
             return []
         return [s for s in profile.starts if not (profile.mask(s) & self.used_mask)]
 
     def add(self, inst: Instance) -> None:
+        if inst.time_share:
+            self._add_time_sliced(inst)
+            return
+        if self.time_share_used:
+            raise MigLayoutError(f"{self.uuid} is time-sliced; it cannot also be partitioned")
         if inst.mask & self.used_mask or inst.profile.compute_slices > self.free_compute:
             raise MigLayoutError(
                 f"{inst.profile.name}@{inst.start} does not fit on {self.uuid} "
@@ -88,6 +97,17 @@ class GpuState:
         self.instances.append(inst)
         self.used_mask |= inst.mask
         self.compute_used += inst.profile.compute_slices
+
+    def _add_time_sliced(self, inst: Instance) -> None:
+        if self.used_mask:
+            raise MigLayoutError(f"{self.uuid} is partitioned; it cannot also be time-sliced")
+        if self.time_share_used + inst.time_share > 1.0 + 1e-9:
+            raise MigLayoutError(f"{self.uuid} has only {1 - self.time_share_used:.3f} time left")
+        if self.memory_used_gib + inst.profile.memory_gib > self.model.memory_gib + 1e-9:
+            raise MigLayoutError(f"{self.uuid} lacks memory for another time-sliced replica")
+        self.instances.append(inst)
+        self.time_share_used += inst.time_share
+        self.memory_used_gib += inst.profile.memory_gib
 
     def remove_job(self, job_id: str) -> list[Instance]:
         gone = [i for i in self.instances if i.job_id == job_id]
@@ -103,9 +123,15 @@ class GpuState:
     def _recount(self) -> None:
         self.used_mask = 0
         self.compute_used = 0
+        self.time_share_used = 0.0
+        self.memory_used_gib = 0.0
         for i in self.instances:
-            self.used_mask |= i.mask
-            self.compute_used += i.profile.compute_slices
+            if i.time_share:
+                self.time_share_used += i.time_share
+                self.memory_used_gib += i.profile.memory_gib
+            else:
+                self.used_mask |= i.mask
+                self.compute_used += i.profile.compute_slices
 
     def placements(self) -> list[Placement]:
         return [Placement(i.profile, i.start) for i in self.instances]
@@ -160,11 +186,16 @@ class ClusterState:
     # --- changes ------------------------------------------------------------------------
 
     def assign(self, job: Job, gpu: GpuState, profile: MigProfile, start: int,
-               throughput_rps: float) -> Instance:
-        """Place one replica of ``job`` on ``gpu`` at ``profile``/``start``."""
+               throughput_rps: float, time_share: float = 0.0) -> Instance:
+        """Place one replica of ``job`` on ``gpu`` at ``profile``/``start``.
+
+        ``time_share`` > 0 places a time-sliced replica on an unpartitioned GPU instead
+        (the naive-sharing baseline); ``profile`` then gives its memory footprint.
+        """
         if not gpu.admits_tenant(job.tenant, job.dedicated_gpu):
             raise MigLayoutError(f"{gpu.uuid} hosts another tenant; {job.id} needs isolation")
-        inst = Instance(job.id, job.tenant, profile, start, throughput_rps, job.dedicated_gpu)
+        inst = Instance(job.id, job.tenant, profile, start, throughput_rps, job.dedicated_gpu,
+                        time_share)
         gpu.add(inst)
         self.jobs[job.id] = job
         self._where.setdefault(job.id, Counter())[gpu.uid] += 1

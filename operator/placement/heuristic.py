@@ -1,0 +1,202 @@
+"""The Conspirator heuristic: heterogeneity- and MIG-aware greedy with consolidation.
+
+Per job, demand is covered replica by replica.  Each step picks the option
+(GPU, profile, start) with the most *useful* throughput per share of a GPU,
+``min(throughput, remaining demand) / slot_cost``, looking first at free
+space on GPUs already in use (it costs no new GPU), then at empty GPUs.  The
+last replica of a job is therefore the smallest slice that covers what is left,
+which leaves holes other jobs can use.  Starts are chosen to block the fewest
+other placements.
+
+``replan`` computes a fresh plan (jobs in decreasing size, then consolidation:
+the emptiest GPUs are drained into holes elsewhere) and, under a migration
+budget, falls back to draining GPUs of the current plan one by one while moves
+remain in the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from conspirator.operator.placement.cluster import ClusterState, GpuState, Instance
+from conspirator.operator.placement.common import (
+    Option,
+    best_start,
+    count_migrations,
+    finish_job,
+    job_options,
+    record,
+    replica_map,
+)
+from conspirator.operator.placement.decision import Decision
+from conspirator.operator.placement.gpus import GpuModel
+from conspirator.operator.placement.jobs import Job
+from conspirator.operator.placement.objective import DEMAND_TOLERANCE, score
+from conspirator.operator.placement.throughput import ThroughputTable
+
+
+def _size(job: Job, options: Sequence[Option]) -> float:
+    """Estimated GPUs a job needs at its most efficient option (for ordering)."""
+    if not options:
+        return 0.0
+    eff = max(o.throughput / o.cost for o in options)
+    return job.demand_rps / eff
+
+
+class ConspiratorHeuristic:
+    """The project's policy (name ``conspirator``)."""
+
+    name = "conspirator"
+
+    def __init__(self, consolidate: bool = True) -> None:
+        self.consolidate = consolidate
+
+    # --- public entry points ------------------------------------------------------------
+
+    def place(self, state: ClusterState, jobs: Sequence[Job], table: ThroughputTable) -> Decision:
+        t0 = time.perf_counter()
+        dec = Decision(self.name)
+        models = list(state.models().values())
+        opts = {j.id: job_options(j, models, table) for j in jobs}
+        order = sorted(jobs, key=lambda j: (-j.priority, not j.dedicated_gpu,
+                                            -_size(j, opts[j.id])))
+        for job in order:
+            self._place_job(state, job, opts[job.id], dec, models)
+        dec.solve_seconds = time.perf_counter() - t0
+        return dec
+
+    def replan(self, state: ClusterState, jobs: Sequence[Job], table: ThroughputTable,
+               migration_budget: int | None = None) -> Decision:
+        t0 = time.perf_counter()
+        before = replica_map(state)
+        # Candidate A: keep what runs, place the rest, drain GPUs within the budget.
+        a = state.copy()
+        dec_a = self.place(a, [j for j in jobs if j.id not in a.jobs], table)
+        moves_a = self._drain(a, table, budget=migration_budget)
+        # Candidate B: a fresh plan, if its migrations fit the budget.
+        b_state = state.copy()
+        for jid in list(b_state.jobs):
+            b_state.release(jid)
+        dec_b = self.place(b_state, jobs, table)
+        if self.consolidate:
+            self._drain(b_state, table, budget=None)
+        moves_b = count_migrations(before, replica_map(b_state))
+        pick_b = (migration_budget is None or moves_b <= migration_budget) and (
+            score(b_state, jobs).value < score(a, jobs).value
+        )
+        chosen, dec, moves = (b_state, dec_b, moves_b) if pick_b else (a, dec_a, moves_a)
+        state.__dict__.update(chosen.__dict__)
+        dec.migrations = moves
+        dec.placed = []
+        for g in state.gpus:
+            for i in g.instances:
+                record(dec, g, i)
+        dec.solve_seconds = time.perf_counter() - t0
+        return dec
+
+    # --- one job ------------------------------------------------------------------------
+
+    def _place_job(self, state: ClusterState, job: Job, options: Sequence[Option],
+                   dec: Decision, models: Sequence[GpuModel],
+                   exclude: GpuState | None = None, holes_only: bool = False) -> bool:
+        added: list[tuple[GpuState, Instance]] = []
+        remaining = job.demand_rps - state.served_rps(job.id)
+        by_model: dict[str, list[Option]] = {}
+        for o in options:
+            by_model.setdefault(o.model.name, []).append(o)
+        while remaining > job.demand_rps * DEMAND_TOLERANCE:
+            pick = self._best_hole(state, job, by_model, remaining, exclude)
+            if pick is None and not holes_only:
+                pick = self._best_new(state, job, by_model, remaining)
+            if pick is None:
+                break
+            gpu, opt, start = pick
+            inst = state.assign(job, gpu, opt.profile, start, opt.throughput)
+            added.append((gpu, inst))
+            remaining -= opt.throughput
+        return finish_job(state, job, dec, added, models, options)
+
+    @staticmethod
+    def _value(opt: Option, remaining: float) -> tuple[float, float]:
+        return (min(opt.throughput, remaining) / opt.cost, -opt.cost)
+
+    def _best_hole(self, state: ClusterState, job: Job, by_model: dict[str, list[Option]],
+                   remaining: float, exclude: GpuState | None
+                   ) -> tuple[GpuState, Option, int] | None:
+        best: tuple[GpuState, Option, int] | None = None
+        best_key: tuple[float, float, int] | None = None
+        for g in state.gpus:
+            if not g.instances or g is exclude or g.time_share_used:
+                continue
+            opts = by_model.get(g.model.name)
+            if not opts or not g.admits_tenant(job.tenant, job.dedicated_gpu):
+                continue
+            for o in opts:
+                starts = g.free_starts(o.profile)
+                if not starts:
+                    continue
+                v, c = self._value(o, remaining)
+                # Prefer the fullest GPU among equals: it leaves the others' holes whole.
+                key = (v, c, -g.free_slots)
+                if best_key is None or key > best_key:
+                    best_key = key
+                    best = (g, o, best_start(g, o.profile, starts))
+        return best
+
+    def _best_new(self, state: ClusterState, job: Job, by_model: dict[str, list[Option]],
+                  remaining: float) -> tuple[GpuState, Option, int] | None:
+        best: tuple[GpuState, Option, int] | None = None
+        best_key: tuple[float, float] | None = None
+        seen: set[str] = set()
+        for g in state.gpus:
+            if g.instances or g.model.name in seen:
+                continue
+            seen.add(g.model.name)
+            for o in by_model.get(g.model.name, ()):
+                key = self._value(o, remaining)
+                if best_key is None or key > best_key:
+                    best_key = key
+                    best = (g, o, best_start(g, o.profile, list(o.profile.starts)))
+        return best
+
+    # --- consolidation ------------------------------------------------------------------
+
+    def _drain(self, state: ClusterState, table: ThroughputTable, budget: int | None) -> int:
+        """Empty lightly used GPUs by moving their replicas into holes elsewhere.
+
+        Returns the number of replicas moved.  A GPU is drained only when all of its
+        replicas' demand fits elsewhere and the moves fit in ``budget``.
+        """
+        models = list(state.models().values())
+        moved = 0
+        improved = True
+        while improved:
+            improved = False
+            used = sorted((g for g in state.gpus if g.instances),
+                          key=lambda g: (g.model.slots - g.free_slots) / g.model.slots)
+            for g in used:
+                n = len(g.instances)
+                if budget is not None and moved + n > budget:
+                    continue
+                if self._try_drain(state, g, table, models):
+                    moved += n
+                    improved = True
+                    break
+        return moved
+
+    def _try_drain(self, state: ClusterState, gpu: GpuState, table: ThroughputTable,
+                   models: Sequence[GpuModel]) -> bool:
+        trial = state.copy()
+        tg = trial.gpus[gpu.uid]
+        jobs = {i.job_id: trial.jobs[i.job_id] for i in tg.instances}
+        for i in list(tg.instances):
+            trial.unassign(tg, i)
+        scratch = Decision(self.name)
+        for job in sorted(jobs.values(), key=lambda j: -j.demand_rps):
+            opts = job_options(job, models, table)
+            if not self._place_job(trial, job, opts, scratch, models, exclude=tg,
+                                   holes_only=True):
+                return False
+        state.__dict__.update(trial.__dict__)
+        return True

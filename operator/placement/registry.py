@@ -1,0 +1,34 @@
+"""Policy names -> implementations, for the operator and the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conspirator.operator.placement.baselines import BestFit, Gavel, NaiveSharing, WholeGpu
+from conspirator.operator.placement.heuristic import ConspiratorHeuristic
+from conspirator.operator.placement.policy import PlacementPolicy
+
+
+def _milp() -> PlacementPolicy:
+    from conspirator.operator.placement.milp import MilpPolicy
+
+    return MilpPolicy()
+
+
+MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
+    "conspirator": ConspiratorHeuristic,
+    "milp": _milp,
+    "whole-gpu": WholeGpu,
+    "naive-sharing": NaiveSharing,
+    "bestfit": BestFit,
+    "gavel": Gavel,
+}
+
+
+def mig_policy(name: str) -> PlacementPolicy:
+    try:
+        return MIG_POLICIES[name]()
+    except KeyError:
+        raise KeyError(
+            f"unknown MIG-track policy {name!r}; known: {', '.join(MIG_POLICIES)}"
+        ) from None
