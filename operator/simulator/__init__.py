@@ -1,0 +1,1 @@
+"""The trace-driven simulator of placement policies (both evaluation tracks)."""

@@ -1,0 +1,100 @@
+"""Summaries of MIG-track runs: the CSV file, the terminal table, the plot."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from conspirator.operator.simulator.mig import MigRunResult
+
+COLUMNS = ("workload", "policy", "seed", "jobs", "gpu_hours", "peak_gpus", "slo_miss_jobs",
+           "slo_miss_pct", "never_served_jobs", "waiting_job_hours", "migrations",
+           "decision_p50_ms", "decision_p99_ms", "mip_gap_max")
+
+
+def _row(workload: str, r: MigRunResult) -> dict[str, str]:
+    return {
+        "workload": workload, "policy": r.policy, "seed": str(r.seed), "jobs": str(r.jobs),
+        "gpu_hours": f"{r.gpu_hours:.3f}", "peak_gpus": str(r.peak_gpus),
+        "slo_miss_jobs": str(r.slo_miss_jobs), "slo_miss_pct": f"{r.slo_miss_pct:.2f}",
+        "never_served_jobs": str(r.never_served_jobs),
+        "waiting_job_hours": f"{r.waiting_job_hours:.3f}", "migrations": str(r.migrations),
+        "decision_p50_ms": f"{r.decision_pct(50):.3f}",
+        "decision_p99_ms": f"{r.decision_pct(99):.3f}",
+        "mip_gap_max": f"{max(r.mip_gaps):.6f}" if r.mip_gaps else "",
+    }
+
+
+def means(results: Sequence[MigRunResult]) -> dict[str, dict[str, float]]:
+    """Policy -> mean of each numeric metric over seeds."""
+    out: dict[str, dict[str, float]] = {}
+    for pol in dict.fromkeys(r.policy for r in results):
+        rs = [r for r in results if r.policy == pol]
+        out[pol] = {
+            "gpu_hours": statistics.fmean(r.gpu_hours for r in rs),
+            "peak_gpus": statistics.fmean(r.peak_gpus for r in rs),
+            "slo_miss_pct": statistics.fmean(r.slo_miss_pct for r in rs),
+            "waiting_job_hours": statistics.fmean(r.waiting_job_hours for r in rs),
+            "migrations": statistics.fmean(r.migrations for r in rs),
+            "decision_p50_ms": statistics.fmean(r.decision_pct(50) for r in rs),
+            "decision_p99_ms": statistics.fmean(r.decision_pct(99) for r in rs),
+        }
+    return out
+
+
+def write_summary(workload: str, results: Sequence[MigRunResult], path: Path) -> None:
+    """One row per (policy, seed), then one ``seed=mean`` row per policy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in results:
+            w.writerow(_row(workload, r))
+        for pol, m in means(results).items():
+            n = sum(1 for r in results if r.policy == pol)
+            w.writerow({"workload": workload, "policy": pol, "seed": "mean",
+                        "jobs": str(sum(r.jobs for r in results if r.policy == pol) // n),
+                        **{k: f"{v:.3f}" for k, v in m.items()}})
+
+
+def table(results: Sequence[MigRunResult], baseline: str = "naive-sharing") -> Table:
+    m = means(results)
+    t = Table(title="MIG track (mean over seeds)")
+    for col in ("policy", "GPU-hours", f"vs {baseline}", "peak GPUs", "SLO miss %",
+                "waiting job-h", "migrations", "decision p50 ms", "p99 ms"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    base = m.get(baseline, {}).get("gpu_hours")
+    for pol, v in m.items():
+        rel = f"{100 * (v['gpu_hours'] / base - 1):+.1f}%" if base else "-"
+        t.add_row(pol, f"{v['gpu_hours']:.1f}", rel, f"{v['peak_gpus']:.1f}",
+                  f"{v['slo_miss_pct']:.1f}", f"{v['waiting_job_hours']:.1f}",
+                  f"{v['migrations']:.1f}", f"{v['decision_p50_ms']:.2f}",
+                  f"{v['decision_p99_ms']:.2f}")
+    return t
+
+
+def plot(results: Sequence[MigRunResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = means(results)
+    pols = list(m)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].bar(pols, [m[p]["gpu_hours"] for p in pols], color="tab:blue")
+    axes[0].set_ylabel("GPU-hours (mean over seeds)")
+    axes[0].set_title("GPU-hours")
+    axes[1].bar(pols, [m[p]["slo_miss_pct"] for p in pols], color="tab:red")
+    axes[1].set_ylabel("jobs missing their SLO at arrival (%)")
+    axes[1].set_title("SLO misses")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
