@@ -36,6 +36,9 @@ class Option:
 
 
 def job_options(job: Job, models: Iterable[GpuModel], table: ThroughputTable) -> list[Option]:
+    """Feasible options of ``job``; none when its model has no throughput profile."""
+    if job.model not in table.models:
+        return []
     out: list[Option] = []
     for m in models:
         for p in m.planning_profiles:
@@ -45,7 +48,10 @@ def job_options(job: Job, models: Iterable[GpuModel], table: ThroughputTable) ->
     return out
 
 
-def infeasible_reason(job: Job, models: Iterable[GpuModel]) -> str:
+def infeasible_reason(job: Job, models: Iterable[GpuModel], table: ThroughputTable) -> str:
+    if job.model not in table.models:
+        return (f"model {job.model!r} has no throughput profile (known: "
+                f"{', '.join(sorted(table.models))})")
     names = sorted(m.name for m in models if job.allows(m.name))
     if not names:
         allowed = sorted(job.allowed_gpus or ())
@@ -86,7 +92,8 @@ def record(dec: Decision, gpu: GpuState, inst: Instance) -> None:
 
 
 def finish_job(state: ClusterState, job: Job, dec: Decision, added: list[tuple[GpuState, Instance]],
-               models: Iterable[GpuModel], options: Sequence[Option]) -> bool:
+               models: Iterable[GpuModel], options: Sequence[Option],
+               table: ThroughputTable) -> bool:
     """All-or-nothing: keep ``added`` if the job's demand is met, else roll back and explain."""
     served = state.served_rps(job.id)
     if demand_met(served, job.demand_rps):
@@ -96,7 +103,7 @@ def finish_job(state: ClusterState, job: Job, dec: Decision, added: list[tuple[G
     for g, i in added:
         state.unassign(g, i)
     if not options:
-        reason = infeasible_reason(job, models)
+        reason = infeasible_reason(job, models, table)
     else:
         kinds = sorted({f"{o.model.name}/{o.profile.name}" for o in options})
         more = f" and {len(kinds) - 4} more" if len(kinds) > 4 else ""

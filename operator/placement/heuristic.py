@@ -62,7 +62,7 @@ class ConspiratorHeuristic:
         order = sorted(jobs, key=lambda j: (-j.priority, not j.dedicated_gpu,
                                             -_size(j, opts[j.id])))
         for job in order:
-            self._place_job(state, job, opts[job.id], dec, models)
+            self._place_job(state, job, opts[job.id], dec, models, table)
         dec.solve_seconds = time.perf_counter() - t0
         return dec
 
@@ -98,7 +98,7 @@ class ConspiratorHeuristic:
     # --- one job ------------------------------------------------------------------------
 
     def _place_job(self, state: ClusterState, job: Job, options: Sequence[Option],
-                   dec: Decision, models: Sequence[GpuModel],
+                   dec: Decision, models: Sequence[GpuModel], table: ThroughputTable,
                    exclude: GpuState | None = None, holes_only: bool = False) -> bool:
         added: list[tuple[GpuState, Instance]] = []
         remaining = job.demand_rps - state.served_rps(job.id)
@@ -115,7 +115,7 @@ class ConspiratorHeuristic:
             inst = state.assign(job, gpu, opt.profile, start, opt.throughput)
             added.append((gpu, inst))
             remaining -= opt.throughput
-        return finish_job(state, job, dec, added, models, options)
+        return finish_job(state, job, dec, added, models, options, table)
 
     @staticmethod
     def _value(opt: Option, remaining: float) -> tuple[float, float]:
@@ -195,7 +195,7 @@ class ConspiratorHeuristic:
         scratch = Decision(self.name)
         for job in sorted(jobs.values(), key=lambda j: -j.demand_rps):
             opts = job_options(job, models, table)
-            if not self._place_job(trial, job, opts, scratch, models, exclude=tg,
+            if not self._place_job(trial, job, opts, scratch, models, table, exclude=tg,
                                    holes_only=True):
                 return False
         state.__dict__.update(trial.__dict__)
