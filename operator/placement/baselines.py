@@ -19,8 +19,8 @@ None of them migrates: ``replan`` places what is not yet placed.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 
 from conspirator.operator.placement.cluster import ClusterState, GpuState, Instance
 from conspirator.operator.placement.common import Option, best_start, finish_job, job_options
@@ -29,6 +29,7 @@ from conspirator.operator.placement.gpus import GpuModel
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE
 from conspirator.operator.placement.throughput import ThroughputTable
+
 
 def _full(opts: Sequence[Option], model: GpuModel) -> Option | None:
     full = model.full_profile if model.mig_capable else model.whole
@@ -122,20 +123,20 @@ class BestFit(_Greedy):
         best_free = 1 << 30
         first_empty: tuple[GpuState, Option, int, float] | None = None
         for g in state.gpus:
-            o = smallest.get(g.model.name)
-            if o is None or not g.admits_tenant(job.tenant, job.dedicated_gpu):
+            so = smallest.get(g.model.name)
+            if so is None or not g.admits_tenant(job.tenant, job.dedicated_gpu):
                 continue
-            starts = g.free_starts(o.profile)
+            starts = g.free_starts(so.profile)
             if not starts:
                 continue
             if not g.instances:
                 if first_empty is None:
-                    first_empty = (g, o, best_start(g, o.profile, starts), 0.0)
+                    first_empty = (g, so, best_start(g, so.profile, starts), 0.0)
                 continue
-            left = g.free_slots - o.profile.memory_slices
+            left = g.free_slots - so.profile.memory_slices
             if left < best_free:
                 best_free = left
-                best = (g, o, best_start(g, o.profile, starts), 0.0)
+                best = (g, so, best_start(g, so.profile, starts), 0.0)
         return best or first_empty
 
 

@@ -17,6 +17,7 @@ the simulator and tests use :func:`default_table`, derived as documented in
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -176,7 +177,7 @@ def _interp_share(table: dict[int, float], share: float) -> float:
     x = share * 7
     if x <= xs[0]:
         return table[xs[0]] * x / xs[0]
-    for lo, hi in zip(xs, xs[1:], strict=False):
+    for lo, hi in itertools.pairwise(xs):
         if lo <= x <= hi:
             t = (x - lo) / (hi - lo)
             return table[lo] + t * (table[hi] - table[lo])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) ->
                 results.append(run_mig(
                     nodes, events, mig_policy(pol), table, seed,
                     replan_every_s=args.replan_every, migration_budget=args.migration_budget,
-                    progress=lambda n, task=task: prog.advance(task, n)))
+                    progress=functools.partial(prog.advance, task)))
                 prog.remove_task(task)
     out: Path = args.out
     mig_report.write_summary(workload, results, out / "mig_summary.csv")

@@ -13,6 +13,7 @@ gap where the policy is the MILP.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import statistics
 import time
@@ -101,7 +102,7 @@ def run_mig(nodes: Sequence[NodeSpec], events: Sequence[JobEvent], policy: Place
             ev = by_id[jid]
             active.add(jid)
             heapq.heappush(queue, (now + ev.duration_s, DEPART, 0, jid))
-            dec = decide(lambda ev=ev: policy.place(state, [ev.job], table))
+            dec = decide(functools.partial(policy.place, state, [ev.job], table))
             unplaced = {u.job_id: u for u in dec.unplaced}
             if jid in unplaced:
                 waiting[jid] = now

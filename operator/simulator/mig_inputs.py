@@ -14,6 +14,7 @@ Every error names the file, the row (1 = first data row) and the field.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -118,8 +119,8 @@ def load_nodes(path: Path) -> list[NodeSpec]:
         if count == 0:
             continue
         mem = _field(path, n, row, "gpu_memory_gib", _pos_float, "memory in GiB > 0", -1.0)
-        model = _field(path, n, row, "model",
-                       lambda s: gpu_model(s, None if mem < 0 else mem), "a known GPU model")
+        model = _field(path, n, row, "model", functools.partial(
+            gpu_model, memory_gib=None if mem < 0 else mem), "a known GPU model")
         nodes.append(NodeSpec(row["sn"] or f"node-{n}", model, count))
     if not nodes:
         raise InputError(f"{path.name}: no node with a GPU")
