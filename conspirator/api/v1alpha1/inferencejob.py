@@ -1,0 +1,266 @@
+"""``InferenceJob``: serve a model at a request rate under a p99 latency SLO."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from conspirator.api.v1alpha1.common import (
+    AGE_COLUMN,
+    API_VERSION,
+    DNS_LABEL,
+    MODEL_NAME,
+    PROFILE_OR_WHOLE,
+    ApiModel,
+    Condition,
+    CRDInfo,
+    GPUModel,
+    GPUModelName,
+    ObjectMeta,
+    PrinterColumn,
+    cel,
+    conditions_field,
+    k8s_extra,
+)
+
+
+class ModelSpec(ApiModel):
+    """The model to serve and the worker image that serves it."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=MODEL_NAME)
+    """Model name in the profile catalog (``spec.model`` of a ModelProfile), e.g. ``resnet50``."""
+    image: str = Field(min_length=1, max_length=512)
+    """Container image of the model worker."""
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    """Arguments passed to the worker container."""
+
+
+class Demand(ApiModel):
+    """What one job asks for: load, latency and memory."""
+
+    requests_per_second: float = Field(gt=0, le=10_000_000)
+    """Request rate to serve, summed over all replicas (requests/s)."""
+    p99_latency_ms: float = Field(gt=0, le=600_000)
+    """Latency SLO: 99th percentile of request latency, in milliseconds."""
+    gpu_memory_gib: float = Field(gt=0, le=1024, alias="gpuMemoryGiB")
+    """GPU memory one replica needs, in GiB (decides the smallest MIG profile that fits)."""
+
+
+class Isolation(ApiModel):
+    """Tenant isolation requirements."""
+
+    dedicated_gpu: bool = Field(default=False, alias="dedicatedGPU")
+    """When true, no other tenant's job shares a physical GPU with any replica of this job."""
+
+
+_MIGRATION_RULE = cel(
+    "self.allowed || !has(self.disruptionBudget)",
+    "disruptionBudget may be set only when migration is allowed",
+    field_path=".disruptionBudget",
+)
+
+
+class MigrationPolicy(ApiModel):
+    """Whether the periodic global re-plan may move this job's replicas."""
+
+    model_config = ConfigDict(json_schema_extra=k8s_extra(validations=[_MIGRATION_RULE]))
+
+    allowed: bool = True
+    """Replicas may be moved to other GPUs or profiles by a re-plan."""
+    disruption_budget: int | None = Field(default=None, ge=1, le=1024)
+    """At most this many replicas move at once (absent: 1).  Only with ``allowed: true``."""
+
+    @model_validator(mode="after")
+    def _budget_needs_allowed(self) -> MigrationPolicy:
+        if not self.allowed and self.disruption_budget is not None:
+            raise ValueError(_MIGRATION_RULE["message"])
+        return self
+
+
+class DType(StrEnum):
+    """Element type of the input tensor."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT32 = "int32"
+    INT64 = "int64"
+
+
+MAX_DIM = 1 << 20
+"""Largest dimension of an input tensor."""
+
+
+class DataPath(ApiModel):
+    """Shape of the request data the DPU agent writes into each replica's input buffer."""
+
+    input_shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(min_length=1, max_length=8)
+    """Shape of one request's input tensor (without the batch dimension), e.g. ``[3, 224, 224]``."""
+    dtype: DType = Field(default=DType.FLOAT32, strict=False)
+    """Element type of the input tensor."""
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    """Largest batch a worker runs; the input buffer holds this many requests."""
+
+
+_TENANT_IMMUTABLE = cel(
+    "has(self.tenant) == has(oldSelf.tenant)"
+    " && (!has(self.tenant) || self.tenant == oldSelf.tenant)",
+    "tenant is immutable",
+    field_path=".tenant",
+)
+
+
+class InferenceJobSpec(ApiModel):
+    """Desired state of an InferenceJob."""
+
+    model_config = ConfigDict(json_schema_extra=k8s_extra(validations=[_TENANT_IMMUTABLE]))
+
+    model: ModelSpec
+    """The model to serve."""
+    demand: Demand
+    """Load, latency SLO and memory per replica."""
+    data_path: DataPath
+    """Input tensor the DPU agent delivers to the workers."""
+    allowed_accelerators: list[GPUModelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(GPUModel),
+        json_schema_extra=k8s_extra(list_type="set"),
+    )
+    """GPU models this job may run on (absent: any).  No duplicates."""
+    isolation: Isolation = Field(default_factory=Isolation, json_schema_extra=k8s_extra(default={}))
+    """Isolation from other tenants."""
+    tenant: str | None = Field(default=None, min_length=1, max_length=63, pattern=DNS_LABEL)
+    """Tenant owning the job (absent: the job's namespace).  Immutable."""
+    priority: int = Field(default=0, ge=0, le=1000)
+    """Weight of unmet demand in the placement objective (higher is more important)."""
+    migration: MigrationPolicy = Field(
+        default_factory=MigrationPolicy, json_schema_extra=k8s_extra(default={})
+    )
+    """Whether and how fast re-planning may move this job's replicas."""
+
+    @field_validator("allowed_accelerators")
+    @classmethod
+    def _unique(cls, models: list[GPUModel] | None) -> list[GPUModel] | None:
+        if models is not None:
+            seen: set[GPUModel] = set()
+            for m in models:
+                if m in seen:
+                    raise ValueError(f"duplicate value {m.value!r}")
+                seen.add(m)
+        return models
+
+
+class JobPhase(StrEnum):
+    """Where a job is in its life."""
+
+    PENDING = "Pending"
+    """Accepted, not placed yet."""
+    UNSCHEDULABLE = "Unschedulable"
+    """No placement meets the demand with the GPUs there are."""
+    PARTITIONING = "Partitioning"
+    """Placed; waiting for the nodes to apply the MIG layouts."""
+    STARTING = "Starting"
+    """Layouts applied; workers starting."""
+    RUNNING = "Running"
+    """Workers ready; the data path is up."""
+    DEGRADED = "Degraded"
+    """Running below the demand (replicas lost or an SLO at risk)."""
+    FAILED = "Failed"
+    """Cannot run (bad image, model unknown to the profile catalog, ...)."""
+
+
+class ConditionType(StrEnum):
+    """Condition types of an InferenceJob."""
+
+    PLACED = "Placed"
+    PARTITIONED = "Partitioned"
+    READY = "Ready"
+    DATA_PATH_READY = "DataPathReady"
+
+
+class ReplicaStatus(ApiModel):
+    """Where one replica runs."""
+
+    node: str = Field(min_length=1, max_length=253)
+    """Node (and GPUNode) name."""
+    gpu_uuid: str | None = Field(default=None, max_length=128, alias="gpuUUID")
+    """UUID of the physical GPU."""
+    gpu_model: str = Field(min_length=1, max_length=64)
+    """GPU model, as in the placement catalog."""
+    mig_profile: str = Field(max_length=32, pattern=PROFILE_OR_WHOLE)
+    """MIG profile of the replica's GPU instance, or ``whole`` for a whole GPU."""
+    start_slice: int | None = Field(default=None, ge=0, le=7)
+    """First memory slice of the GPU instance (MIG placement start)."""
+    device_id: str | None = Field(default=None, max_length=128, alias="deviceID")
+    """Device id the device plugin advertises (the MIG device UUID on real GPUs)."""
+
+
+class InferenceJobStatus(ApiModel):
+    """Observed state of an InferenceJob, written by the operator."""
+
+    phase: JobPhase | None = Field(default=None, strict=False)
+    """Summary of the job's state."""
+    replicas: list[ReplicaStatus] = Field(default_factory=list, max_length=256)
+    """One entry per placed replica."""
+    replica_count: int | None = Field(default=None, ge=0, le=256)
+    """Number of replicas placed (``len(replicas)``, for ``kubectl get``)."""
+    profiles: str | None = Field(default=None, max_length=256)
+    """Summary of the replicas' profiles, e.g. ``2x3g.40gb,1x1g.10gb``."""
+    estimated_throughput: float | None = Field(default=None, ge=0)
+    """Throughput the placement is estimated to serve, in requests/s (from the ModelProfile)."""
+    demand: float | None = Field(default=None, ge=0)
+    """The demand (requests/s) the placement was made for."""
+    conditions: list[Condition] = conditions_field(
+        "Placed, Partitioned, Ready, DataPathReady (standard metav1.Condition shape)."
+    )
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` this status was computed from."""
+    client_endpoint: str | None = Field(default=None, max_length=256)
+    """Where clients send requests (``host:port`` of the DPU agent)."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Human-readable detail on the phase."""
+
+
+class InferenceJob(ApiModel):
+    """A model to serve at a request rate under a p99 latency SLO, for one tenant."""
+
+    api_version: Literal["conspirator.io/v1alpha1"] = API_VERSION
+    kind: Literal["InferenceJob"] = "InferenceJob"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: InferenceJobSpec
+    status: InferenceJobStatus | None = None
+
+    crd: ClassVar[CRDInfo]
+
+    @property
+    def tenant(self) -> str:
+        """The effective tenant: ``spec.tenant``, else the namespace, else ``default``."""
+        return self.spec.tenant or self.metadata.namespace or "default"
+
+
+InferenceJob.crd = CRDInfo(
+    kind="InferenceJob",
+    plural="inferencejobs",
+    singular="inferencejob",
+    scope="Namespaced",
+    short_names=("ij",),
+    spec_model=InferenceJobSpec,
+    status_model=InferenceJobStatus,
+    printer_columns=(
+        PrinterColumn("Phase", "string", ".status.phase", "Phase of the job"),
+        PrinterColumn("Replicas", "integer", ".status.replicaCount", "Replicas placed"),
+        PrinterColumn("Profiles", "string", ".status.profiles", "MIG profiles of the replicas"),
+        PrinterColumn(
+            "Throughput", "number", ".status.estimatedThroughput", "Estimated requests/s"
+        ),
+        PrinterColumn("Demand", "number", ".spec.demand.requestsPerSecond", "Demand, requests/s"),
+        PrinterColumn("Model", "string", ".spec.model.name", "Model name", priority=1),
+        PrinterColumn("Tenant", "string", ".spec.tenant", "Tenant (empty: namespace)", priority=1),
+        AGE_COLUMN,
+    ),
+)
