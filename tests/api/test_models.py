@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ from conspirator.api.v1alpha1 import (
     InferenceJobStatus,
     JobPhase,
     ReplicaStatus,
+    profile_summary,
+    set_condition,
 )
 
 from .helpers import EXAMPLES, load_yaml
@@ -202,3 +207,36 @@ def test_gpunode_spec_defaults_to_empty() -> None:
         {"apiVersion": API_VERSION, "kind": "GPUNode", "metadata": {"name": "n"}}
     )
     assert node.spec.gpus == []
+
+
+def test_profile_summary() -> None:
+    def rep(profile: str) -> ReplicaStatus:
+        return ReplicaStatus(node="n", gpu_model="A100-80GB", mig_profile=profile)
+
+    assert profile_summary([]) == ""
+    reps = [rep("1g.10gb"), rep("3g.40gb"), rep("3g.40gb")]
+    assert profile_summary(reps) == "2x3g.40gb,1x1g.10gb"
+
+
+def test_set_condition_keeps_transition_time_while_status_holds() -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    t1 = t0 + timedelta(minutes=5)
+    conds: list[Condition] = []
+    assert set_condition(conds, "Placed", ConditionStatus.FALSE, "NoCapacity", now=t0)
+    assert not set_condition(conds, "Placed", ConditionStatus.FALSE, "NoCapacity", now=t1)
+    assert set_condition(conds, "Placed", ConditionStatus.FALSE, "Waiting", "msg", now=t1)
+    assert conds[0].last_transition_time == t0 and conds[0].reason == "Waiting"
+    assert set_condition(conds, "Placed", ConditionStatus.TRUE, "Placed", now=t1)
+    assert conds[0].last_transition_time == t1
+    assert set_condition(conds, "Ready", ConditionStatus.UNKNOWN, "Starting", now=t1)
+    assert [c.type for c in conds] == ["Placed", "Ready"]
+
+
+def test_api_imports_no_component() -> None:
+    code = (
+        "import sys, conspirator.api, conspirator.api.crdgen, conspirator.api.docgen\n"
+        "bad = [m for m in sys.modules if m.startswith(('conspirator.operator',"
+        " 'conspirator.deviceplugin', 'conspirator.dpu_agent'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-P", "-c", code], check=True, cwd=EXAMPLES.parent)

@@ -19,6 +19,7 @@ from conspirator.api.v1alpha1.common import (
     GPUModel,
     ObjectMeta,
     PrinterColumn,
+    set_condition,
 )
 from conspirator.api.v1alpha1.gpunode import (
     DPUStatus,
@@ -44,6 +45,7 @@ from conspirator.api.v1alpha1.inferencejob import (
     MigrationPolicy,
     ModelSpec,
     ReplicaStatus,
+    profile_summary,
 )
 from conspirator.api.v1alpha1.modelprofile import (
     ModelProfile,
@@ -122,5 +124,7 @@ __all__ = [
     "ReplicaStatus",
     "Resource",
     "load",
+    "profile_summary",
+    "set_condition",
     "valid_start",
 ]

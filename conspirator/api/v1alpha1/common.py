@@ -14,7 +14,7 @@ only the API server can check them).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
@@ -160,6 +160,43 @@ class Condition(ApiModel):
     """Programmatic identifier of the reason for the last transition, in CamelCase."""
     message: str = Field(max_length=32768)
     """Human-readable details about the transition; may be empty."""
+
+
+def set_condition(
+    conditions: list[Condition],
+    type: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str = "",
+    *,
+    observed_generation: int | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Add or update the condition ``type`` in place, the way Kubernetes controllers do.
+
+    ``lastTransitionTime`` changes only when the status changes.  Returns True
+    when anything changed (so the caller knows whether to write the status).
+    """
+    stamp = (now or datetime.now(UTC)).replace(microsecond=0)
+    new = Condition(
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=observed_generation,
+        last_transition_time=stamp,
+    )
+    for i, old in enumerate(conditions):
+        if old.type != type:
+            continue
+        if old.status == status:
+            new = new.model_copy(update={"last_transition_time": old.last_transition_time})
+        if new == old:
+            return False
+        conditions[i] = new
+        return True
+    conditions.append(new)
+    return True
 
 
 CONDITIONS_EXTRA = k8s_extra(list_type="map", list_map_keys=["type"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
@@ -198,6 +200,13 @@ class ReplicaStatus(ApiModel):
     """First memory slice of the GPU instance (MIG placement start)."""
     device_id: str | None = Field(default=None, max_length=128, alias="deviceID")
     """Device id the device plugin advertises (the MIG device UUID on real GPUs)."""
+
+
+def profile_summary(replicas: Sequence[ReplicaStatus]) -> str:
+    """The ``status.profiles`` text: ``<count>x<profile>`` by decreasing count, e.g.
+    ``2x3g.40gb,1x1g.10gb`` (empty for no replica)."""
+    counts = Counter(r.mig_profile for r in replicas)
+    return ",".join(f"{n}x{p}" for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 class InferenceJobStatus(ApiModel):
