@@ -44,26 +44,68 @@ def _size(job: Job, options: Sequence[Option]) -> float:
     return job.demand_rps / eff
 
 
-class ConspiratorHeuristic:
-    """The project's policy (name ``conspirator``)."""
+class GreedyHeuristic:
+    """The greedy (name ``greedy``): sub-millisecond arrivals, bounded-time batches."""
 
-    name = "conspirator"
+    name = "greedy"
 
-    def __init__(self, consolidate: bool = True) -> None:
+    def __init__(self, consolidate: bool = True, retries: int = 6,
+                 price_step: float = 1.5) -> None:
         self.consolidate = consolidate
+        self.retries = retries
+        self.price_step = price_step
+        self._prices: dict[str, float] = {}
 
     # --- public entry points ------------------------------------------------------------
 
     def place(self, state: ClusterState, jobs: Sequence[Job], table: ThroughputTable) -> Decision:
+        """Place ``jobs``; in a batch, jobs left out for lack of capacity go first in a retry.
+
+        Greedy order matters when capacity is scarce (a flexible job may take the only
+        GPUs a constrained one can use), so a batch is retried up to ``retries`` times
+        with the jobs that failed moved to the front, keeping the best plan.
+        """
         t0 = time.perf_counter()
-        dec = Decision(self.name)
         models = list(state.models().values())
         opts = {j.id: job_options(j, models, table) for j in jobs}
-        order = sorted(jobs, key=lambda j: (-j.priority, not j.dedicated_gpu,
+        n_models = {j.id: len({o.model.name for o in opts[j.id]}) for j in jobs}
+        order = sorted(jobs, key=lambda j: (-j.priority, not j.dedicated_gpu, n_models[j.id],
                                             -_size(j, opts[j.id])))
+        if len(jobs) == 1 or not self.retries:
+            dec = self._place_in_order(state, order, opts, models, table)
+            dec.solve_seconds = time.perf_counter() - t0
+            return dec
+        base = state.copy()
+        candidates: list[tuple[float, ClusterState, Decision]] = []
+        trial = base.copy()
+        dec = self._place_in_order(trial, order, opts, models, table)
+        candidates.append((score(trial, jobs).value, trial, dec))
+        prices: dict[str, float] = {}
+        for _ in range(self.retries):
+            failed = [j for j in order if j.id in dec.unplaced_ids() and opts[j.id]]
+            if not failed:
+                break
+            # Scarce models get dearer, so flexible jobs move off them; the jobs
+            # that failed go first.
+            for m in {o.model.name for j in failed for o in opts[j.id]}:
+                prices[m] = prices.get(m, 1.0) * self.price_step
+            self._prices = prices
+            order = failed + [j for j in order if j not in failed]
+            trial = base.copy()
+            dec = self._place_in_order(trial, order, opts, models, table)
+            candidates.append((score(trial, jobs).value, trial, dec))
+        self._prices = {}
+        _, best, dec = min(candidates, key=lambda c: c[0])
+        state.__dict__.update(best.__dict__)
+        dec.solve_seconds = time.perf_counter() - t0
+        return dec
+
+    def _place_in_order(self, state: ClusterState, order: Sequence[Job],
+                        opts: dict[str, list[Option]], models: Sequence[GpuModel],
+                        table: ThroughputTable) -> Decision:
+        dec = Decision(self.name)
         for job in order:
             self._place_job(state, job, opts[job.id], dec, models, table)
-        dec.solve_seconds = time.perf_counter() - t0
         return dec
 
     def replan(self, state: ClusterState, jobs: Sequence[Job], table: ThroughputTable,
@@ -117,9 +159,9 @@ class ConspiratorHeuristic:
             remaining -= opt.throughput
         return finish_job(state, job, dec, added, models, options, table)
 
-    @staticmethod
-    def _value(opt: Option, remaining: float) -> tuple[float, float]:
-        return (min(opt.throughput, remaining) / opt.cost, -opt.cost)
+    def _value(self, opt: Option, remaining: float) -> tuple[float, float]:
+        price = self._prices.get(opt.model.name, 1.0)
+        return (min(opt.throughput, remaining) / (opt.cost * price), -opt.cost)
 
     def _best_hole(self, state: ClusterState, job: Job, by_model: dict[str, list[Option]],
                    remaining: float, exclude: GpuState | None

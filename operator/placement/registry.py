@@ -5,19 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from conspirator.operator.placement.baselines import BestFit, Gavel, NaiveSharing, WholeGpu
-from conspirator.operator.placement.heuristic import ConspiratorHeuristic
+from conspirator.operator.placement.conspirator import ConspiratorPolicy
+from conspirator.operator.placement.heuristic import GreedyHeuristic
+from conspirator.operator.placement.milp import MilpPolicy
 from conspirator.operator.placement.policy import PlacementPolicy
 
 
-def _milp() -> PlacementPolicy:
-    from conspirator.operator.placement.milp import MilpPolicy
-
-    return MilpPolicy()
-
-
 MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
-    "conspirator": ConspiratorHeuristic,
-    "milp": _milp,
+    "conspirator": ConspiratorPolicy,
+    "greedy": GreedyHeuristic,
+    "milp": MilpPolicy,
     "whole-gpu": WholeGpu,
     "naive-sharing": NaiveSharing,
     "bestfit": BestFit,

@@ -6,7 +6,7 @@ import pytest
 
 from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.gpus import gpu_model
-from conspirator.operator.placement.heuristic import ConspiratorHeuristic
+from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.registry import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
@@ -24,7 +24,7 @@ def small(jid: str, tenant: str = "t", dedicated: bool = False, rps: float = 50.
 
 def test_small_job_gets_one_smallest_slice() -> None:
     state = cluster("A100-80GB")
-    dec = ConspiratorHeuristic().place(state, [small("a")], TABLE)
+    dec = GreedyHeuristic().place(state, [small("a")], TABLE)
     assert [r.profile for r in dec.placed] == ["1g.10gb"]
     # Small instances go to the high end so the low starts stay free for 3g/4g/7g.
     assert dec.placed[0].start == 6
@@ -32,13 +32,13 @@ def test_small_job_gets_one_smallest_slice() -> None:
 
 def test_second_job_fills_the_hole_before_opening_a_gpu() -> None:
     state = cluster("A100-80GB", per_node=2)
-    ConspiratorHeuristic().place(state, [small("a"), small("b")], TABLE)
+    GreedyHeuristic().place(state, [small("a"), small("b")], TABLE)
     assert state.gpus_used() == 1
 
 
 def test_dedicated_tenants_never_share_a_gpu() -> None:
     state = cluster("A100-80GB", per_node=2)
-    dec = ConspiratorHeuristic().place(
+    dec = GreedyHeuristic().place(
         state, [small("a", "t1", dedicated=True), small("b", "t2")], TABLE)
     assert not dec.unplaced
     assert state.gpus_used() == 2
@@ -47,14 +47,14 @@ def test_dedicated_tenants_never_share_a_gpu() -> None:
 
 def test_same_tenant_may_share_a_dedicated_gpu() -> None:
     state = cluster("A100-80GB")
-    dec = ConspiratorHeuristic().place(
+    dec = GreedyHeuristic().place(
         state, [small("a", "t1", dedicated=True), small("b", "t1")], TABLE)
     assert not dec.unplaced and state.gpus_used() == 1
 
 
 def test_isolation_that_cannot_be_met_is_reported() -> None:
     state = cluster("A100-80GB")
-    h = ConspiratorHeuristic()
+    h = GreedyHeuristic()
     assert not h.place(state, [small("a", "t1")], TABLE).unplaced
     dec = h.place(state, [small("b", "t2", dedicated=True)], TABLE)
     [u] = dec.unplaced
@@ -64,7 +64,7 @@ def test_isolation_that_cannot_be_met_is_reported() -> None:
 def test_job_too_big_for_any_profile_is_unplaced_with_reason() -> None:
     state = cluster("A100-40GB")
     job = Job("big", "resnet50", 10.0, 50.0, 60.0)
-    dec = ConspiratorHeuristic().place(state, [job], TABLE)
+    dec = GreedyHeuristic().place(state, [job], TABLE)
     [u] = dec.unplaced
     assert u.job_id == "big" and "60 GiB" in u.reason and u.unmet_rps == 10.0
     assert state.gpus_used() == 0
@@ -72,13 +72,13 @@ def test_job_too_big_for_any_profile_is_unplaced_with_reason() -> None:
 
 def test_unknown_model_is_unplaced_not_raised() -> None:
     state = cluster("A100-80GB")
-    dec = ConspiratorHeuristic().place(state, [Job("x", "gpt-17", 1.0, 50.0, 1.0)], TABLE)
+    dec = GreedyHeuristic().place(state, [Job("x", "gpt-17", 1.0, 50.0, 1.0)], TABLE)
     assert "no throughput profile" in dec.unplaced[0].reason
 
 
 def test_capacity_shortfall_rolls_back_partial_replicas() -> None:
     state = cluster("T4")
-    dec = ConspiratorHeuristic().place(state, [small("a", rps=5000.0)], TABLE)
+    dec = GreedyHeuristic().place(state, [small("a", rps=5000.0)], TABLE)
     [u] = dec.unplaced
     assert "insufficient capacity" in u.reason
     assert state.gpus_used() == 0 and not dec.placed
@@ -87,13 +87,13 @@ def test_capacity_shortfall_rolls_back_partial_replicas() -> None:
 def test_heterogeneity_prefers_the_gpu_with_more_throughput_per_share() -> None:
     state = ClusterState.from_nodes([("slow", gpu_model("T4"), 1),
                                      ("fast", gpu_model("H100-80GB"), 1)])
-    dec = ConspiratorHeuristic().place(state, [small("a", rps=600.0)], TABLE)
+    dec = GreedyHeuristic().place(state, [small("a", rps=600.0)], TABLE)
     assert {r.node for r in dec.placed} == {"fast"}
 
 
 def test_replan_consolidates_fragmented_gpus_within_budget() -> None:
     state = cluster("A100-80GB", per_node=3)
-    h = ConspiratorHeuristic()
+    h = GreedyHeuristic()
     jobs = [small(f"j{k}") for k in range(3)]
     table = TABLE
     # Spread one small job per GPU by hand: a fragmented starting point.
