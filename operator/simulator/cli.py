@@ -12,9 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from conspirator.cli import UsageError
+from conspirator.operator.placement.fractional.registry import POLICIES as FRACTIONAL_POLICIES
 from conspirator.operator.placement.registry import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
-from conspirator.operator.simulator import mig_report
+from conspirator.operator.simulator import fractional, fractional_report, mig_report
+from conspirator.operator.simulator.data_paths import alibaba
 from conspirator.operator.simulator.mig import MigRunResult, run_mig
 from conspirator.operator.simulator.mig_inputs import (
     InputError,
@@ -24,6 +26,7 @@ from conspirator.operator.simulator.mig_inputs import (
     load_jobs,
     load_nodes,
 )
+from conspirator.operator.simulator.traces import TraceError
 
 FIRST_SEED = 42  # FGD's seeds are 42..51; both tracks use the same numbering
 
@@ -103,4 +106,33 @@ def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) ->
 
 
 def _run_fractional(args: argparse.Namespace, policies: list[str], console: Console) -> int:
-    raise UsageError("the fractional track is not wired yet")
+    unknown = [p for p in policies if p not in FRACTIONAL_POLICIES]
+    if unknown:
+        raise UsageError(f"unknown fractional policy {', '.join(unknown)}; "
+                         f"known: {', '.join(FRACTIONAL_POLICIES)}")
+    nodes = args.nodes or alibaba("openb_node_list_gpu_node.csv")
+    pods = args.pods or alibaba("openb_pod_list_default.csv")
+    if nodes is None or pods is None:
+        raise UsageError("no trace found: pass --nodes and --pods, or set CONSPIRATOR_DATA "
+                         "to the folder holding alibaba-gpu-v2023/")
+    runs = len(policies) * args.seeds
+    with _progress(console) as prog:
+        task = prog.add_task("fractional runs", total=runs)
+
+        def advance(done: int, total: int, what: str) -> None:
+            prog.update(task, completed=done, description=f"fractional: {what}")
+
+        try:
+            rows = fractional.run_fractional(nodes, pods, policies, args.seeds, advance)
+        except TraceError as exc:
+            raise UsageError(str(exc)) from None
+    out: Path = args.out
+    fractional.write_summary(rows, out / "fractional_summary.csv")
+    published_path = alibaba("fgd-expected-results/summary_mean_by_load.csv")
+    published = (fractional.read_summary(published_path)
+                 if published_path is not None and published_path.is_file() else [])
+    console.print(fractional_report.table(rows, published))
+    if not args.no_plot:
+        fractional_report.plot(rows, published, out / "fractional_summary.png")
+    console.print(f"wrote {out / 'fractional_summary.csv'}")
+    return 0
