@@ -40,7 +40,7 @@ def test_writes_the_published_long_format(trace: tuple[Path, Path], tmp_path: Pa
     assert {r["workload"] for r in rows} == {"pods"}
     assert {r["metric"] for r in rows} == {"gpu_alloc_ratio_pct", "frag_ratio_pct_of_idle",
                                            "frag_amount_pct"}
-    assert {r["n_seeds"] for r in rows} <= {"1", "2"} and rows[0]["n_seeds"] == "2"
+    assert "2" in {r["n_seeds"] for r in rows} <= {"1", "2"}
     assert (out / "fractional_summary.png").stat().st_size > 0
 
 
