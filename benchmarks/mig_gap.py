@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import mig_instances  # noqa: E402
-from mig_instances import make_instance  # noqa: E402
+import mig_instances
+from mig_instances import make_instance
 
-from conspirator.operator.placement.heuristic import GreedyHeuristic  # noqa: E402
-from conspirator.operator.placement.milp import MilpPolicy  # noqa: E402
-from conspirator.operator.placement.common import job_options  # noqa: E402
-from conspirator.operator.placement.objective import E2_UNMET, score  # noqa: E402
-from conspirator.operator.placement.throughput import default_table  # noqa: E402
+from conspirator.operator.placement.common import job_options
+from conspirator.operator.placement.heuristic import GreedyHeuristic
+from conspirator.operator.placement.milp import MilpPolicy
+from conspirator.operator.placement.objective import E2_UNMET, score
+from conspirator.operator.placement.throughput import default_table
 
 SIZES = (20, 50, 100, 150, 200)
 
@@ -96,7 +96,7 @@ def main() -> int:
                   f"({r.heuristic_s:.2f}s) milp={r.milp_value:.1f} ({r.milp_s:.1f}s, "
                   f"optimal={r.milp_optimal}) gap={r.gap_pct:+.2f}%", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    fields = list(Row.__dataclass_fields__) + ["gap_pct"]
+    fields = [*Row.__dataclass_fields__, "gap_pct"]
     with (args.out / f"{args.name}.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(fields)

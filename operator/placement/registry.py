@@ -10,7 +10,6 @@ from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.milp import MilpPolicy
 from conspirator.operator.placement.policy import PlacementPolicy
 
-
 MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
     "conspirator": ConspiratorPolicy,
     "greedy": GreedyHeuristic,

@@ -12,7 +12,7 @@ from conspirator.operator.placement.objective import score
 from conspirator.operator.placement.throughput import default_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from mig_instances import make_instance  # noqa: E402
+from mig_instances import make_instance
 
 TABLE = default_table()
 
