@@ -34,7 +34,7 @@ typecheck:
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests $(CURDIR)/benchmarks
 
 unit:
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -q
 
 bench-fractional: install
 	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd --policy bestfit --seeds 10 --out benchmarks/results/fractional
