@@ -36,14 +36,23 @@ typecheck:
 unit:
 	$(BIN)/pytest -q
 
+# Benchmarks: each writes its results under benchmarks/results/ (committed).
 bench-fractional: install
-	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd --policy bestfit --seeds 10 --out benchmarks/results/fractional
+	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd \
+		--policy bestfit --policy random --policy dotprod --policy gpupacking \
+		--policy gpuclustering --seeds 10 --out benchmarks/results/fractional
 
 bench-mig: install
-	$(BIN)/python benchmarks/mig_gap.py --out benchmarks/results/mig
+	$(BIN)/conspirator simulate --track mig --policy conspirator --policy greedy \
+		--policy naive-sharing --policy bestfit --policy gavel --policy whole-gpu \
+		--seeds 10 --out benchmarks/results/mig
+	$(BIN)/python benchmarks/mig_gap.py --sizes 20 50 100 150 200 --seeds 4 \
+		--gpus-per-job 0.9 --name mig_gap_slack --out benchmarks/results/mig
+	$(BIN)/python benchmarks/mig_gap.py --sizes 20 50 100 150 200 --seeds 4 \
+		--gpus-per-job 0.45 --name mig_gap_tight --out benchmarks/results/mig
 
 bench-scale: install
-	$(BIN)/python benchmarks/scale.py --out benchmarks/results/scale
+	$(BIN)/python benchmarks/fractional_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info out
