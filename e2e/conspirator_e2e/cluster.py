@@ -509,7 +509,7 @@ class Cluster:
     def _kubelet_healthy(self) -> bool:
         url = f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"
         with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
 
     # ---- kubectl ------------------------------------------------------------------------
 
@@ -1219,7 +1219,7 @@ def ensure_cgroup_root() -> None:
 
 
 def _cgroup_dirs_deepest_first() -> list[Path]:
-    dirs = []
+    dirs: list[Path] = []
     for h in cgroup_hierarchies():
         root = h / CGROUP_ROOT
         if root.is_dir():
@@ -1230,7 +1230,7 @@ def _cgroup_dirs_deepest_first() -> list[Path]:
 def kill_cgroup_processes() -> None:
     """SIGKILL every process in the kubelet's cgroup tree (containers that outlived their pod)."""
     for _ in range(50):
-        pids = set()
+        pids: set[int] = set()
         for d in _cgroup_dirs_deepest_first():
             with contextlib.suppress(OSError):
                 pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())

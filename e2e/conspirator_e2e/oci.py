@@ -99,8 +99,8 @@ def build_layer(spec: ImageSpec) -> tuple[bytes, str]:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(entries):
-            data, mode = entries[name]
-            _tar_add(tar, name, data, mode)
+            content, perm = entries[name]
+            _tar_add(tar, name, content, perm)
     tar_bytes = raw.getvalue()
     gz = io.BytesIO()
     with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, compresslevel=6) as f:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client
 
@@ -27,13 +27,18 @@ def pod_phase_in(core: client.CoreV1Api, ns: str, name: str,
                  phases: set[str]) -> Callable[[], client.V1Pod | None]:
     def probe() -> client.V1Pod | None:
         pod = core.read_namespaced_pod(name, ns)
-        return pod if pod.status.phase in phases else None
+        return pod if pod.status is not None and pod.status.phase in phases else None
 
     return probe
 
 
 def scheduled_condition(pod: client.V1Pod) -> client.V1PodCondition | None:
-    for cond in pod.status.conditions or []:
+    for cond in (pod.status.conditions if pod.status else None) or []:
         if cond.type == "PodScheduled":
             return cond
     return None
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A kubernetes client model as a plain dict (snake_case keys), for terse, typed access."""
+    return cast(dict[str, Any], obj.to_dict())

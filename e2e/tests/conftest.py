@@ -46,7 +46,9 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def api(cluster: Cluster) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(cluster.paths.kubeconfig))
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.paths.kubeconfig))
+    return api
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,14 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conspirator_e2e.cluster import REPO, Cluster
-from conspirator_e2e.testing import wait_until
+from conspirator_e2e.testing import as_dict, wait_until
 from kubernetes import client, dynamic
 from kubernetes.dynamic.exceptions import DynamicApiError
 
@@ -29,7 +30,7 @@ def yaml_files(d: Path) -> list[Path]:
 
 
 def crd_docs() -> list[dict[str, Any]]:
-    docs = []
+    docs: list[dict[str, Any]] = []
     for f in yaml_files(CRD_DIR):
         docs.extend(d for d in yaml.safe_load_all(f.read_text())
                     if d and d.get("kind") == "CustomResourceDefinition")
@@ -50,19 +51,20 @@ def crds(cluster: Cluster, api: client.ApiClient) -> Iterator[dict[str, dict[str
         assert proc.returncode == 0, f"{doc['metadata']['name']} refused: {proc.stderr}"
 
     def established(name: str) -> bool:
-        conds = ext.read_custom_resource_definition(name).status.conditions or []
-        ok = {c.type for c in conds if c.status == "True"}
+        crd = as_dict(ext.read_custom_resource_definition(name))
+        conds = (crd.get("status") or {}).get("conditions") or []
+        ok = {c["type"] for c in conds if c["status"] == "True"}
         return {"Established", "NamesAccepted"} <= ok
 
     for doc in docs:
         name = doc["metadata"]["name"]
-        wait_until(f"CRD {name} to be established", lambda n=name: established(n), 60)
+        wait_until(f"CRD {name} to be established", partial(established, name), 60)
     yield {f"{d['spec']['group']}/{d['spec']['names']['kind']}": d for d in docs}
 
 
 @pytest.fixture(scope="module")
 def dyn(api: client.ApiClient, crds: dict[str, dict[str, Any]]) -> dynamic.DynamicClient:
-    return dynamic.DynamicClient(api)  # after the CRDs, so discovery sees them
+    return dynamic.DynamicClient(api)  # type: ignore[no-untyped-call]  # after the CRDs
 
 
 def test_crds_exist() -> None:
@@ -140,8 +142,9 @@ def test_bad_object_is_refused(path: Path, crds: dict[str, dict[str, Any]],
     try:
         _create(dyn, crds, obj, namespace)
     except DynamicApiError as e:
-        assert e.status in (400, 422), f"{path.name}: HTTP {e.status}: {e.summary()}"
-        message = e.body if isinstance(e.body, str) else e.body.decode()
+        body: Any = e.body
+        message = body.decode() if isinstance(body, bytes) else str(body)
+        assert e.status in (400, 422), f"{path.name}: HTTP {e.status}: {message}"
         for want in expected:
             assert want in message, f"{path.name}: {want!r} not in the API server's {message}"
         return

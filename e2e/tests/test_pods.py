@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any
 
 from conspirator_e2e.cluster import HELLO_IMAGE, POD_SUBNET
-from conspirator_e2e.testing import pod_phase_in, wait_until
+from conspirator_e2e.testing import as_dict, pod_phase_in, wait_until
 from kubernetes import client
 
 
@@ -29,19 +29,23 @@ def hello_pod(name: str, node: str, args: list[str]) -> client.V1Pod:
     )
 
 
+def finished(core: client.CoreV1Api, ns: str, name: str) -> dict[str, Any]:
+    pod = wait_until(f"pod {name} to finish",
+                     pod_phase_in(core, ns, name, {"Succeeded", "Failed"}), 180)
+    return as_dict(pod)
+
+
 def test_pod_runs_to_completion_and_log_is_read_back(
     core: client.CoreV1Api, namespace: str, cluster_info: dict[str, Any]
 ) -> None:
     node = cluster_info["realNode"]
     core.create_namespaced_pod(namespace, hello_pod("hello", node, ["from", "the", "real", "node"]))
-    pod = wait_until("pod hello to succeed",
-                     pod_phase_in(core, namespace, "hello", {"Succeeded", "Failed"}), 180)
-    assert pod.status.phase == "Succeeded", pod.status
-    assert pod.spec.node_name == node
-    state = pod.status.container_statuses[0].state
-    assert state.terminated.exit_code == 0
+    pod = finished(core, namespace, "hello")
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    assert pod["spec"]["node_name"] == node
+    assert pod["status"]["container_statuses"][0]["state"]["terminated"]["exit_code"] == 0
     # The sandbox got its address from the bridge CNI plugin.
-    assert ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network(POD_SUBNET)
+    assert ipaddress.ip_address(pod["status"]["pod_ip"]) in ipaddress.ip_network(POD_SUBNET)
     logs = core.read_namespaced_pod_log("hello", namespace)
     assert "conspirator-hello: from the real node (pod=hello host=hello)" in logs
 
@@ -51,20 +55,19 @@ def test_container_exit_code_reaches_the_api(
 ) -> None:
     node = cluster_info["realNode"]
     core.create_namespaced_pod(namespace, hello_pod("fails", node, ["--exit", "3", "bye"]))
-    pod = wait_until("pod fails to finish",
-                     pod_phase_in(core, namespace, "fails", {"Succeeded", "Failed"}), 180)
-    assert pod.status.phase == "Failed"
-    assert pod.status.container_statuses[0].state.terminated.exit_code == 3
+    pod = finished(core, namespace, "fails")
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["status"]["container_statuses"][0]["state"]["terminated"]["exit_code"] == 3
     assert "conspirator-hello: bye" in core.read_namespaced_pod_log("fails", namespace)
 
 
 def test_real_node_reports_the_project_runtime(
     core: client.CoreV1Api, cluster_info: dict[str, Any]
 ) -> None:
-    node = core.read_node(cluster_info["realNode"])
-    info = node.status.node_info
-    assert info.container_runtime_version.startswith("containerd://1.")
-    assert info.kubelet_version == cluster_info["versions"]["KUBERNETES_VERSION"]
-    images = {n for img in node.status.images or [] for n in img.names or []}
+    node = as_dict(core.read_node(cluster_info["realNode"]))
+    info = node["status"]["node_info"]
+    assert info["container_runtime_version"].startswith("containerd://1.")
+    assert info["kubelet_version"] == cluster_info["versions"]["KUBERNETES_VERSION"]
+    images = {n for img in node["status"]["images"] or [] for n in img["names"] or []}
     assert HELLO_IMAGE in images
-    assert not node.spec.taints
+    assert not node["spec"]["taints"]

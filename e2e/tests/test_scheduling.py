@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conspirator_e2e.cluster import GPU_TAINT_KEY, HELLO_IMAGE, MIG_RESOURCE_PREFIX
-from conspirator_e2e.testing import scheduled_condition, wait_until
+from conspirator_e2e.testing import as_dict, scheduled_condition, wait_until
 from kubernetes import client
 
 
@@ -31,7 +31,8 @@ def gpu_pod(name: str, profile: str, count: int = 1, tolerate: bool = True) -> c
 
 def bound_node(core: client.CoreV1Api, ns: str, name: str, timeout: float = 60) -> str:
     def probe() -> str | None:
-        return core.read_namespaced_pod(name, ns).spec.node_name  # type: ignore[no-any-return]
+        node: str | None = as_dict(core.read_namespaced_pod(name, ns))["spec"]["node_name"]
+        return node
 
     return wait_until(f"pod {name} to be bound", probe, timeout)
 
@@ -44,11 +45,11 @@ def assert_stays_pending(core: client.CoreV1Api, ns: str, name: str, why: str,
 
     cond = wait_until(f"scheduler to give up on {name}", unschedulable, 60)
     assert cond.status == "False"
-    assert why in cond.message, cond.message
+    assert why in (cond.message or ""), cond.message
     time.sleep(settle)  # and it stays that way
-    pod = core.read_namespaced_pod(name, ns)
-    assert pod.spec.node_name is None
-    assert pod.status.phase == "Pending"
+    pod = as_dict(core.read_namespaced_pod(name, ns))
+    assert pod["spec"]["node_name"] is None
+    assert pod["status"]["phase"] == "Pending"
 
 
 @pytest.mark.parametrize(("profile", "model"), [("1g.10gb", "A100-80GB"),
@@ -57,20 +58,21 @@ def test_mig_pod_lands_on_a_node_advertising_the_profile(
     core: client.CoreV1Api, namespace: str, profile: str, model: str
 ) -> None:
     core.create_namespaced_pod(namespace, gpu_pod("mig", profile))
-    node = core.read_node(bound_node(core, namespace, "mig"))
-    assert node.metadata.annotations.get("kwok.x-k8s.io/node") == "fake"
-    assert int(node.status.allocatable[MIG_RESOURCE_PREFIX + profile]) >= 1
-    assert node.metadata.labels["conspirator.io/gpu-model"] == model
+    node = as_dict(core.read_node(bound_node(core, namespace, "mig")))
+    assert node["metadata"]["annotations"].get("kwok.x-k8s.io/node") == "fake"
+    assert int(node["status"]["allocatable"][MIG_RESOURCE_PREFIX + profile]) >= 1
+    assert node["metadata"]["labels"]["conspirator.io/gpu-model"] == model
     # kwok plays the kubelet of simulated nodes: the pod is reported Running.
-    wait_until("kwok to run the pod", lambda: core.read_namespaced_pod(
-        "mig", namespace).status.phase == "Running", 60)
+    wait_until("kwok to run the pod", lambda: as_dict(core.read_namespaced_pod(
+        "mig", namespace))["status"]["phase"] == "Running", 60)
 
 
 def test_mig_pod_stays_pending_when_no_node_advertises_the_profile(
     core: client.CoreV1Api, namespace: str
 ) -> None:
-    nodes = core.list_node().items
-    assert not any(MIG_RESOURCE_PREFIX + "7g.80gb" in (n.status.capacity or {}) for n in nodes)
+    nodes = [as_dict(n) for n in core.list_node().items]
+    assert not any(MIG_RESOURCE_PREFIX + "7g.80gb" in (n["status"]["capacity"] or {})
+                   for n in nodes)
     core.create_namespaced_pod(namespace, gpu_pod("too-big", "7g.80gb"))
     assert_stays_pending(core, namespace, "too-big", "Insufficient conspirator.io/mig-7g.80gb")
 
@@ -88,16 +90,18 @@ def test_scheduler_respects_mig_capacity(core: client.CoreV1Api, namespace: str)
     resource = MIG_RESOURCE_PREFIX + profile
 
     def others_gone() -> bool:  # pods of earlier tests' namespaces may still be going away
+        pods = [as_dict(p) for p in core.list_pod_for_all_namespaces().items]
         return not any(
-            resource in (c.resources.requests or {})
-            for p in core.list_pod_for_all_namespaces().items
-            if p.metadata.namespace != namespace
-            for c in p.spec.containers
+            resource in ((c["resources"] or {}).get("requests") or {})
+            for p in pods
+            if p["metadata"]["namespace"] != namespace
+            for c in p["spec"]["containers"]
         )
 
     wait_until("other tests' MIG pods to be deleted", others_gone, 60)
-    holders = {n.metadata.name: int(n.status.allocatable[resource])
-               for n in core.list_node().items if resource in (n.status.allocatable or {})}
+    nodes = [as_dict(n) for n in core.list_node().items]
+    holders = {n["metadata"]["name"]: int(n["status"]["allocatable"][resource])
+               for n in nodes if resource in (n["status"]["allocatable"] or {})}
     per_node = set(holders.values())
     assert len(per_node) == 1, f"the default spec gives every A100 node the same layout: {holders}"
     count = per_node.pop()
