@@ -18,8 +18,8 @@ install: $(STAMP)
 
 # Quickstart 1: the main job on the local default (the simulator on the default trace).
 demo: install
-	$(BIN)/conspirator simulate --track fractional --seeds 2 --out out/demo
-	$(BIN)/conspirator simulate --track mig --seeds 2 --out out/demo
+	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd --seeds 2 --out out/demo
+	$(BIN)/conspirator simulate --track mig --policy conspirator --policy naive-sharing --seeds 2 --out out/demo
 
 # Quickstart 2: every check CI runs.
 test: install lint typecheck unit
