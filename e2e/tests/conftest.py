@@ -8,6 +8,7 @@ reused and left running; if this session starts it, it stops it at the end unles
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sys
@@ -35,13 +36,20 @@ def cluster() -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("the e2e cluster needs root (kubelet, containerd, mounts, cgroups)")
     c = Cluster()
-    started = False
-    if not c.is_up():
-        c.up(build=os.environ.get("CONSPIRATOR_E2E_BUILD", "1") != "0")
-        started = True
-    yield c
-    if started and os.environ.get("CONSPIRATOR_E2E_KEEP") != "1":
-        c.down()
+    # One e2e session at a time on this machine: a second one waits here rather than
+    # sharing a cluster the first may stop under it.
+    lock_path = Path(str(c.paths.state) + ".lock")
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = False
+        if not c.is_up():
+            c.up(build=os.environ.get("CONSPIRATOR_E2E_BUILD", "1") != "0")
+            started = True
+        try:
+            yield c
+        finally:
+            if started and os.environ.get("CONSPIRATOR_E2E_KEEP") != "1":
+                c.down()
 
 
 @pytest.fixture(scope="session")
