@@ -393,8 +393,11 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 class Cluster:
-    def __init__(self, paths: Paths | None = None, spec_path: Path | None = None) -> None:
+    def __init__(self, paths: Paths | None = None, spec_path: Path | None = None,
+                 kubeconfig: Path | None = None) -> None:
         self.paths = paths or Paths.from_env()
+        # Another cluster's kubeconfig (kind), for the commands that only talk to the API.
+        self.kubeconfig = kubeconfig or self.paths.kubeconfig
         self.spec_path = spec_path or Path(os.environ.get("CONSPIRATOR_E2E_SPEC", DEFAULT_SPEC))
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -516,7 +519,7 @@ class Cluster:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return run(
-            [self.paths.binary("kubectl"), f"--kubeconfig={self.paths.kubeconfig}", *args],
+            [self.paths.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
             input=input, check=check, timeout=timeout,
         )
 
@@ -595,7 +598,7 @@ class Cluster:
             step("control plane", t0)
 
             t0 = time.monotonic()
-            images = self._build_images()
+            images = self.build_images()
             self._start_containerd()
             wait_for("containerd", self._containerd_ready, 60,
                      on_timeout=self._log_hint("containerd"))
@@ -613,7 +616,7 @@ class Cluster:
 
             t0 = time.monotonic()
             self._start_kwok()
-            self._create_gpu_nodes(spec)
+            self.create_gpu_nodes(spec)
             wait_for("kwok nodes Ready",
                      lambda: all(self._node_ready(n.name) for n in spec.gpu_nodes), 120,
                      on_timeout=self._log_hint("kwok"))
@@ -777,7 +780,7 @@ class Cluster:
 
     # ---- the real node ------------------------------------------------------------------
 
-    def _build_images(self) -> list[Path]:
+    def build_images(self) -> list[Path]:
         """Compile the pause and hello programs statically and pack them as OCI archives."""
         out_dir = self.paths.cache / "images"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -795,6 +798,9 @@ class Cluster:
                 oci.write_archive(oci.ImageSpec(name=ref, entrypoint=[binary],
                                                 files={binary.lstrip("/"): exe}), tar)
                 exe.unlink()
+                for stale in out_dir.glob(f"{name}-*.tar"):
+                    if stale != tar:
+                        stale.unlink()
             images.append(tar)
         return images
 
@@ -952,7 +958,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--node-lease-duration-seconds=40",
         ], env={"HOME": str(d)})
 
-    def _create_gpu_nodes(self, spec: ClusterSpec) -> None:
+    def create_gpu_nodes(self, spec: ClusterSpec) -> None:
         for node in spec.gpu_nodes:
             obj = node.node_object()
             self.kubectl("apply", "-f", "-", input=json.dumps(obj))
@@ -1440,9 +1446,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_logs.add_argument("component", nargs="?", choices=COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=40)
     sub.add_parser("env", help="print shell exports for KUBECONFIG and PATH")
+    sub.add_parser("images", help="build the OCI image archives; print their paths")
+    sub.add_parser("kwok-config", help="print the kwok stages of the simulated GPU nodes")
+    p_sim = sub.add_parser("sim-nodes", help="create the spec's GPU nodes in another cluster")
+    p_sim.add_argument("--kubeconfig", type=Path, required=True)
+    p_sim.add_argument("--spec", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    cluster = Cluster(spec_path=getattr(args, "spec", None))
+    cluster = Cluster(spec_path=getattr(args, "spec", None),
+                      kubeconfig=getattr(args, "kubeconfig", None))
     try:
         if args.cmd == "up":
             info = cluster.up(build=not args.no_build)
@@ -1464,6 +1476,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = ":".join(str(d) for d in cluster.paths.bin_dirs())
             print(f"export KUBECONFIG={cluster.paths.kubeconfig}")
             print(f'export PATH="{path}:$PATH"')
+            return 0
+        if args.cmd == "images":
+            for tar in cluster.build_images():
+                print(tar)
+            return 0
+        if args.cmd == "kwok-config":
+            print(KWOK_STAGES, end="")
+            return 0
+        if args.cmd == "sim-nodes":
+            cluster.create_gpu_nodes(ClusterSpec.load(cluster.spec_path))
             return 0
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
