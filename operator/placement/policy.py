@@ -1,8 +1,10 @@
 """The one interface every MIG-track placement policy implements.
 
 ``place`` is the incremental entry point: it places the arriving ``jobs`` into
-``state`` without moving anything already there.  ``replan`` is the global one:
-it may move at most ``migration_budget`` existing replicas (``None``: no limit).
+``state`` without moving anything already there.  ``replan`` is the global one: it
+plans every job already in ``state`` plus ``jobs`` (a job passed again replaces its
+old definition) and may move at most ``migration_budget`` existing replicas
+(``None``: no limit).
 Both mutate ``state`` into the chosen plan and return the :class:`Decision`
 describing it; departures are ``state.release(job_id)``.
 
