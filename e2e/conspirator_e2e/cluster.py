@@ -560,9 +560,9 @@ class Cluster:
         ensure_node_packages()
         step("packages", t0)
 
-        # A crashed earlier run may have left anything: clean it before wiping the state.
-        if any(self.running().values()) or self.paths.state.exists():
-            self.down(purge=True, quiet=True)
+        # A crashed or killed earlier run may have left anything (processes, mounts, cgroups,
+        # the bridge, even without its state dir): clean it all before starting afresh.
+        self.down(purge=True, quiet=True)
         for d in (self.paths.state, self.paths.logs, self.paths.run):
             d.mkdir(parents=True, exist_ok=True)
         info: dict[str, Any] = {
@@ -971,6 +971,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def down(self, purge: bool = False, quiet: bool = False) -> None:
         info = self.read_info()
+        existed = self.paths.state.exists()
         if not quiet:
             log(f"stopping the cluster in {self.paths.state}")
         real_node = info.get("realNode")
@@ -994,8 +995,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if purge and self.paths.state.exists():
             shutil.rmtree(self.paths.state)
         if not quiet:
-            log("cluster stopped" + (" and its state removed" if purge else
-                                     f"; logs kept in {self.paths.logs}"))
+            kept = f"; logs kept in {self.paths.logs}" if existed else ""
+            log("cluster stopped" + (" and its state removed" if purge else kept))
 
     def _drain_real_node(self, node: str) -> None:
         """Delete the real node's pods so the kubelet tears their sandboxes down (CNI DEL)."""
