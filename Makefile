@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install bench-fractional bench-mig bench-scale clean
+.PHONY: demo test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
+	bench-fractional bench-mig bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +22,9 @@ demo: install
 	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd --seeds 2 --out out/demo
 	$(BIN)/conspirator simulate --track mig --policy conspirator --policy naive-sharing --seeds 2 --out out/demo
 
-# Quickstart 2: every check CI runs.
-test: install lint typecheck unit
+# Quickstart 2: every check CI runs, the real local cluster's end-to-end tests included
+# (a cold build of the Kubernetes binaries takes about 6 minutes; then it is cached).
+test: install lint typecheck unit e2e
 
 lint:
 	$(BIN)/ruff check .
@@ -32,9 +34,25 @@ lint:
 typecheck:
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml -p conspirator
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests $(CURDIR)/benchmarks
+	cd $(VENV) && MYPYPATH=$(CURDIR)/e2e bin/mypy --config-file $(CURDIR)/pyproject.toml \
+		$(CURDIR)/e2e/conspirator_e2e $(CURDIR)/e2e/tests
 
 unit:
 	$(BIN)/pytest -q
+
+# The local cluster (e2e/README.md): real etcd, kube-apiserver, kube-scheduler,
+# kube-controller-manager, kubelet + containerd, kwok GPU nodes; needs root.
+e2e-build:
+	nice -n 10 e2e/build.sh
+
+e2e-up: install e2e-build
+	e2e/cluster.sh up
+
+e2e-down:
+	e2e/cluster.sh down
+
+e2e: install e2e-build
+	$(BIN)/pytest e2e/tests -q
 
 # Benchmarks: each writes its results under benchmarks/results/ (committed).
 bench-fractional: install
