@@ -1,0 +1,1 @@
+"""Client SDK of the data path (issue 6)."""

@@ -1,0 +1,1 @@
+"""The worker runtime: ``input_tensor(shape, dtype)`` and ``serve(fn)`` (issue 6)."""
