@@ -1,0 +1,49 @@
+"""The committed device plugin stubs are what the pinned grpcio-tools generates from api.proto."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conspirator.deviceplugin import protogen
+from conspirator.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "deviceplugin" / "v1beta1"
+
+
+def test_committed_stubs_are_fresh() -> None:
+    assert protogen.stale(SRC) == [], (
+        "the generated stubs differ from api.proto: run `conspirator gen-protos` "
+        "from the repository root and commit the result")
+
+
+def test_cli_check(capsys: pytest.CaptureFixture[str]) -> None:
+    from conspirator.cli import main
+
+    assert main(["gen-protos", "--src", str(SRC), "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_pins_agree() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [d for d in [*deps["dependencies"], *deps["optional-dependencies"]["test"]]
+            if d.startswith(("grpcio==", "grpcio-tools=="))]
+    versions = {d.split("==")[1] for d in pins}
+    assert len(pins) == 2 and len(versions) == 1, pins
+    assert api_pb2_grpc.GRPC_GENERATED_VERSION in versions
+    assert grpc.__version__ in versions
+
+
+def test_wire_names_are_the_kubelets() -> None:
+    d = api_pb2.DESCRIPTOR
+    assert d.package == "v1beta1"
+    assert set(d.services_by_name) == {"Registration", "DevicePlugin"}
+    methods = {m.name for m in d.services_by_name["DevicePlugin"].methods}
+    assert methods == {"GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation",
+                       "Allocate", "PreStartContainer"}
+    fields = {f.name: f.number for f in api_pb2.ContainerAllocateResponse.DESCRIPTOR.fields}
+    assert fields == {"envs": 1, "mounts": 2, "devices": 3, "annotations": 4, "cdi_devices": 5}
