@@ -1,0 +1,46 @@
+"""``conspirator operator``: run the Kubernetes operator (kopf)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from conspirator.cli import UsageError
+from conspirator.operator.settings import SettingsError, add_arguments, resolve
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    p = subparsers.add_parser(
+        "operator",
+        help="run the Kubernetes operator (InferenceJobs to MIG layouts and workers)",
+        description=(
+            "Run the Conspirator operator: it places every InferenceJob on MIG partitions "
+            "with the placement engine, writes the MIG layouts to GPUNode.spec, starts one "
+            "worker Deployment per job and node once the node applied them, and reports in "
+            "InferenceJob.status and Events. Every flag falls back to the environment "
+            "variable named in its help. See docs/operator.md."),
+    )
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = resolve(args, os.environ)
+    except SettingsError as e:
+        raise UsageError(str(e)) from e
+    import kopf
+
+    from conspirator.operator.runner import run
+
+    kopf.configure(verbose=settings.log_level == "DEBUG",
+                   quiet=settings.log_level in ("WARNING", "ERROR"),
+                   log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger().setLevel(settings.log_level)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    asyncio.run(run(settings))
+    return 0

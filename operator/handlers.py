@@ -1,0 +1,118 @@
+"""The kopf handlers: thin, they hand objects to the :class:`Controller`.
+
+* InferenceJob create / update / resume: decide, return when the decision is written
+  (a failure raises ``kopf.TemporaryError``, so kopf retries);
+* InferenceJob delete (finalizer ``conspirator.io/release``): return once the job's
+  instances and workers are released;
+* GPUNode, ModelProfile and worker Deployment watch events: update the controller's
+  view and ask for a pass;
+* the global re-plan is not a kopf timer: kopf timers are per object and put a
+  finalizer on it (a GPUNode could then not be deleted while the operator is down);
+  it is a loop in :mod:`~conspirator.operator.runner` that acts only while this replica
+  is the active peer;
+* a liveness probe reports the planner's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from conspirator.api.v1alpha1 import GROUP, VERSION
+from conspirator.operator.controller import Controller, PassError
+from conspirator.operator.views import FINALIZER, LABEL_MANAGED_BY, MANAGED_BY
+
+JOBS = "inferencejobs"
+NODES = "gpunodes"
+PROFILES = "modelprofiles"
+RETRY_DELAY = 2.0
+
+
+def _meta(body: kopf.Body) -> tuple[str, str]:
+    return str(body.metadata.namespace or ""), str(body.metadata.name or "")
+
+
+def configure(settings: kopf.OperatorSettings, controller: Controller) -> None:
+    """kopf settings the operator relies on."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="conspirator.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="conspirator.io", key="last-handled-configuration")
+    # Our own Events say what happened; kopf's per-handler ones only for trouble.
+    settings.posting.level = logging.WARNING
+    settings.peering.lifetime = controller.settings.peering_lifetime
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 120
+    settings.execution.max_workers = 4
+
+
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+    """A kopf registry with every handler bound to ``controller``."""
+    reg = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=reg)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, controller)
+
+    @kopf.on.create(GROUP, VERSION, JOBS, registry=reg, id="place")
+    @kopf.on.update(GROUP, VERSION, JOBS, registry=reg, id="place")
+    @kopf.on.resume(GROUP, VERSION, JOBS, registry=reg, id="place")
+    async def job_changed(body: kopf.Body, **_: Any) -> None:
+        ns, _name = _meta(body)
+        if not controller.in_scope(ns):
+            return
+        try:
+            await controller.job_changed(body)
+        except PassError as e:
+            raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+
+    @kopf.on.delete(GROUP, VERSION, JOBS, registry=reg, id="release")
+    async def job_deleted(body: kopf.Body, **_: Any) -> None:
+        ns, _name = _meta(body)
+        if not controller.in_scope(ns):
+            return
+        try:
+            await controller.job_deleted(body)
+        except PassError as e:
+            raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+
+    @kopf.on.event(GROUP, VERSION, JOBS, registry=reg)
+    async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            controller.forget_job(*_meta(body))
+            controller.nudge()
+
+    @kopf.on.event(GROUP, VERSION, NODES, registry=reg)
+    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            controller.forget_node(_meta(body)[1])
+        else:
+            controller.observe_node(body)
+        controller.nudge()
+
+    @kopf.on.event(GROUP, VERSION, PROFILES, registry=reg)
+    async def profile_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            controller.forget_profile(_meta(body)[1])
+        else:
+            controller.observe_profile(body)
+        controller.nudge()
+
+    @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY},
+                   registry=reg)
+    async def worker_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            controller.forget_worker(*_meta(body))
+        else:
+            controller.observe_worker(body)
+        controller.nudge()
+
+    @kopf.on.probe(registry=reg, id="planner")
+    async def planner_probe(**_: Any) -> dict[str, Any]:
+        return controller.health()
+
+    return reg

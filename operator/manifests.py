@@ -1,0 +1,208 @@
+"""Objects the operator writes, as plain dicts: worker Deployments and Events.  Pure.
+
+One worker Deployment per (job, node, MIG profile): pinned to the node by its
+``kubernetes.io/hostname`` label (the real scheduler binds the pods, checking the
+node's ``conspirator.io/mig-<profile>`` capacity), tolerating the GPU nodes' taint,
+each pod asking for one instance.  Nearly always a job has one profile per node, so
+this is one Deployment per (job, node).  Names are deterministic, so a restarted
+operator finds what it created and never makes a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from conspirator.api.v1alpha1 import API_VERSION, InferenceJob
+from conspirator.operator.views import (
+    ANNOTATION_NODE,
+    ANNOTATION_PROFILE,
+    ANNOTATION_TEMPLATE_HASH,
+    LABEL_JOB,
+    LABEL_JOB_UID,
+    LABEL_MANAGED_BY,
+    LABEL_WORKER,
+    MANAGED_BY,
+    JobView,
+    Replica,
+)
+
+MIG_RESOURCE_PREFIX = "conspirator.io/mig-"
+"""Extended resource of one GPU instance: ``conspirator.io/mig-<profile>``; a whole
+non-MIG GPU is ``conspirator.io/mig-whole`` (``migProfile: whole`` in the API)."""
+GPU_TAINT_KEY = "conspirator.io/gpu"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+NAME_LIMIT = 63
+
+
+def resource_name(profile: str) -> str:
+    return MIG_RESOURCE_PREFIX + profile
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def _digest(*parts: str, n: int = 8) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
+
+
+def worker_name(job: str, node: str, profile: str) -> str:
+    """Deployment name of a job's workers of one profile on one node.
+
+    ``<job>-<node>-<profile>`` with dots as dashes, e.g. ``resnet50-kwok-a100-0-1g-10gb``;
+    when that exceeds 63 characters, the job and node parts are shortened and a hash of
+    the full triple keeps names apart.
+    """
+    full = f"{_slug(job)}-{_slug(node)}-{_slug(profile)}"
+    if len(full) <= NAME_LIMIT:
+        return full
+    h = _digest(job, node, profile)
+    room = NAME_LIMIT - len(h) - len(_slug(profile)) - 3
+    j = _slug(job)[: max(1, room // 2)].strip("-")
+    nd = _slug(node)[: max(1, room - len(j))].strip("-")
+    return f"{j}-{nd}-{_slug(profile)}-{h}"
+
+
+def worker_groups(replicas: Iterable[Replica]) -> dict[tuple[str, str], int]:
+    """(node, profile) -> number of replicas: one Deployment each."""
+    out: dict[tuple[str, str], int] = {}
+    for r in replicas:
+        out[(r.node, r.profile)] = out.get((r.node, r.profile), 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _label_value(text: str) -> str:
+    """``text`` when it is a valid label value, else a short hash of it."""
+    if len(text) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", text):
+        return text
+    return _digest(text, n=16)
+
+
+def owner_reference(view: JobView) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceJob",
+        "name": view.name,
+        "uid": view.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def deployment(view: JobView, node: str, profile: str, count: int) -> dict[str, Any]:
+    """The worker Deployment of ``view``'s ``count`` replicas of ``profile`` on ``node``."""
+    ij: InferenceJob = view.job
+    spec = ij.spec
+    name = worker_name(view.name, node, profile)
+    res = resource_name(profile)
+    labels = {
+        "app.kubernetes.io/name": "conspirator-worker",
+        "app.kubernetes.io/instance": _label_value(view.name),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_JOB: _label_value(view.name),
+        LABEL_JOB_UID: view.uid,
+        LABEL_WORKER: name,
+    }
+    env = [
+        {"name": "CONSPIRATOR_JOB", "value": view.name},
+        {"name": "CONSPIRATOR_NAMESPACE", "value": view.namespace},
+        {"name": "CONSPIRATOR_MODEL", "value": spec.model.name},
+        {"name": "CONSPIRATOR_MIG_PROFILE", "value": profile},
+        {"name": "CONSPIRATOR_INPUT_SHAPE",
+         "value": ",".join(str(d) for d in spec.data_path.input_shape)},
+        {"name": "CONSPIRATOR_DTYPE", "value": spec.data_path.dtype.value},
+        {"name": "CONSPIRATOR_MAX_BATCH", "value": str(spec.data_path.max_batch)},
+        {"name": "CONSPIRATOR_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "CONSPIRATOR_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    template: dict[str, Any] = {
+        "metadata": {"labels": dict(labels)},
+        "spec": {
+            "nodeSelector": {HOSTNAME_LABEL: node},
+            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "worker",
+                "image": spec.model.image,
+                "imagePullPolicy": "IfNotPresent",
+                "args": list(spec.model.args),
+                "env": env,
+                "resources": {"requests": {res: "1"}, "limits": {res: "1"}},
+            }],
+        },
+    }
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": view.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_NODE: node, ANNOTATION_PROFILE: profile},
+            "ownerReferences": [owner_reference(view)],
+        },
+        "spec": {
+            "replicas": count,
+            # A new template must never need more instances than the node holds for the
+            # job: old pods go before new ones start.
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": {LABEL_WORKER: name, LABEL_JOB_UID: view.uid}},
+            "template": template,
+        },
+    }
+    body["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] = template_hash(body)
+    return body
+
+
+def template_hash(body: Mapping[str, Any]) -> str:
+    """Hash of what the operator decides in a Deployment (replicas and pod template)."""
+    spec = body["spec"]
+    return _digest(json.dumps({"replicas": spec["replicas"], "template": spec["template"]},
+                              sort_keys=True), n=16)
+
+
+def event(view: JobView | None, *, kind: str, name: str, namespace: str, uid: str,
+          reason: str, message: str, warning: bool = False, api_version: str = API_VERSION,
+          now: datetime | None = None, component: str = "conspirator-operator"
+          ) -> dict[str, Any]:
+    """A ``v1`` Event about an object (``view`` only names the job it concerns, if any)."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ns = namespace or "default"
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{_slug(name)[:40] or 'object'}.",
+            "namespace": ns,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        },
+        "involvedObject": {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": name,
+            "namespace": namespace or None,
+            "uid": uid,
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def job_event(view: JobView, reason: str, message: str, warning: bool = False,
+              now: datetime | None = None) -> dict[str, Any]:
+    return event(view, kind="InferenceJob", name=view.name, namespace=view.namespace,
+                 uid=view.uid, reason=reason, message=message, warning=warning, now=now)

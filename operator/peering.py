@@ -1,0 +1,100 @@
+"""kopf peering: several operator replicas, one active.
+
+kopf keeps a ``ClusterKopfPeering`` object (group ``kopf.dev``) whose status lists the
+live replicas with their priority; every replica pauses while a live peer has a higher
+priority (or the same one).  By default a replica's priority falls with its start time,
+so the replica that started first stays active and a restarted one waits as a standby
+until the active one's keep-alives stop for ``--peering-lifetime`` seconds.
+
+The global re-plan runs outside kopf's handlers, so it asks :func:`is_active` before
+each run; the handlers themselves are paused by kopf.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from kopf._core.engines.peering import Identity
+from kubernetes import client
+
+log = logging.getLogger("conspirator.operator.peering")
+
+GROUP = "kopf.dev"
+VERSION = "v1"
+PLURAL = "clusterkopfpeerings"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+ActiveCheck = Callable[[], Awaitable[bool]]
+"""Answers whether this replica is the active one now."""
+
+
+def kopf_identity(text: str) -> Identity:
+    """kopf's type for a peer's identity (a ``NewType`` of ``str``)."""
+    return Identity(text)
+
+
+def default_priority(now: float | None = None) -> int:
+    """Earlier start, higher priority (milliseconds, so two replicas hardly ever tie)."""
+    return 10**13 - int((time.time() if now is None else now) * 1000)
+
+
+def _parse(ts: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def is_active_in(status: Mapping[str, Any], identity: str, priority: int,
+                 now: datetime | None = None) -> bool:
+    """Whether no other live peer in a peering object's ``status`` outranks or ties us."""
+    t = now or datetime.now(UTC)
+    for peer, info in status.items():
+        if peer == identity or not isinstance(info, Mapping):
+            continue
+        seen = _parse(str(info.get("lastseen", "")))
+        lifetime = int(info.get("lifetime", 60))
+        if seen is None or seen + timedelta(seconds=lifetime) <= t:
+            continue
+        if int(info.get("priority", 0)) >= priority:
+            return False
+    return True
+
+
+def crd_installed(api: client.ApiClient) -> bool:
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        ext.read_custom_resource_definition(CRD_NAME)
+    except client.ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
+
+
+def ensure_object(api: client.ApiClient, name: str) -> None:
+    """Create the peering object ``name`` if it does not exist (kopf does not)."""
+    co = client.CustomObjectsApi(api)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterKopfPeering",
+            "metadata": {"name": name}}
+    try:
+        co.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+        log.info("created ClusterKopfPeering %s", name)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+
+
+def is_active(api: client.ApiClient, name: str, identity: str, priority: int) -> bool:
+    """Read the peering object: is this replica the one that works?"""
+    co = client.CustomObjectsApi(api)
+    try:
+        obj = cast(dict[str, Any], co.get_cluster_custom_object(GROUP, VERSION, PLURAL, name))
+    except client.ApiException as e:
+        log.warning("cannot read ClusterKopfPeering %s: %s", name, e.reason)
+        return False
+    return is_active_in(obj.get("status") or {}, identity, priority)

@@ -1,0 +1,94 @@
+"""Run the operator: kopf with the handlers, the re-plan loop, metrics, peering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+import kopf
+
+from conspirator.operator import peering
+from conspirator.operator.controller import Controller
+from conspirator.operator.handlers import build_registry
+from conspirator.operator.kube import Kube, load_client
+from conspirator.operator.metrics import Metrics, serve
+from conspirator.operator.settings import Settings
+
+log = logging.getLogger("conspirator.operator")
+
+
+async def replan_loop(controller: Controller, active: peering.ActiveCheck, interval: float
+                      ) -> None:
+    """Every ``interval`` seconds, the global re-plan, if this replica is the active one."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if not await active():
+                log.debug("re-plan skipped: another replica is active")
+                continue
+            await controller.replan()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("global re-plan failed: %s", e)
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGINT/SIGTERM in the main thread)."""
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf logs in from it too
+    api = load_client(settings.kubeconfig, settings.api_concurrency)
+    kube = Kube(api, settings.api_concurrency)
+    metrics = Metrics()
+    if settings.metrics_port:
+        serve(metrics, settings.metrics_port, settings.bind_address)
+    controller = Controller(settings, kube, metrics)
+    registry = build_registry(controller)
+
+    standalone = settings.standalone
+    if not standalone and not await asyncio.to_thread(peering.crd_installed, api):
+        log.warning("the kopf peering CRD (%s) is not installed: running standalone; apply "
+                    "operator/deploy/peering.yaml to run several replicas", peering.CRD_NAME)
+        standalone = True
+    if not standalone:
+        await asyncio.to_thread(peering.ensure_object, api, settings.peering)
+    priority = settings.priority if settings.priority is not None else \
+        peering.default_priority()
+    identity = f"{socket.gethostname()}@{os.getpid()}/{int(time.time())}"
+
+    async def active() -> bool:
+        if standalone:
+            return True
+        return await asyncio.to_thread(peering.is_active, api, settings.peering, identity,
+                                       priority)
+
+    tasks = []
+    if settings.replan_interval > 0:
+        tasks.append(asyncio.create_task(
+            replan_loop(controller, active, settings.replan_interval), name="replan"))
+    liveness = (f"http://{settings.bind_address}:{settings.liveness_port}/healthz"
+                if settings.liveness_port else None)
+    log.info("conspirator operator: %s, peering %s (priority %d), liveness %s, metrics %s",
+             "namespaces " + ",".join(settings.namespaces) if settings.namespaces
+             else "all namespaces",
+             "off" if standalone else settings.peering, priority, liveness or "off",
+             f":{settings.metrics_port}/metrics" if settings.metrics_port else "off")
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            standalone=standalone,
+            peering_name=None if standalone else settings.peering,
+            priority=priority,
+            identity=peering.kopf_identity(identity),
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+        )
+    finally:
+        for t in tasks:
+            t.cancel()
+        kube.close()

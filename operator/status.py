@@ -1,0 +1,149 @@
+"""InferenceJob status from the operator's decision and what the cluster reports: pure.
+
+Phases (``status.phase``):
+
+* ``Failed``: the job cannot be planned at all (its model has no throughput figures);
+* ``Pending``: not decided yet;
+* ``Unschedulable``: no placement meets the demand with the GPUs there are (``message``
+  says why);
+* ``Partitioning``: placed; some node has not applied the MIG layout yet;
+* ``Starting``: layouts applied; worker Deployments not all ready;
+* ``Running``: every worker ready;
+* ``Degraded``: placed below the demand (replicas lost and not replaced), or running
+  workers lost readiness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from conspirator.api.v1alpha1 import (
+    ConditionStatus,
+    ConditionType,
+    InferenceJobStatus,
+    JobPhase,
+    profile_summary,
+    set_condition,
+)
+from conspirator.operator.placement.objective import demand_met
+from conspirator.operator.translate import device_id
+from conspirator.operator.views import JobView, NodeView, Replica
+
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the operator decided for one job and what the cluster shows of it."""
+
+    replicas: Sequence[Replica]
+    reason: str | None = None
+    """Why the job is not (fully) placed, when it is not."""
+    failure: str | None = None
+    """Why the job cannot be planned at all (unknown model)."""
+    applied: Mapping[str, bool] | None = None
+    """Node -> the node reports this job's instances (absent node: not applied)."""
+    workers: Mapping[tuple[str, str], tuple[int, int]] | None = None
+    """(node, profile) -> (ready, wanted) worker pods; absent: no Deployment yet."""
+    source: str = ""
+    """Where the throughput figures come from (ModelProfile or built-in defaults)."""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _nodes(replicas: Sequence[Replica]) -> list[str]:
+    return sorted({r.node for r in replicas})
+
+
+def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
+           now: datetime | None = None) -> InferenceJobStatus:
+    """The job's new status; conditions keep their transition times when unchanged."""
+    prev = view.job.status
+    conditions = list(prev.conditions) if prev else []
+    gen = view.generation
+    demand = view.job.spec.demand.requests_per_second
+    replicas = list(outcome.replicas)
+    served = sum(r.throughput_rps for r in replicas)
+    applied = outcome.applied or {}
+    workers = outcome.workers or {}
+
+    def cond(kind: ConditionType, ok: bool, reason: str, message: str = "") -> None:
+        set_condition(conditions, kind.value,
+                      ConditionStatus.TRUE if ok else ConditionStatus.FALSE,
+                      reason, _clip(message), observed_generation=gen, now=now)
+
+    where = ", ".join(_nodes(replicas))
+    if outcome.failure is not None:
+        phase, message = JobPhase.FAILED, outcome.failure
+        cond(ConditionType.PLACED, False, "UnknownModel", message)
+        cond(ConditionType.PARTITIONED, False, "NotPlaced")
+        cond(ConditionType.READY, False, "NotPlaced")
+    elif not replicas:
+        if outcome.reason is not None:
+            phase, message = JobPhase.UNSCHEDULABLE, f"cannot be placed: {outcome.reason}"
+            cond(ConditionType.PLACED, False, "Unschedulable", message)
+        else:
+            phase, message = JobPhase.PENDING, "waiting for a placement decision"
+            cond(ConditionType.PLACED, False, "Pending", message)
+        cond(ConditionType.PARTITIONED, False, "NotPlaced")
+        cond(ConditionType.READY, False, "NotPlaced")
+    else:
+        summary = profile_summary([r.to_status() for r in replicas])
+        placed_msg = (f"{len(replicas)} replica(s) ({summary})"
+                      f" on {where}: {served:.0f} of {demand:g} requests/s"
+                      + (f"; throughput from {outcome.source}" if outcome.source else ""))
+        short = not demand_met(served, demand)
+        if short:
+            cond(ConditionType.PLACED, False, "PartiallyPlaced",
+                 f"{placed_msg}; {outcome.reason or 'demand not met'}")
+        else:
+            cond(ConditionType.PLACED, True, "Placed", placed_msg)
+        waiting = [n for n in _nodes(replicas) if not applied.get(n, False)]
+        if waiting:
+            cond(ConditionType.PARTITIONED, False, "WaitingForLayout",
+                 f"waiting for {', '.join(waiting)} to apply the MIG layout")
+            cond(ConditionType.READY, False, "WaitingForLayout")
+            phase = JobPhase.PARTITIONING
+            message = f"placed; waiting for {', '.join(waiting)} to apply the MIG layout"
+        else:
+            cond(ConditionType.PARTITIONED, True, "LayoutApplied",
+                 f"MIG layout applied on {where}")
+            groups = sorted({(r.node, r.profile) for r in replicas})
+            ready = sum(workers.get(g, (0, 0))[0] for g in groups)
+            wanted = sum(1 for _ in replicas)
+            missing = [g for g in groups if g not in workers]
+            if ready >= wanted and not missing:
+                cond(ConditionType.READY, True, "WorkersReady", f"{ready} worker(s) ready")
+                phase, message = JobPhase.RUNNING, f"serving on {where}"
+            else:
+                cond(ConditionType.READY, False, "WorkersStarting",
+                     f"{ready} of {wanted} worker(s) ready")
+                was_running = prev is not None and prev.phase in (JobPhase.RUNNING,
+                                                                  JobPhase.DEGRADED)
+                phase = JobPhase.DEGRADED if was_running else JobPhase.STARTING
+                message = f"{ready} of {wanted} worker(s) ready on {where}"
+        if short:
+            phase = JobPhase.DEGRADED
+            message = (f"serves {served:.0f} of {demand:g} requests/s: "
+                       f"{outcome.reason or 'demand not met'}")
+    return InferenceJobStatus(
+        phase=phase,
+        replicas=[r.to_status(device_id(nodes.get(r.node), r)) for r in replicas],
+        replica_count=len(replicas),
+        profiles=profile_summary([r.to_status() for r in replicas]) or None,
+        estimated_throughput=round(served, 3),
+        demand=demand,
+        conditions=conditions,
+        observed_generation=gen,
+        client_endpoint=prev.client_endpoint if prev else None,
+        message=_clip(message),
+    )
+
+
+def same_status(a: InferenceJobStatus | None, b: InferenceJobStatus) -> bool:
+    """Whether writing ``b`` over ``a`` would change nothing."""
+    return a is not None and a.to_k8s() == b.to_k8s()
