@@ -40,6 +40,9 @@ def main(args: argparse.Namespace) -> int:
                    quiet=settings.log_level in ("WARNING", "ERROR"),
                    log_format=kopf.LogFormat.PLAIN)
     logging.getLogger().setLevel(settings.log_level)
+    if settings.log_level != "DEBUG":
+        # kopf logs every handler call per object; the operator logs what it decides.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     asyncio.run(run(settings))

@@ -34,6 +34,20 @@ def _meta(body: kopf.Body) -> tuple[str, str]:
     return str(body.metadata.namespace or ""), str(body.metadata.name or "")
 
 
+def connection_info(cfg: Any, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """kopf's credentials from a loaded ``kubernetes.client.Configuration``."""
+    header = cfg.get_api_key_with_prefix("BearerToken") or \
+        cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = ((None, None) if not parts else (None, parts[0]) if len(parts) == 1
+                     else (parts[0], parts[1]))
+    return kopf.ConnectionInfo(
+        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+        username=cfg.username or None, password=cfg.password or None,
+        scheme=scheme, token=token, certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file, trust_env=settings.networking.trust_env)
+
+
 def configure(settings: kopf.OperatorSettings, controller: Controller) -> None:
     """kopf settings the operator relies on."""
     settings.persistence.finalizer = FINALIZER
@@ -53,6 +67,11 @@ def configure(settings: kopf.OperatorSettings, controller: Controller) -> None:
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     """A kopf registry with every handler bound to ``controller``."""
     reg = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=reg)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # The same credentials as the operator's own client (--kubeconfig or in-cluster).
+        return connection_info(controller.kube.api.configuration, settings)
 
     @kopf.on.startup(registry=reg)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -38,8 +38,6 @@ async def replan_loop(controller: Controller, active: peering.ActiveCheck, inter
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGINT/SIGTERM in the main thread)."""
-    if settings.kubeconfig:
-        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf logs in from it too
     api = load_client(settings.kubeconfig, settings.api_concurrency)
     kube = Kube(api, settings.api_concurrency)
     metrics = Metrics()

@@ -150,10 +150,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(o.flag, dest=o.field, action=argparse.BooleanOptionalAction,
                            default=None, help=text)
         elif o.kind == "list":
-            p.add_argument(o.flag, dest=o.field, action="append", default=None, help=text)
+            p.add_argument(o.flag, dest=o.field, action="append", default=None, help=text,
+                           metavar=o.flag.removeprefix("--").upper())
         else:
             p.add_argument(o.flag, dest=o.field, type=_argtype(o.conv), default=None,
-                           help=text)
+                           help=text, metavar=o.field.upper())
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
