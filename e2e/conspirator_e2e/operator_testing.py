@@ -122,6 +122,12 @@ class OperatorProcess:
             time.sleep(0.3)
         raise AssertionError(f"operator not healthy after {timeout}s\n{self.tail()}")
 
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
