@@ -1,0 +1,87 @@
+"""Worker Deployments and Events the operator writes."""
+
+from __future__ import annotations
+
+from conspirator.operator.manifests import (
+    deployment,
+    job_event,
+    resource_name,
+    template_hash,
+    worker_groups,
+    worker_name,
+)
+from conspirator.operator.views import Replica, WorkerView
+
+from .builders import job
+
+
+def test_worker_names_are_deterministic_readable_and_short() -> None:
+    assert worker_name("resnet50", "kwok-a100-0", "1g.10gb") == "resnet50-kwok-a100-0-1g-10gb"
+    long = worker_name("j" * 200, "node." * 40, "3g.40gb")
+    assert len(long) <= 63 and long == worker_name("j" * 200, "node." * 40, "3g.40gb")
+    assert long != worker_name("j" * 199, "node." * 40, "3g.40gb")
+    assert worker_name("A_B", "n", "whole") == "a-b-n-whole"
+
+
+def test_one_group_per_node_and_profile() -> None:
+    reps = [Replica("n1", 0, "u", "A100-80GB", "1g.10gb", s, 1.0) for s in (5, 6)] + [
+        Replica("n1", 1, "u2", "A100-80GB", "3g.40gb", 0, 1.0),
+        Replica("n2", 0, "u3", "A100-80GB", "1g.10gb", 6, 1.0)]
+    assert worker_groups(reps) == {("n1", "1g.10gb"): 2, ("n1", "3g.40gb"): 1,
+                                   ("n2", "1g.10gb"): 1}
+
+
+def test_deployment_is_pinned_to_the_node_and_asks_for_the_instances() -> None:
+    v = job("resnet50", 1000, namespace="team")
+    d = deployment(v, "kwok-a100-0", "1g.10gb", 3)
+    meta, spec = d["metadata"], d["spec"]
+    assert (meta["name"], meta["namespace"]) == ("resnet50-kwok-a100-0-1g-10gb", "team")
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob", "name": "resnet50",
+        "uid": "uid-resnet50", "controller": True, "blockOwnerDeletion": True}]
+    assert spec["replicas"] == 3 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/hostname": "kwok-a100-0"}
+    assert {"key": "conspirator.io/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+    (c,) = pod["containers"]
+    assert c["resources"] == {"requests": {"conspirator.io/mig-1g.10gb": "1"},
+                              "limits": {"conspirator.io/mig-1g.10gb": "1"}}
+    assert c["image"] == "conspirator/worker:0.1.0" and c["args"] == ["--x"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["CONSPIRATOR_INPUT_SHAPE"] == "3,224,224" and env["CONSPIRATOR_DTYPE"] == "float16"
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert resource_name("whole") == "conspirator.io/mig-whole"
+    # The view the operator reads back knows what it wrote.
+    w = WorkerView.from_body({**d, "status": {"observedGeneration": 1, "readyReplicas": 3,
+                                              "updatedReplicas": 3}})
+    assert (w.node, w.profile, w.replicas, w.job_uid) == ("kwok-a100-0", "1g.10gb", 3,
+                                                          "uid-resnet50")
+    assert w.template_hash == template_hash(d)
+
+
+def test_template_hash_changes_with_what_the_operator_decides() -> None:
+    v = job("j")
+    base = template_hash(deployment(v, "n", "1g.10gb", 1))
+    assert base == template_hash(deployment(v, "n", "1g.10gb", 1))
+    assert base != template_hash(deployment(v, "n", "1g.10gb", 2))
+    other = job("j", model="bert-base")
+    assert base != template_hash(deployment(other, "n", "1g.10gb", 1))
+
+
+def test_readiness_counts_only_rolled_out_replicas() -> None:
+    d = deployment(job("j"), "n", "1g.10gb", 2)
+    d["metadata"]["generation"] = 2
+    stale = WorkerView.from_body({**d, "status": {"observedGeneration": 1, "readyReplicas": 2,
+                                                  "updatedReplicas": 2}})
+    assert stale.ready_replicas == 0 and not stale.ready
+    half = WorkerView.from_body({**d, "status": {"observedGeneration": 2, "readyReplicas": 2,
+                                                 "updatedReplicas": 1}})
+    assert half.ready_replicas == 1 and not half.ready
+
+
+def test_events_name_the_job() -> None:
+    e = job_event(job("j", namespace="team"), "Unplaceable", "cannot be placed: x", True)
+    assert e["involvedObject"]["kind"] == "InferenceJob"
+    assert (e["metadata"]["namespace"], e["type"], e["reason"]) == ("team", "Warning",
+                                                                    "Unplaceable")
