@@ -175,3 +175,57 @@ def test_liveness_and_metrics(api: client.ApiClient, namespace: str,
     assert attempts and float(attempts[0].split()[-1]) >= 1
     in_use = next(line for line in text.splitlines() if line.startswith("conspirator_gpus_in_use"))
     assert float(in_use.split()[-1]) >= 1
+
+
+def test_spec_change_is_replanned(api: client.ApiClient, namespace: str,
+                                  operator: OperatorProcess) -> None:
+    create(api, namespace, inference_job("grow", 500))
+    small = wait_phase(api, namespace, "grow", "Running", operator)
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "inferencejobs", "grow",
+        {"spec": {"demand": {"requestsPerSecond": 6000}}})
+
+    def grown() -> dict[str, Any] | None:
+        j = get(api, namespace, "grow")
+        st = j.get("status") or {}
+        ok = st.get("observedGeneration") == 2 and st.get("phase") == "Running"
+        return j if ok else None
+
+    big = wait_until("grow to be re-planned and Running", grown, 120)
+    assert big["status"]["estimatedThroughput"] >= 6000 > small["status"]["estimatedThroughput"]
+    # What it had still fits the new spec: kept, and topped up.
+    assert slots(small) <= slots(big)
+    assert check_invariants(api, [namespace]) == []
+
+
+def test_global_replan_consolidates_within_the_disruption_budget(
+        api: client.ApiClient, namespace: str, operators: OperatorFactory,  # noqa: F811
+        fake_nodes: FakeNodeDaemon) -> None:  # noqa: F811
+    op = operators("--standalone", "--replan-interval", "4").start()
+    op.wait_healthy()
+    # Two tenants that want GPUs of their own: two GPUs.
+    for name in ("iso-a", "iso-b"):
+        create(api, namespace, inference_job(
+            name, 500, tenant=name, isolation={"dedicatedGPU": True},
+            migration={"allowed": True, "disruptionBudget": 1}))
+    before = {n: wait_phase(api, namespace, n, "Running", op) for n in ("iso-a", "iso-b")}
+    gpus = {r["gpuUUID"] for j in before.values() for r in j["status"]["replicas"]}
+    assert len(gpus) == 2
+    # Isolation lifted: the periodic re-plan may put them on one GPU, moving one replica.
+    for name in ("iso-a", "iso-b"):
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "inferencejobs", name,
+            {"spec": {"isolation": {"dedicatedGPU": False}}})
+
+    def consolidated() -> bool:
+        now = [get(api, namespace, n) for n in ("iso-a", "iso-b")]
+        used = {r["gpuUUID"] for j in now for r in (j.get("status") or {}).get("replicas", [])}
+        return len(used) == 1 and all(j["status"]["phase"] == "Running" for j in now)
+
+    wait_until("the re-plan to consolidate the two jobs", consolidated, 120)
+    moved = [e for n in ("iso-a", "iso-b") for e in events_for(api, namespace, n)
+             if e["reason"] == "Migrating"]
+    assert len(moved) == 1 and "moves 1 replica" in moved[0]["message"]
+    text = op.metrics()
+    assert "conspirator_migrations_total 1.0" in text
+    assert check_invariants(api, [namespace]) == []
