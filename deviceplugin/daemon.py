@@ -76,6 +76,8 @@ class BufferRegistry(Protocol):
 
     def count(self) -> int: ...
 
+    def close(self) -> None: ...
+
 
 def detect_dpu(sysfs: Path = Path("/sys/bus/pci/devices")) -> DPUStatus:
     """A BlueField DPU on this host's PCI bus, read from sysfs."""
@@ -505,7 +507,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         agent_endpoint=args.dpu_agent_endpoint, dpu=dpu, resync=args.resync_seconds)
     metrics = Metrics(args.node_name)
     cluster = KubeCluster(args.node_name, args.kubeconfig)
-    registry = None
+    registry: BufferRegistry | None = None
     extra: list[Callable[[], None]] = []
     if config.registry_socket is not None and not args.kwok:
         from conspirator.deviceplugin.registry import make_registry
@@ -524,7 +526,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     log.info("node daemon for %s: backend %s, %s", args.node_name, backend.name,
              "kwok mode" if args.kwok else f"kubelet at {config.plugin_dir}")
-    daemon.run(extra)
+    try:
+        daemon.run(extra)
+    finally:
+        if registry is not None:
+            registry.close()
     return 0
 
 
