@@ -1,11 +1,140 @@
-"""``conspirator dpu-agent``: run the DPU agent (being built, issue 6)."""
+"""``conspirator dpu-agent``: run the data-path agent of a node's DPU."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
 from typing import Any
+
+from conspirator.loadgen import parse_size
+
+from .core import AgentConfig
+from .server import Agent
+from .tokens import DirectoryTokens, StaticTokens, TokenStore
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+def _cpus(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
-    p = subparsers.add_parser("dpu-agent", help="run the data-path agent of a node's DPU")
-    p.set_defaults(func=lambda args: 2)
+    p = subparsers.add_parser(
+        "dpu-agent", help="run the data-path agent of a node's DPU",
+        description="Serve clients' requests (TCP; a unix socket for same-host clients; RDMA "
+        "where a device exists) and move their bytes into the input buffers the node's "
+        "buffer registry publishes.")
+    p.add_argument("--listen", type=_hostport, default=("0.0.0.0", 7470),
+                   help="TCP address for clients (HOST:PORT; port 0 picks one)")
+    p.add_argument("--no-tcp", action="store_true", help="no TCP listener")
+    p.add_argument("--local-socket", help="unix socket for same-host (one-sided) clients")
+    p.add_argument("--publish-socket", required=True,
+                   help="unix socket where the node's buffer registry publishes buffers")
+    p.add_argument("--tokens-dir", help="directory of <namespace>.<job> token files "
+                   "(the jobs' Secrets)")
+    p.add_argument("--token", action="append", default=[], metavar="NS/JOB=TOKEN",
+                   help="a job token (tests, demos); repeatable")
+    p.add_argument("--node", default=os.environ.get("NODE_NAME", ""),
+                   help="node name the registry authenticates as")
+    p.add_argument("--node-token-file", help="file holding the node token of the registry")
+    p.add_argument("--local-registry", metavar="PATH",
+                   help="also run a stand-in buffer registry on PATH (no node daemon)")
+    p.add_argument("--window", type=int, default=16, help="outstanding requests per connection")
+    p.add_argument("--max-payload", type=parse_size, default=64 << 20)
+    p.add_argument("--staging-budget", type=parse_size, default=512 << 20)
+    p.add_argument("--local-slot", type=parse_size, default=4 << 20,
+                   help="staging slot of one-sided clients")
+    p.add_argument("--request-timeout", type=float, default=30.0)
+    p.add_argument("--no-replica-timeout", type=float, default=5.0)
+    p.add_argument("--rdma", nargs="?", const="", default=None, metavar="DEVICE",
+                   help="serve RDMA clients (first device, or DEVICE)")
+    p.add_argument("--cpu", help="pin the agent to these CPUs (the DPU's reserved cores)")
+    p.add_argument("--ready-file", type=Path,
+                   help="write {tcp_port, pid} here once listening")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.cpu:
+        os.sched_setaffinity(0, _cpus(args.cpu))
+    node = args.node or os.uname().nodename.lower()
+    node_token = None
+    if args.node_token_file:
+        node_token = Path(args.node_token_file).read_text().strip()
+    elif args.local_registry:
+        node_token = secrets.token_urlsafe(32)
+    jobs = dict(t.split("=", 1) for t in args.token)
+    tokens: TokenStore
+    if args.tokens_dir or args.node_token_file:
+        d = DirectoryTokens(args.tokens_dir, args.node_token_file, node)
+        tokens = _Chain(d, StaticTokens(jobs, {node: node_token} if node_token else {}))
+    else:
+        tokens = StaticTokens(jobs, {node: node_token} if node_token else {})
+    cfg = AgentConfig(window=args.window, max_payload=args.max_payload,
+                      staging_budget=max(args.staging_budget, args.max_payload),
+                      request_timeout=args.request_timeout,
+                      no_replica_timeout=args.no_replica_timeout,
+                      local_slot_bytes=args.local_slot)
+    asyncio.run(_serve(args, cfg, tokens, node, node_token))
+    return 0
+
+
+class _Chain:
+    def __init__(self, *stores: TokenStore) -> None:
+        self.stores = stores
+
+    def token_for(self, mode: Any, name: str) -> str | None:
+        for s in self.stores:
+            t = s.token_for(mode, name)
+            if t is not None:
+                return t
+        return None
+
+
+async def _serve(args: argparse.Namespace, cfg: AgentConfig, tokens: TokenStore, node: str,
+                 node_token: str | None) -> None:
+    agent = Agent(cfg, tokens, tcp=None if args.no_tcp else args.listen,
+                  local_path=args.local_socket, publish_path=args.publish_socket,
+                  rdma_device=args.rdma)
+    await agent.start()
+    registry = None
+    if args.local_registry:
+        from .localregistry import LocalRegistry
+
+        assert node_token is not None
+        registry = LocalRegistry(args.local_registry, args.publish_socket, node, node_token)
+        await registry.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.ready_file:
+        tmp = args.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"tcp_port": agent.tcp_port, "pid": os.getpid()}))
+        tmp.rename(args.ready_file)
+    await stop.wait()
+    logging.getLogger("conspirator.dpu_agent").info("stopping: %s", agent.core.stats)
+    if registry is not None:
+        await registry.close()
+    await agent.close()
+    with contextlib.suppress(OSError):
+        if args.ready_file:
+            args.ready_file.unlink()

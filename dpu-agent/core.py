@@ -1,0 +1,518 @@
+"""The agent's data-path core, independent of transports: replicas, dispatch, completions.
+
+A request (:class:`Pending`) arrives from a session with its bytes in a staging buffer.
+The dispatcher sends it to the job's replica with the least outstanding work weighted by
+the replica's throughput from the placement (``(outstanding bytes + this request) /
+weight``, among replicas with a free slot), or queues it on the job until a slot frees.
+Submission is: copy engine (staging -> slot), record the slot's tag, push
+``(tag, slot, length)`` on the replica's submission ring, ring its doorbell.  The worker
+answers on the completion ring and rings the completion eventfd, which wakes the event
+loop here; the result goes back on the request's own connection.
+
+Every request ends in exactly one answer: a RESPONSE, or an ERROR naming why (worker error,
+replica gone, timeout, no replica, shutting down).  A request whose session has gone has
+nobody to answer and is dropped (its slot is still reclaimed when the worker finishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conspirator.wire.frames import BufferInfo, ErrorCode
+from conspirator.wire.native import Impl, impl
+from conspirator.wire.registration import TARGET_CUDA_IPC, TARGET_MEMFD, Publication
+from conspirator.wire.shm import ControlBlock, Geometry, LayoutError, Status, WorkerState
+
+from .targets import CudaTarget, ShmTarget, Target, is_eventfd
+
+log = logging.getLogger("conspirator.dpu_agent")
+
+_TAG_BITS = 40
+_TAG_MASK = (1 << _TAG_BITS) - 1
+_STATUS_ERRORS = {int(Status.RESULT_TOO_LARGE): ErrorCode.RESULT_TOO_LARGE,
+                  int(Status.BAD_INPUT): ErrorCode.BAD_INPUT}
+#: A replica whose completions are this often nonsense is dropped.
+MAX_BAD_COMPLETIONS = 16
+
+
+@dataclass
+class AgentConfig:
+    window: int = 16  # outstanding requests per connection
+    max_payload: int = 64 << 20
+    max_result: int = 64 << 20
+    staging_budget: int = 512 << 20
+    request_timeout: float = 30.0
+    no_replica_timeout: float = 5.0
+    handshake_timeout: float = 5.0
+    local_slot_bytes: int = 4 << 20  # staging slot of a one-sided (local/RDMA) client
+
+
+class Session:
+    """What the core needs from a client connection (transports subclass it)."""
+
+    def __init__(self, job: str, window: int) -> None:
+        self.job = job
+        self.window = window
+        self.inflight: dict[int, Pending] = {}
+        self.closed = False
+        self.answered = 0
+
+    def send_response(self, request_id: int, buffer_id: int, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
+        raise NotImplementedError
+
+    def on_request_done(self) -> None:
+        """A request left ``inflight``: the transport may resume reading."""
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    session: Session
+    request_id: int
+    target: int
+    length: int
+    src: Any = None  # buffer holding the bytes (an mmap)
+    src_off: int = 0
+    release: Callable[[], None] | None = None  # frees the source once copied (or failed)
+    enqueued: float = 0.0
+    deadline: float = 0.0
+    replica: ReplicaHandle | None = None
+    slot: int = -1
+    done: bool = False
+
+    def free_source(self) -> None:
+        rel, self.release, self.src = self.release, None, None
+        if rel is not None:
+            rel()
+
+
+class ReplicaHandle:
+    """One published buffer: a worker replica the agent can write into."""
+
+    def __init__(self, pub: Publication, fds: list[int], owner: object,
+                 native: Impl) -> None:
+        spec = pub.spec
+        self.buffer_id = pub.buffer_id
+        self.job = spec.job
+        self.name = spec.replica
+        self.weight = spec.weight
+        self.owner = owner
+        self.geometry = g = Geometry(spec.slots, spec.slot_bytes, spec.result_bytes)
+        if len(fds) != spec.nfds:
+            raise LayoutError(f"{spec.target} publication needs {spec.nfds} descriptors, "
+                              f"got {len(fds)}")
+        ctl_fd, self.doorbell_fd, self.completion_fd = fds[0], fds[1], fds[2]
+        self._fds = list(fds)
+        for fd, what in ((self.doorbell_fd, "doorbell"), (self.completion_fd, "completion")):
+            if not is_eventfd(fd):
+                raise LayoutError(f"{what} descriptor is not an eventfd")
+            os.set_blocking(fd, False)
+        self.ctl = ControlBlock(ctl_fd, g, create=False, native=native)
+        self.target: Target
+        try:
+            if spec.target == TARGET_MEMFD:
+                self.target = ShmTarget(fds[3], g, native)
+            elif spec.target == TARGET_CUDA_IPC:
+                self.target = CudaTarget(spec.cuda_ipc_handle, spec.cuda_device, g)
+            else:  # pragma: no cover - BufferSpec validates the target
+                raise LayoutError(f"unknown target {spec.target}")
+        except BaseException:
+            self.ctl.close()
+            raise
+        self.native = native
+        # Slots a previous agent left in flight stay busy until their completion arrives.
+        self.orphans = {s for s in range(g.slots) if self.ctl.tags[s] != 0}
+        self.free_slots = [s for s in reversed(range(g.slots)) if s not in self.orphans]
+        self.inflight: dict[int, Pending] = {}
+        self.outstanding_bytes = 0
+        self.submitted = 0
+        self.completed = 0
+        self.bad_completions = 0
+        self.needs_ring = False
+        self.closed = False
+
+    def info(self) -> BufferInfo:
+        return BufferInfo(self.buffer_id, self.geometry.slots, self.geometry.slot_bytes,
+                          self.weight)
+
+    def score(self, length: int) -> float:
+        return (self.outstanding_bytes + length + 1) / self.weight
+
+    def submit(self, p: Pending, tag: int) -> None:
+        slot = self.free_slots.pop()
+        try:
+            if p.length:
+                self.target.write(slot, p.src, p.src_off, p.length)
+        except BaseException:
+            self.free_slots.append(slot)
+            raise
+        p.free_source()
+        p.replica, p.slot = self, slot
+        self.ctl.tags[slot] = tag
+        self.inflight[slot] = p
+        self.outstanding_bytes += p.length
+        if not self.ctl.sq.push(tag, slot, p.length, 0, 0):  # cannot happen: sq >= 2 * slots
+            raise LayoutError("submission ring full")
+        self.submitted += 1
+        self.needs_ring = True
+
+    def ring(self) -> None:
+        if self.needs_ring:
+            self.needs_ring = False
+            self.native.doorbell_ring(self.doorbell_fd)
+
+    def close(self) -> None:
+        self.closed = True
+        self.target.close()
+        self.ctl.close()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+@dataclass
+class JobState:
+    name: str
+    replicas: dict[int, ReplicaHandle] = field(default_factory=dict)
+    queue: deque[Pending] = field(default_factory=deque)
+    turn: int = 0
+
+    def max_slot(self) -> int:
+        return max((r.geometry.slot_bytes for r in self.replicas.values()), default=0)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    responses: int = 0
+    errors: int = 0
+    dropped_no_session: int = 0
+    bytes_in: int = 0
+    connections: int = 0
+    protocol_errors: int = 0
+    auth_failures: int = 0
+
+
+class AgentCore:
+    def __init__(self, config: AgentConfig, native: Impl | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config
+        self.native = native or impl
+        self.loop = loop
+        self.jobs: dict[str, JobState] = {}
+        self.replicas: dict[int, ReplicaHandle] = {}
+        self.epoch = secrets.randbits(63 - _TAG_BITS) or 1
+        self._tag = 0
+        self.stats = Stats()
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ replicas
+
+    def job(self, name: str) -> JobState:
+        j = self.jobs.get(name)
+        if j is None:
+            j = self.jobs[name] = JobState(name)
+        return j
+
+    def publish(self, pub: Publication, fds: list[int], owner: object) -> ReplicaHandle:
+        """Attach a published buffer; raises LayoutError (fds are then the caller's)."""
+        if pub.buffer_id in self.replicas:
+            self.withdraw(pub.buffer_id, "published again")
+        rep = ReplicaHandle(pub, fds, owner, self.native)
+        if rep.ctl.state is WorkerState.STOPPED:
+            rep.close()
+            raise LayoutError("worker reports it has stopped")
+        rep.ctl.epoch = self.epoch
+        self.replicas[rep.buffer_id] = rep
+        self.job(rep.job).replicas[rep.buffer_id] = rep
+        if self.loop is not None:
+            self.loop.add_reader(rep.completion_fd, self._on_completion, rep)
+        log.info("replica %s of %s published as buffer %d (%d x %d bytes, weight %g, %s)",
+                 rep.name, rep.job, rep.buffer_id, rep.geometry.slots,
+                 rep.geometry.slot_bytes, rep.weight, rep.target.kind)
+        self._pump(self.job(rep.job))
+        return rep
+
+    def withdraw(self, buffer_id: int, reason: str) -> bool:
+        rep = self.replicas.pop(buffer_id, None)
+        if rep is None:
+            return False
+        job = self.jobs.get(rep.job)
+        if job is not None:
+            job.replicas.pop(buffer_id, None)
+        # Whatever the worker finished before going is still answered.
+        if not rep.closed:
+            self._reap(rep)
+        if self.loop is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.loop.remove_reader(rep.completion_fd)
+        for p in list(rep.inflight.values()):
+            self._finish_error(p, ErrorCode.REPLICA_FAILED,
+                               f"replica {rep.name} (buffer {buffer_id}) went away with the "
+                               f"request in flight: {reason}")
+        rep.inflight.clear()
+        rep.close()
+        log.info("replica %s of %s withdrawn (buffer %d): %s", rep.name, rep.job, buffer_id,
+                 reason)
+        if job is not None:
+            for p in [p for p in job.queue if p.target == buffer_id]:
+                job.queue.remove(p)
+                self._finish_error(p, ErrorCode.REPLICA_FAILED,
+                                   f"target buffer {buffer_id} was withdrawn: {reason}")
+        return True
+
+    def withdraw_owner(self, owner: object, reason: str) -> None:
+        for bid in [b for b, r in self.replicas.items() if r.owner is owner]:
+            self.withdraw(bid, reason)
+
+    def buffers_of(self, job: str) -> tuple[BufferInfo, ...]:
+        j = self.jobs.get(job)
+        return tuple(r.info() for r in j.replicas.values()) if j else ()
+
+    # ------------------------------------------------------------------ requests
+
+    def check(self, session: Session, request_id: int, target: int,
+              length: int) -> tuple[ErrorCode, str] | None:
+        """Refusals decided from a request's header, before its bytes are read."""
+        if self.shutting_down:
+            return ErrorCode.SHUTTING_DOWN, "the agent is shutting down"
+        if request_id in session.inflight:
+            return ErrorCode.DUPLICATE_REQUEST, f"request id {request_id} is already in flight"
+        if target:
+            rep = self.replicas.get(target)
+            if rep is None or rep.job != session.job:
+                return ErrorCode.TARGET_REFUSED, (f"buffer {target} is not one of job "
+                                                  f"{session.job}'s buffers")
+            if length > rep.geometry.slot_bytes:
+                return ErrorCode.TARGET_REFUSED, (
+                    f"{length} bytes exceed buffer {target}'s slots of "
+                    f"{rep.geometry.slot_bytes} bytes")
+            return None
+        job = self.jobs.get(session.job)
+        if job is not None and job.replicas and length > job.max_slot():
+            return ErrorCode.PAYLOAD_TOO_LARGE, (f"{length} bytes exceed every input buffer "
+                                                 f"of job {session.job} "
+                                                 f"(largest slot {job.max_slot()} bytes)")
+        return None
+
+    def next_tag(self) -> int:
+        self._tag = (self._tag + 1) & _TAG_MASK or 1
+        return (self.epoch << _TAG_BITS) | self._tag
+
+    def admit(self, p: Pending) -> None:
+        """Register a request with its session (it now counts against the window)."""
+        now = time.monotonic()
+        p.enqueued = now
+        p.deadline = now + self.config.request_timeout
+        p.session.inflight[p.request_id] = p
+        self.stats.requests += 1
+
+    def submit(self, p: Pending) -> None:
+        """The request's bytes are in staging: dispatch it or queue it."""
+        self.stats.bytes_in += p.length
+        job = self.job(p.session.job)
+        if job.queue or not self._dispatch(job, p):
+            job.queue.append(p)
+            self._pump(job)
+        self._ring_all(job)
+
+    def _pick(self, job: JobState, p: Pending) -> ReplicaHandle | None:
+        if p.target:
+            rep = job.replicas.get(p.target)
+            return rep if rep is not None and rep.free_slots else None
+        # Ties (idle replicas of equal weight) rotate, so light load still spreads.
+        reps = list(job.replicas.values())
+        job.turn = (job.turn + 1) % max(len(reps), 1)
+        best: ReplicaHandle | None = None
+        best_score = 0.0
+        for rep in reps[job.turn:] + reps[:job.turn]:
+            if rep.free_slots and rep.geometry.slot_bytes >= p.length:
+                s = rep.score(p.length)
+                if best is None or s < best_score:
+                    best, best_score = rep, s
+        return best
+
+    def _dispatch(self, job: JobState, p: Pending) -> bool:
+        rep = self._pick(job, p)
+        if rep is None:
+            return False
+        try:
+            rep.submit(p, self.next_tag())
+        except (LayoutError, OSError, ValueError) as e:
+            log.error("copy into buffer %d failed: %s", rep.buffer_id, e)
+            self._finish_error(p, ErrorCode.REPLICA_FAILED, f"copy into the replica failed: {e}")
+            self.withdraw(rep.buffer_id, f"copy failed: {e}")
+        return True
+
+    def _pump(self, job: JobState) -> None:
+        if not job.queue:
+            return
+        for p in list(job.queue):
+            if not any(r.free_slots for r in job.replicas.values()):
+                break
+            if self._pick(job, p) is not None:
+                job.queue.remove(p)
+                self._dispatch(job, p)
+        self._ring_all(job)
+
+    @staticmethod
+    def _ring_all(job: JobState) -> None:
+        for rep in job.replicas.values():
+            rep.ring()
+
+    # ------------------------------------------------------------------ completions
+
+    def _on_completion(self, rep: ReplicaHandle) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.eventfd_read(rep.completion_fd)
+        self._reap(rep)
+        job = self.jobs.get(rep.job)
+        if job is not None and not rep.closed:
+            self._pump(job)
+
+    def _reap(self, rep: ReplicaHandle) -> None:
+        try:
+            entries = rep.ctl.cq.pop_many(rep.geometry.capacity)
+        except self.native.RingCorrupted as e:
+            self.withdraw(rep.buffer_id, f"completion ring corrupted: {e}")
+            return
+        g = rep.geometry
+        for tag, slot, n, status, _micros in entries:
+            if not 0 <= slot < g.slots or tag == 0 or rep.ctl.tags[slot] != tag:
+                rep.bad_completions += 1
+                log.warning("buffer %d: completion for slot %d with an unknown tag",
+                            rep.buffer_id, slot)
+                if rep.bad_completions > MAX_BAD_COMPLETIONS:
+                    self.withdraw(rep.buffer_id, "too many bogus completions")
+                    return
+                continue
+            rep.ctl.tags[slot] = 0
+            rep.free_slots.append(slot)
+            rep.orphans.discard(slot)
+            p = rep.inflight.pop(slot, None)
+            if p is None:
+                continue  # left by a previous agent
+            rep.outstanding_bytes -= p.length
+            rep.completed += 1
+            self._deliver(rep, p, n, status)
+
+    def _deliver(self, rep: ReplicaHandle, p: Pending, n: int, status: int) -> None:
+        g = rep.geometry
+        if n > g.result_bytes:
+            self._finish_error(p, ErrorCode.WORKER_ERROR,
+                               f"worker reported a result of {n} bytes, area is {g.result_bytes}")
+            return
+        view = rep.ctl.result_view(p.slot, n)
+        try:
+            if status == Status.OK:
+                if n > self.config.max_result:
+                    self._finish_error(p, ErrorCode.RESULT_TOO_LARGE,
+                                       f"result of {n} bytes exceeds {self.config.max_result}")
+                else:
+                    self._finish_ok(p, rep.buffer_id, view)
+            else:
+                msg = bytes(view[:1024]).decode("utf-8", "replace")
+                code = _STATUS_ERRORS.get(status, ErrorCode.WORKER_ERROR)
+                self._finish_error(p, code, msg or f"worker status {status}")
+        finally:
+            view.release()
+
+    # ------------------------------------------------------------------ endings
+
+    def _end(self, p: Pending) -> bool:
+        """Take ``p`` out of its session; False when it was already answered."""
+        p.free_source()
+        if p.done:
+            return False
+        p.done = True
+        s = p.session
+        s.inflight.pop(p.request_id, None)
+        s.on_request_done()
+        if s.closed:
+            self.stats.dropped_no_session += 1
+            return False
+        return True
+
+    def _finish_ok(self, p: Pending, buffer_id: int, data: memoryview) -> None:
+        if self._end(p):
+            self.stats.responses += 1
+            p.session.answered += 1
+            p.session.send_response(p.request_id, buffer_id, data)
+
+    def _finish_error(self, p: Pending, code: ErrorCode, message: str) -> None:
+        if self._end(p):
+            self.stats.errors += 1
+            p.session.answered += 1
+            p.session.send_error(p.request_id, code, message)
+
+    def fail(self, p: Pending, code: ErrorCode, message: str) -> None:
+        """Answer a request that never reached dispatch (e.g. refused after admission)."""
+        job = self.jobs.get(p.session.job)
+        if job is not None and p in job.queue:
+            job.queue.remove(p)
+        self._finish_error(p, code, message)
+
+    def drop_session(self, session: Session) -> None:
+        """The connection is gone: free what its requests hold; in-flight ones are
+        reclaimed when their worker finishes."""
+        session.closed = True
+        job = self.jobs.get(session.job)
+        for p in list(session.inflight.values()):
+            if job is not None and p in job.queue:
+                job.queue.remove(p)
+            if p.replica is None:
+                p.free_source()
+                p.done = True
+                self.stats.dropped_no_session += 1
+        session.inflight.clear()
+
+    def sweep(self, now: float | None = None) -> None:
+        """Time out what waited too long: queued without any replica, or unanswered."""
+        now = time.monotonic() if now is None else now
+        cfg = self.config
+        for job in list(self.jobs.values()):
+            for p in list(job.queue):
+                if not job.replicas and now - p.enqueued > cfg.no_replica_timeout:
+                    job.queue.remove(p)
+                    self._finish_error(p, ErrorCode.NO_REPLICA,
+                                       f"job {job.name} has no replica (waited "
+                                       f"{cfg.no_replica_timeout:g} s)")
+                elif now > p.deadline:
+                    job.queue.remove(p)
+                    self._finish_error(p, ErrorCode.TIMEOUT,
+                                       f"not dispatched within {cfg.request_timeout:g} s")
+        for rep in list(self.replicas.values()):
+            for p in list(rep.inflight.values()):
+                if not p.done and now > p.deadline:
+                    # The slot stays busy until the worker answers; the client hears now.
+                    self._finish_error(p, ErrorCode.TIMEOUT,
+                                       f"replica {rep.name} did not answer within "
+                                       f"{cfg.request_timeout:g} s")
+
+    def shutdown(self, reason: str = "the agent is shutting down") -> None:
+        self.shutting_down = True
+        for job in self.jobs.values():
+            while job.queue:
+                self._finish_error(job.queue.popleft(), ErrorCode.SHUTTING_DOWN, reason)
+        for rep in list(self.replicas.values()):
+            for p in list(rep.inflight.values()):
+                self._finish_error(p, ErrorCode.SHUTTING_DOWN, reason)
+            if self.loop is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.loop.remove_reader(rep.completion_fd)
+            rep.close()
+        self.replicas.clear()
+        for job in self.jobs.values():
+            job.replicas.clear()
