@@ -1,0 +1,131 @@
+"""The wire protocol's frames: round trips and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from conspirator.wire import auth
+from conspirator.wire.frames import (
+    AGENT_TO_CLIENT,
+    CLIENT_TO_AGENT,
+    CONTROL_MAX,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    BufferInfo,
+    Challenge,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Mode,
+    MsgType,
+    ProtocolError,
+    RdmaInfo,
+    Welcome,
+    decode_auth,
+    decode_error,
+    decode_staged,
+    encode,
+    encode_error,
+    encode_staged,
+    pack_header,
+    parse_header,
+    valid_job,
+)
+
+
+def test_header_is_24_bytes_little_endian() -> None:
+    h = pack_header(MsgType.REQUEST, 0x0102030405060708, 5, 9)
+    assert len(h) == HEADER_SIZE == 24
+    assert h[:4] == MAGIC and h[4] == 1 and h[5] == MsgType.REQUEST
+    assert h[8:16] == bytes([8, 7, 6, 5, 4, 3, 2, 1])
+    hdr = parse_header(h, CLIENT_TO_AGENT, 100)
+    assert (hdr.type, hdr.request_id, hdr.length, hdr.aux) == (MsgType.REQUEST,
+                                                             0x0102030405060708, 5, 9)
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (HEADER.pack(b"XXXX", 1, 5, 0, 1, 0, 0), ErrorCode.BAD_FRAME),
+    (HEADER.pack(MAGIC, 2, 5, 0, 1, 0, 0), ErrorCode.UNSUPPORTED_VERSION),
+    (HEADER.pack(MAGIC, 0, 5, 0, 1, 0, 0), ErrorCode.UNSUPPORTED_VERSION),
+    (HEADER.pack(MAGIC, 1, 99, 0, 1, 0, 0), ErrorCode.BAD_FRAME),
+    (HEADER.pack(MAGIC, 1, MsgType.WELCOME, 0, 1, 0, 0), ErrorCode.BAD_FRAME),  # wrong way
+    (HEADER.pack(MAGIC, 1, 5, 1, 1, 0, 0), ErrorCode.BAD_FRAME),  # flags
+    (HEADER.pack(MAGIC, 1, 5, 0, 0, 0, 0), ErrorCode.BAD_FRAME),  # request id 0
+    (HEADER.pack(MAGIC, 1, 5, 0, 1, 101, 0), ErrorCode.PAYLOAD_TOO_LARGE),
+    (HEADER.pack(MAGIC, 1, MsgType.PING, 0, 1, CONTROL_MAX + 1, 0), ErrorCode.BAD_FRAME),
+    (b"short", ErrorCode.BAD_FRAME),
+])
+def test_bad_headers_are_refused(raw: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as e:
+        parse_header(raw, CLIENT_TO_AGENT, 100)
+    assert e.value.code is code
+
+
+def test_decoder_reassembles_any_chunking() -> None:
+    stream = b"".join([encode(MsgType.PING, b"abc", 7), encode(MsgType.RESPONSE, b"x" * 1000, 8, 3),
+                       encode(MsgType.ERROR, encode_error("nope"), 9, int(ErrorCode.TIMEOUT))])
+    for step in (1, 2, 7, 24, 25, 500, len(stream)):
+        dec = FrameDecoder(AGENT_TO_CLIENT, 4096)
+        frames = []
+        for i in range(0, len(stream), step):
+            frames += dec.feed(stream[i:i + step])
+        assert [f.type for f in frames] == [MsgType.PING, MsgType.RESPONSE, MsgType.ERROR]
+        assert frames[1].body == b"x" * 1000 and frames[1].header.aux == 3
+        assert decode_error(frames[2].header, frames[2].body) == (ErrorCode.TIMEOUT, "nope")
+        assert not dec.mid_frame
+
+
+def test_decoder_reports_mid_frame() -> None:
+    dec = FrameDecoder(AGENT_TO_CLIENT, 4096)
+    assert dec.feed(encode(MsgType.RESPONSE, b"12345", 1)[:-2]) == []
+    assert dec.mid_frame
+
+
+def test_hello_round_trip_and_refusals() -> None:
+    h = Hello("team-a/resnet-50", Mode.INLINE, b"n" * 16)
+    assert Hello.decode(h.encode()) == h
+    p = Hello("node-1.example", Mode.PUBLISHER, b"m" * 16)
+    assert Hello.decode(p.encode()) == p
+    body = h.encode()
+    for bad in (body[:-1], body + b"x", body[:4] + b"\x09" + body[5:],
+                Hello("Team/Bad", Mode.INLINE, b"n" * 16).encode(),
+                Hello("nojobslash", Mode.INLINE, b"n" * 16).encode(),
+                Hello("a/b", Mode.INLINE, b"n" * 16, 3, 1).encode()):
+        with pytest.raises(ProtocolError):
+            Hello.decode(bad)
+
+
+def test_other_bodies_round_trip() -> None:
+    assert Challenge.decode(Challenge(b"c" * 16, 1).encode()) == Challenge(b"c" * 16, 1)
+    w = Welcome(1, 16, 1 << 20, 4096, 4, 1 << 20,
+                (BufferInfo(3, 4, 4096, 1.0), BufferInfo(9, 2, 8192, 2.5)))
+    assert Welcome.decode(w.encode()) == w
+    assert decode_staged(encode_staged(3, 77)) == (3, 77)
+    r = RdmaInfo(1, 2, 3, b"g" * 16, 4, 5, 6)
+    assert RdmaInfo.decode(r.encode()) == r
+    for fn, body in ((Welcome.decode, w.encode()[:-1]), (decode_staged, b"1234567"),
+                     (RdmaInfo.decode, b""), (Challenge.decode, b"x"), (decode_auth, b"y" * 31)):
+        with pytest.raises(ProtocolError):
+            fn(body)
+    with pytest.raises(ProtocolError):
+        Welcome.decode(Welcome(1, 0, 1, 1, 0, 0, ()).encode())  # zero window
+
+
+def test_job_names() -> None:
+    assert valid_job("default/a") and valid_job("team-a/resnet.v2")
+    for bad in ("a", "/a", "a/", "A/b", "a/b/c", "a b/c", "a/" + "x" * 260):
+        assert not valid_job(bad)
+
+
+def test_auth_binds_token_job_mode_and_nonces() -> None:
+    hello = Hello("team-a/job", Mode.INLINE, b"c" * 16)
+    mac = auth.prove("secret", hello, b"a" * 16, 1)
+    assert auth.verify("secret", hello, b"a" * 16, 1, mac)
+    assert not auth.verify("other", hello, b"a" * 16, 1, mac)
+    assert not auth.verify(None, hello, b"a" * 16, 1, mac)
+    assert not auth.verify("secret", hello, b"b" * 16, 1, mac)  # replay on a new challenge
+    assert not auth.verify("secret", Hello("team-b/job", Mode.INLINE, b"c" * 16),
+                           b"a" * 16, 1, mac)
+    assert not auth.verify("secret", Hello("team-a/job", Mode.LOCAL, b"c" * 16),
+                           b"a" * 16, 1, mac)
