@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
-	bench-fractional bench-mig bench-scale clean
+	bench-fractional bench-mig bench-scale bench-deviceplugin clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -71,6 +71,11 @@ bench-mig: install
 
 bench-scale: install
 	$(BIN)/python benchmarks/fractional_scale.py
+
+# Node daemon: applier passes, Allocate over gRPC, buffer registration (python -P: the
+# repository root's operator/ directory would shadow the standard library).
+bench-deviceplugin: install
+	$(BIN)/python -P benchmarks/deviceplugin_bench.py --out benchmarks/results/deviceplugin
 
 clean:
 	rm -rf $(VENV) build *.egg-info out
