@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,8 +66,14 @@ def test_operator_jobs_run_through_the_node_daemons(
             raise
         return bool((obj.get("status") or {}).get("gpuCount"))
 
+    def in_use(node: str, device: str) -> bool:
+        status = cast(dict[str, Any], custom.get_cluster_custom_object(
+            GROUP, VERSION, PLURAL, node))["status"]
+        return any(i["uuid"] == device and i.get("inUse")
+                   for g in status["gpus"] for i in g["instances"])
+
     for name in node_daemons.nodes:
-        wait_until(f"{name}'s GPUNode from its daemon", lambda name=name: reported(name), 60)
+        wait_until(f"{name}'s GPUNode from its daemon", partial(reported, name), 60)
     op: OperatorProcess = operators("--standalone", "--replan-interval", "0").start()
     op.wait_healthy()
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "modelprofile-resnet50.yaml"),
@@ -107,8 +114,5 @@ def test_operator_jobs_run_through_the_node_daemons(
             GROUP, VERSION, PLURAL, p["spec"]["nodeName"]))["status"]
         inst = next(i for g in status["gpus"] for i in g["instances"] if i["uuid"] == device)
         assert resource == "conspirator.io/mig-" + inst["profile"]
-        wait_until(f"{device} in use", lambda node=p["spec"]["nodeName"], device=device: any(
-            i["uuid"] == device and i.get("inUse")
-            for g in cast(dict[str, Any], custom.get_cluster_custom_object(
-                GROUP, VERSION, PLURAL, node))["status"]["gpus"] for i in g["instances"]), 30)
+        wait_until(f"{device} in use", partial(in_use, p["spec"]["nodeName"], device), 30)
     assert check_invariants(api, [namespace]) == []
