@@ -227,7 +227,7 @@ class LocalRegistry:
                 self.connected.set()
                 log.info("publishing to the agent at %s", self.agent_publish_path)
                 while True:
-                    frame, fds = await self._ops.get()
+                    frame, fds = await self._next_op(sock)
                     try:
                         await sendmsg_async(sock, frame, fds)
                     finally:
@@ -248,6 +248,25 @@ class LocalRegistry:
                 sock.close()
             await asyncio.sleep(0.1)
 
+    async def _next_op(self, sock: socket.socket) -> tuple[bytes, list[int]]:
+        """The next op to send; raises ConnectionError if the agent goes away meanwhile
+        (an idle channel must still notice an agent restart)."""
+        get = asyncio.ensure_future(self._ops.get())
+        gone = asyncio.ensure_future(_wait_readable(sock))
+        try:
+            await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if get.done() and not get.cancelled():
+                return get.result()
+            raise ConnectionError("the agent closed the publish channel")
+        finally:
+            # Both helpers finish here: the watcher must remove its reader before anyone
+            # else adds one on the same fd.
+            for t in (gone, get):
+                if not t.done():
+                    t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
     async def _authenticate(self, sock: socket.socket) -> None:
         hello = Hello(self.node, Mode.PUBLISHER, auth.new_nonce())
         await sendmsg_async(sock, encode(MsgType.HELLO, hello.encode()), [])
@@ -263,6 +282,22 @@ class LocalRegistry:
         if frame.type is not MsgType.WELCOME:
             code, msg = decode_error(frame.header, frame.body)
             raise ConnectionError(f"agent refused the publisher: {code.name}: {msg}")
+
+
+async def _wait_readable(sock: socket.socket) -> None:
+    """Returns when the socket is readable: here only EOF or an unexpected frame."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(sock.fileno())
 
 
 def _close_all(fds: list[int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from typing import Any
 
 from conspirator.runtime.reference import MODELS
@@ -36,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--replica", help="replica name (default: CONSPIRATOR_POD)")
     p.add_argument("--weight", type=float, help="throughput estimate, requests/s")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--delay", type=float, default=0.0,
+                   help="seconds of simulated model time per request (demos, tests)")
     p.add_argument("--cpu", help="pin to these CPUs, e.g. 0 or 0-1")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=main)
@@ -54,6 +57,13 @@ def main(args: argparse.Namespace) -> int:
     runtime.input_tensor(shape, dtype, slots=args.slots, result_bytes=args.result_bytes,
                          device=args.device, framework="numpy", registry=args.registry,
                          job=args.job, replica=args.replica, weight=args.weight)
-    served = runtime.serve(MODELS[args.model]())
+    model = MODELS[args.model]()
+    if args.delay > 0:
+        inner, delay = model, args.delay
+
+        def model(x: Any) -> Any:
+            time.sleep(delay)
+            return inner(x)
+    served = runtime.serve(model)
     logging.getLogger("conspirator.runtime").info("stopped after %d requests", served)
     return 0

@@ -195,7 +195,14 @@ def json_body(obj: dict[str, Any]) -> bytes:
     return data
 
 
+#: Control messages nest a few levels; refusing many brackets up front keeps json from
+#: recursing (a RecursionError leaves CPython 3.11's recursion accounting skewed).
+MAX_BRACKETS = 256
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
+    if body.count(b"[") + body.count(b"{") > MAX_BRACKETS:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "body nests too deeply")
     try:
         d = json.loads(body)
     except (ValueError, RecursionError):
