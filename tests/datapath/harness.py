@@ -25,6 +25,7 @@ from conspirator.dpu_agent.server import Agent
 from conspirator.dpu_agent.tokens import StaticTokens
 from conspirator.runtime import Identity, Replica, UnixRegistrar
 from conspirator.runtime.replica import Model
+from conspirator.wire.native import Impl
 
 T = TypeVar("T")
 NODE = "node-1"
@@ -67,6 +68,7 @@ class Node:
     agent: Agent
     registry: LocalRegistry | None
     jobs: dict[str, str]
+    native: Impl | None = None
     workers: list[tuple[Replica, threading.Thread]] = field(default_factory=list)
 
     @property
@@ -99,7 +101,7 @@ class Node:
                weight: float = 1.0) -> Replica:
         """A replica served by a thread of this process."""
         rep = Replica(shape, dtype, slots=slots, result_bytes=result_bytes,
-                      identity=Identity(job, name, weight))
+                      identity=Identity(job, name, weight), native=self.native)
         rep.register(UnixRegistrar(self.registry_path))
         t = threading.Thread(target=rep.serve, args=(model,), daemon=True, name=name)
         t.start()
@@ -118,13 +120,14 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 @contextmanager
 def node(jobs: dict[str, str], config: AgentConfig | None = None,
-         with_registry: bool = True) -> Iterator[Node]:
+         with_registry: bool = True, native: Impl | None = None) -> Iterator[Node]:
     d = short_dir()
     lt = LoopThread()
     cfg = config or AgentConfig(window=8, staging_budget=64 << 20, max_payload=4 << 20,
                                 local_slot_bytes=1 << 20, no_replica_timeout=2.0)
     agent = Agent(cfg, StaticTokens(jobs, {NODE: NODE_TOKEN}), tcp=("127.0.0.1", 0),
-                  local_path=str(d / "agent.sock"), publish_path=str(d / "publish.sock"))
+                  local_path=str(d / "agent.sock"), publish_path=str(d / "publish.sock"),
+                  native=native)
     lt.run(agent.start())
     registry = None
     if with_registry:
@@ -132,15 +135,15 @@ def node(jobs: dict[str, str], config: AgentConfig | None = None,
                                  NODE_TOKEN)
         lt.run(registry.start())
         wait_for(registry.connected.is_set, 10, "the registry to reach the agent")
-    n = Node(d, lt, agent, registry, jobs)
+    n = Node(d, lt, agent, registry, jobs, native=native)
     try:
         yield n
     finally:
         for rep, t in n.workers:
             rep.stop()
             t.join(timeout=5)
-        if registry is not None:
-            lt.run(registry.close())
+        if n.registry is not None:
+            lt.run(n.registry.close())
         lt.run(agent.close())
         lt.close()
         for rep, _ in n.workers:
