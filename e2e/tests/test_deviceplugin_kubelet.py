@@ -36,9 +36,11 @@ from conspirator.deviceplugin.testing import TestAgent
 from conspirator.wire.shm import Geometry
 
 GROUP, VERSION, PLURAL = "conspirator.io", "v1alpha1", "gpunodes"
-R1 = "conspirator.io/mig-1g.10gb"
-R3 = "conspirator.io/mig-3g.40gb"
-R4 = "conspirator.io/mig-4g.40gb"
+# H200 profiles: names no other e2e test uses, since the kubelet keeps reporting a resource
+# (at 0) for minutes after its plugin has gone.
+R1 = "conspirator.io/mig-1g.18gb"
+R3 = "conspirator.io/mig-3g.71gb"
+R4 = "conspirator.io/mig-4g.71gb"
 GEOMETRY = Geometry(slots=1, slot_bytes=4096, result_bytes=64)
 
 
@@ -67,7 +69,7 @@ class RealNodeDaemon:
         (self.dir / "token").write_text(token + "\n")
         self.agent = TestAgent(self.dir / "agent" / "publish.sock", token, node=self.node)
         spec = self.dir / "node.yaml"
-        spec.write_text("gpus:\n  - model: A100-80GB\ndpu: {present: true, model: BlueField-2}\n")
+        spec.write_text("gpus:\n  - model: H200-141GB\ndpu: {present: true, model: BlueField-2}\n")
         self.registry = self.dir / "registry" / "registry.sock"
         self.metrics_port = free_port()
         self.process = DaemonProcess(self.node, [
@@ -175,19 +177,19 @@ def test_real_kubelet_allocates_mig_devices_to_a_worker(
     wait_for("the daemon's GPUNode", lambda: condition(gpunode(api, node), "Ready").get(
         "status") == "True", 60, on_timeout=hint)
 
-    # The operator's part: seven 1g.10gb instances on GPU 0.
+    # The operator's part: seven 1g.18gb instances on GPU 0.
     t0 = time.monotonic()
-    gen = set_layout(api, node, [("1g.10gb", s) for s in range(7)])
+    gen = set_layout(api, node, [("1g.18gb", s) for s in range(7)])
     obj = wait_for("the layout to be applied", lambda: applied(api, node, gen), 60,
                    on_timeout=hint)
     timing("spec written -> LayoutApplied", t0)
     insts = obj["status"]["gpus"][0]["instances"]
-    assert [(i["profile"], i["start"]) for i in insts] == [("1g.10gb", s) for s in range(7)]
+    assert [(i["profile"], i["start"]) for i in insts] == [("1g.18gb", s) for s in range(7)]
     uuids = {i["uuid"] for i in insts}
     assert obj["status"]["dpu"] == {"present": True, "model": "BlueField-2",
                                     "agentEndpoint": "10.244.0.1:7100"}
     # The real kubelet registered the plugin and advertises the devices on the Node.
-    wait_for("the kubelet to advertise 7 x 1g.10gb",
+    wait_for("the kubelet to advertise 7 x 1g.18gb",
              lambda: capacity(core, node)[1].get(R1) == "7", 60, on_timeout=hint)
     timing("spec written -> Node allocatable (real kubelet)", t0)
     # The registry's publisher authenticated with the (test) agent: DPUReady.
@@ -208,7 +210,7 @@ def test_real_kubelet_allocates_mig_devices_to_a_worker(
     assert device in uuids, log
     assert env["CONSPIRATOR_DEVICES"] == device
     assert env["CONSPIRATOR_RESOURCE"] == R1
-    assert env["CONSPIRATOR_MIG_PROFILE"] == "1g.10gb"
+    assert env["CONSPIRATOR_MIG_PROFILE"] == "1g.18gb"
     assert env["CONSPIRATOR_GPU_UUIDS"] == obj["status"]["gpus"][0]["uuid"]
     assert env["CONSPIRATOR_REGISTRY_SOCKET"] == "/run/conspirator/registry.sock"
     assert "socket /run/conspirator/registry.sock is a socket: yes" in log
@@ -239,18 +241,18 @@ def test_real_kubelet_allocates_mig_devices_to_a_worker(
     assert f'conspirator_node_registered_buffers{{node="{node}"}} 1.0' in metrics
 
     # A layout that removes the device in use: everything else changes, it stays (blocked).
-    gen = set_layout(api, node, [("4g.40gb", 0), ("3g.40gb", 4)])
+    gen = set_layout(api, node, [("4g.71gb", 0), ("3g.71gb", 4)])
     obj = wait_for("the change to be blocked", lambda: applied(api, node, gen, "False"), 60,
                    on_timeout=hint)
     blocked = condition(obj, "LayoutApplied")
     assert blocked["reason"] == "Blocked" and device in blocked["message"]
     left = obj["status"]["gpus"][0]["instances"]
     assert device in {i["uuid"] for i in left}
-    assert sum(1 for i in left if i["profile"] == "1g.10gb") == 1
+    assert sum(1 for i in left if i["profile"] == "1g.18gb") == 1
     events = as_dict(core.list_namespaced_event("default", field_selector=(
         f"involvedObject.name={node},reason=LayoutBlocked")))["items"]
-    assert events and device in events[-1]["message"]
-    wait_for("the kubelet to see the 1g.10gb devices go",
+    assert any(device in e["message"] for e in events), events
+    wait_for("the kubelet to see the 1g.18gb devices go",
              lambda: capacity(core, node)[0].get(R1) == "1", 60, on_timeout=hint)
 
     # The pod exits: its buffer is withdrawn and the layout completes.
@@ -263,7 +265,7 @@ def test_real_kubelet_allocates_mig_devices_to_a_worker(
                    on_timeout=hint)
     timing("pod deleted -> blocked layout applied", t0)
     assert [(i["profile"], i["start"]) for i in obj["status"]["gpus"][0]["instances"]] == [
-        ("4g.40gb", 0), ("3g.40gb", 4)]
+        ("4g.71gb", 0), ("3g.71gb", 4)]
     wait_for("the kubelet to advertise the new layout", lambda: (
         (c := capacity(core, node))[1].get(R4) == "1" and c[1].get(R3) == "1"
         and c[1].get(R1, "0") == "0"), 60, on_timeout=hint)

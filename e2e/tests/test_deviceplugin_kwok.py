@@ -185,7 +185,7 @@ def test_one_daemon_per_kwok_node_applies_layouts(
     assert layout_status(obj) == [[("3g.71gb", 0)]]
     events = as_dict(core.list_namespaced_event("default", field_selector=(
         "involvedObject.name=dp-kwok-h200-0,reason=LayoutBlocked")))["items"]
-    assert events and device in events[-1]["message"]
+    assert any(device in e["message"] for e in events), events
     core.delete_namespaced_pod("w", namespace,
                                body=client.V1DeleteOptions(grace_period_seconds=0))
     obj = wait_for("the whole GPU", lambda: applied(api, "dp-kwok-h200-0", gen), 90,

@@ -53,7 +53,8 @@ def node_daemons(cluster: Cluster, operator_crds: None) -> Iterator[NodeDaemons]
 
 def test_operator_jobs_run_through_the_node_daemons(
         cluster: Cluster, api: client.ApiClient, core: client.CoreV1Api, namespace: str,
-        operators: OperatorFactory, node_daemons: NodeDaemons) -> None:  # noqa: F811
+        operators: OperatorFactory, node_daemons: NodeDaemons,  # noqa: F811
+        request: pytest.FixtureRequest) -> None:
     custom = client.CustomObjectsApi(api)
 
     def reported(name: str) -> bool:
@@ -74,6 +75,10 @@ def test_operator_jobs_run_through_the_node_daemons(
 
     for name in node_daemons.nodes:
         wait_until(f"{name}'s GPUNode from its daemon", partial(reported, name), 60)
+    # Leave the cluster as found: the ModelProfile is cluster-scoped (test_crds creates it).
+    had_profile = cluster.kubectl("get", "modelprofile", "resnet50", check=False).returncode == 0
+    request.addfinalizer(lambda: None if had_profile else cluster.kubectl(
+        "delete", "modelprofile", "resnet50", "--ignore-not-found", check=False))
     op: OperatorProcess = operators("--standalone", "--replan-interval", "0").start()
     op.wait_healthy()
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "modelprofile-resnet50.yaml"),
