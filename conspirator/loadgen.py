@@ -23,14 +23,14 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from conspirator.client import AsyncClient, ConnectionLost, RequestFailed
+from conspirator.client import AsyncClient, ConnectionLost, RequestFailed, Response
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
@@ -120,16 +120,34 @@ def histogram(latencies: Sequence[float]) -> list[tuple[float, float, int]]:
 Progress = Callable[[int, int], None]  # (done, total or 0)
 
 
-async def run(cfg: LoadConfig, progress: Progress | None = None) -> LoadResult:
-    """Run the load; never raises for a failed request (they are counted)."""
+class LoadClient(Protocol):
+    """What the load loops need of a connection (:class:`AsyncClient` is one)."""
+
+    async def send(self, payload: bytes, target: int = 0) -> asyncio.Future[Response]: ...
+
+    async def close(self) -> None: ...
+
+
+Connect = Callable[[LoadConfig], Awaitable[LoadClient]]
+
+
+async def _connect(cfg: LoadConfig) -> LoadClient:
+    return await AsyncClient.connect(cfg.address, cfg.job, cfg.token)
+
+
+async def run(cfg: LoadConfig, progress: Progress | None = None,
+              connect: Connect = _connect) -> LoadResult:
+    """Run the load; never raises for a failed request (they are counted).
+
+    ``connect`` makes each connection (benchmarks plug in clients of other transports with
+    the same ``send``/``close`` interface)."""
     payload = np.random.default_rng(0).bytes(cfg.payload_size)
-    clients = [await AsyncClient.connect(cfg.address, cfg.job, cfg.token)
-               for _ in range(max(cfg.connections, 1))]
+    clients = [await connect(cfg) for _ in range(max(cfg.connections, 1))]
     res = LoadResult(payload_size=cfg.payload_size)
     try:
         for i in range(cfg.warmup):
             with _suppress_request_errors():
-                await clients[i % len(clients)].request(payload, cfg.target)
+                await (await clients[i % len(clients)].send(payload, cfg.target))
         if cfg.mode == "open":
             await _open_loop(cfg, clients, payload, res, progress)
         else:
@@ -148,7 +166,7 @@ class _suppress_request_errors:  # noqa: N801 - used like contextlib.suppress
         return typ is not None and issubclass(typ, RequestFailed)
 
 
-async def _one(client: AsyncClient, payload: bytes, cfg: LoadConfig,
+async def _one(client: LoadClient, payload: bytes, cfg: LoadConfig,
                res: LoadResult, start: float) -> None:
     res.sent += 1
     try:
@@ -165,7 +183,7 @@ async def _one(client: AsyncClient, payload: bytes, cfg: LoadConfig,
     res.by_buffer[r.buffer_id] = res.by_buffer.get(r.buffer_id, 0) + 1
 
 
-async def _closed_loop(cfg: LoadConfig, clients: list[AsyncClient],
+async def _closed_loop(cfg: LoadConfig, clients: list[LoadClient],
                        payload: bytes, res: LoadResult,
                        progress: Progress | None) -> None:
     total = cfg.requests
@@ -181,14 +199,14 @@ async def _closed_loop(cfg: LoadConfig, clients: list[AsyncClient],
             await _one(client, payload, cfg, res, time.perf_counter())
             if progress is not None:
                 progress(res.ok + sum(res.failed.values()), total)
-            if client._failure is not None and isinstance(client._failure, ConnectionLost):
+            if isinstance(getattr(client, "_failure", None), ConnectionLost):
                 return
 
     await asyncio.gather(*(worker(k) for k in range(max(cfg.concurrency, 1))))
     res.elapsed = time.perf_counter() - t0
 
 
-async def _open_loop(cfg: LoadConfig, clients: list[AsyncClient],
+async def _open_loop(cfg: LoadConfig, clients: list[LoadClient],
                      payload: bytes, res: LoadResult,
                      progress: Progress | None) -> None:
     rng = random.Random(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--cpu", help="pin the agent to these CPUs (the DPU's reserved cores)")
     p.add_argument("--ready-file", type=Path,
                    help="write {tcp_port, pid} here once listening")
+    p.add_argument("--stats-file", type=Path,
+                   help="write the counters here as JSON on SIGUSR1 and on exit")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=main)
 
@@ -126,12 +129,24 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig, tokens: TokenStore,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.stats_file:
+        def dump() -> None:
+            d = dataclasses.asdict(agent.core.stats)
+            d.update(staging_in_use=agent.pool.in_use, staging_peak=agent.pool.peak_in_use,
+                     replicas=len(agent.core.replicas))
+            tmp = args.stats_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(d))
+            tmp.rename(args.stats_file)
+
+        loop.add_signal_handler(signal.SIGUSR1, dump)
     if args.ready_file:
         tmp = args.ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"tcp_port": agent.tcp_port, "pid": os.getpid()}))
         tmp.rename(args.ready_file)
     await stop.wait()
     logging.getLogger("conspirator.dpu_agent").info("stopping: %s", agent.core.stats)
+    if args.stats_file:
+        dump()
     if registry is not None:
         await registry.close()
     await agent.close()

@@ -149,14 +149,18 @@ class ReplicaHandle:
     def score(self, length: int) -> float:
         return (self.outstanding_bytes + length + 1) / self.weight
 
-    def submit(self, p: Pending, tag: int) -> None:
+    def submit(self, p: Pending, tag: int) -> int:
+        """Copy ``p`` into a free slot and hand it to the worker; returns the nanoseconds
+        the copy engine took."""
         slot = self.free_slots.pop()
+        t0 = time.perf_counter_ns()
         try:
             if p.length:
                 self.target.write(slot, p.src, p.src_off, p.length)
         except BaseException:
             self.free_slots.append(slot)
             raise
+        copy_ns = time.perf_counter_ns() - t0
         p.free_source()
         p.replica, p.slot = self, slot
         self.ctl.tags[slot] = tag
@@ -166,6 +170,7 @@ class ReplicaHandle:
             raise LayoutError("submission ring full")
         self.submitted += 1
         self.needs_ring = True
+        return copy_ns
 
     def ring(self) -> None:
         if self.needs_ring:
@@ -188,9 +193,18 @@ class JobState:
     replicas: dict[int, ReplicaHandle] = field(default_factory=dict)
     queue: deque[Pending] = field(default_factory=deque)
     turn: int = 0
+    slot_max: int = 0  # the largest slot of the job's replicas (kept by add/remove)
+
+    def add(self, rep: ReplicaHandle) -> None:
+        self.replicas[rep.buffer_id] = rep
+        self.slot_max = max(self.slot_max, rep.geometry.slot_bytes)
+
+    def remove(self, buffer_id: int) -> None:
+        self.replicas.pop(buffer_id, None)
+        self.slot_max = max((r.geometry.slot_bytes for r in self.replicas.values()), default=0)
 
     def max_slot(self) -> int:
-        return max((r.geometry.slot_bytes for r in self.replicas.values()), default=0)
+        return self.slot_max
 
 
 @dataclass
@@ -203,6 +217,8 @@ class Stats:
     connections: int = 0
     protocol_errors: int = 0
     auth_failures: int = 0
+    copy_ns: int = 0  # time inside the copy engine (staging -> slot)
+    copy_bytes: int = 0
 
 
 class AgentCore:
@@ -217,6 +233,7 @@ class AgentCore:
         self._tag = 0
         self.stats = Stats()
         self.shutting_down = False
+        self._to_ring: set[str] = set()
 
     # ------------------------------------------------------------------ replicas
 
@@ -236,7 +253,7 @@ class AgentCore:
             raise LayoutError("worker reports it has stopped")
         rep.ctl.epoch = self.epoch
         self.replicas[rep.buffer_id] = rep
-        self.job(rep.job).replicas[rep.buffer_id] = rep
+        self.job(rep.job).add(rep)
         if self.loop is not None:
             self.loop.add_reader(rep.completion_fd, self._on_completion, rep)
         log.info("replica %s of %s published as buffer %d (%d x %d bytes, weight %g, %s)",
@@ -251,7 +268,7 @@ class AgentCore:
             return False
         job = self.jobs.get(rep.job)
         if job is not None:
-            job.replicas.pop(buffer_id, None)
+            job.remove(buffer_id)
         # Whatever the worker finished before going is still answered.
         if not rep.closed:
             self._reap(rep)
@@ -301,7 +318,7 @@ class AgentCore:
                     f"{rep.geometry.slot_bytes} bytes")
             return None
         job = self.jobs.get(session.job)
-        if job is not None and job.replicas and length > job.max_slot():
+        if job is not None and job.slot_max and length > job.slot_max:
             return ErrorCode.PAYLOAD_TOO_LARGE, (f"{length} bytes exceed every input buffer "
                                                  f"of job {session.job} "
                                                  f"(largest slot {job.max_slot()} bytes)")
@@ -326,18 +343,22 @@ class AgentCore:
         if job.queue or not self._dispatch(job, p):
             job.queue.append(p)
             self._pump(job)
-        self._ring_all(job)
+        self._ring_soon(job)
 
     def _pick(self, job: JobState, p: Pending) -> ReplicaHandle | None:
         if p.target:
             rep = job.replicas.get(p.target)
             return rep if rep is not None and rep.free_slots else None
+        reps = job.replicas
+        if len(reps) == 1:
+            for rep in reps.values():
+                return rep if rep.free_slots and rep.geometry.slot_bytes >= p.length else None
         # Ties (idle replicas of equal weight) rotate, so light load still spreads.
-        reps = list(job.replicas.values())
-        job.turn = (job.turn + 1) % max(len(reps), 1)
+        order = list(reps.values())
+        job.turn = (job.turn + 1) % max(len(order), 1)
         best: ReplicaHandle | None = None
         best_score = 0.0
-        for rep in reps[job.turn:] + reps[:job.turn]:
+        for rep in order[job.turn:] + order[:job.turn]:
             if rep.free_slots and rep.geometry.slot_bytes >= p.length:
                 s = rep.score(p.length)
                 if best is None or s < best_score:
@@ -349,7 +370,8 @@ class AgentCore:
         if rep is None:
             return False
         try:
-            rep.submit(p, self.next_tag())
+            self.stats.copy_ns += rep.submit(p, self.next_tag())
+            self.stats.copy_bytes += p.length
         except (LayoutError, OSError, ValueError) as e:
             log.error("copy into buffer %d failed: %s", rep.buffer_id, e)
             self._finish_error(p, ErrorCode.REPLICA_FAILED, f"copy into the replica failed: {e}")
@@ -365,12 +387,29 @@ class AgentCore:
             if self._pick(job, p) is not None:
                 job.queue.remove(p)
                 self._dispatch(job, p)
-        self._ring_all(job)
+        self._ring_soon(job)
+
+    def _ring_soon(self, job: JobState) -> None:
+        """Doorbells rung in one event-loop iteration are rung once per replica."""
+        if self.loop is None:
+            self._ring_all(job)
+        elif job.name not in self._to_ring:
+            if not self._to_ring:
+                self.loop.call_soon(self._ring_pending)
+            self._to_ring.add(job.name)
+
+    def _ring_pending(self) -> None:
+        names, self._to_ring = self._to_ring, set()
+        for name in names:
+            job = self.jobs.get(name)
+            if job is not None:
+                self._ring_all(job)
 
     @staticmethod
     def _ring_all(job: JobState) -> None:
         for rep in job.replicas.values():
-            rep.ring()
+            if rep.needs_ring and not rep.closed:
+                rep.ring()
 
     # ------------------------------------------------------------------ completions
 
@@ -516,3 +555,4 @@ class AgentCore:
         self.replicas.clear()
         for job in self.jobs.values():
             job.replicas.clear()
+            job.slot_max = 0

@@ -88,16 +88,30 @@ class ConnSession(Session):
         self.mode = mode
         self.transport: asyncio.Transport | None = None
         self._paused: set[str] = set()
+        # Answers produced in one event-loop iteration leave in one write (one syscall).
+        self._out: list[bytes] = []
+
+    def _queue(self, frame: bytes) -> None:
+        loop = self.agent.core.loop
+        if loop is None:  # not serving (driven directly by tests)
+            self._out.append(frame)
+            self.flush()
+            return
+        if not self._out:
+            loop.call_soon(self.flush)
+        self._out.append(frame)
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        t = self.transport
+        if out and t is not None and not t.is_closing():
+            t.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_response(self, request_id: int, buffer_id: int, data: memoryview) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.write(pack_header(MsgType.RESPONSE, request_id, len(data), buffer_id) + data)
+        self._queue(pack_header(MsgType.RESPONSE, request_id, len(data), buffer_id) + data)
 
     def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.write(encode(MsgType.ERROR, encode_error(message), request_id, int(code)))
+        self._queue(encode(MsgType.ERROR, encode_error(message), request_id, int(code)))
 
     def fatal(self, code: ErrorCode, message: str) -> None:
         """Refuse the connection: one ERROR frame, then close."""
@@ -105,6 +119,7 @@ class ConnSession(Session):
         log.info("closing a %s connection of %s: %s: %s", self.mode.name.lower(), self.job,
                  code.name, message)
         self.send_error(0, code, message)
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 

@@ -62,7 +62,11 @@ log = logging.getLogger("conspirator.client")
 
 class Client:
     def __init__(self, address: str, job: str, token: str, *, connect_timeout: float = 5.0,
-                 rdma_device: str | None = None) -> None:
+                 rdma_device: str | None = None, reader: bool = True) -> None:
+        """Connect and authenticate.  ``reader=False`` leaves the connection to a caller
+        that drives the protocol itself (benchmarks): no reader thread is started and
+        :attr:`raw_socket` / :attr:`staging_region` expose the authenticated socket and the
+        one-sided staging region."""
         self.address = Address.parse(address)
         self.job = job
         self._ids = itertools.count(1)
@@ -83,9 +87,19 @@ class Client:
             raise
         self._sock.settimeout(None)
         self._window = threading.BoundedSemaphore(self.welcome.window)
-        self._reader = threading.Thread(target=self._read_loop, daemon=True,
-                                        name="conspirator-client-reader")
-        self._reader.start()
+        self._reader: threading.Thread | None = None
+        if reader:
+            self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                            name="conspirator-client-reader")
+            self._reader.start()
+
+    @property
+    def raw_socket(self) -> socket.socket:
+        return self._sock
+
+    @property
+    def staging_region(self) -> Any:
+        return self._staging
 
     # -- connection
 
@@ -310,7 +324,8 @@ class Client:
             pass
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        self._reader.join(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
         self._sock.close()
         if self._rdma is not None:
             self._rdma.close()

@@ -125,7 +125,7 @@ REGISTRY_REPLIES = frozenset({MsgType.REGISTERED, MsgType.ACK, MsgType.ERROR,
 _PAYLOAD_TYPES = frozenset({MsgType.REQUEST, MsgType.RESPONSE})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Header:
     type: MsgType
     flags: int
@@ -139,7 +139,7 @@ class Header:
                            self.length, self.aux)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     header: Header
     body: bytes
@@ -213,22 +213,27 @@ class FrameDecoder:
         return self._header is not None or bool(self._buf)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buf += data
+        buf = bytes(self._buf) + bytes(data) if self._buf else bytes(data)
         out: list[Frame] = []
-        while True:
-            if self._header is None:
-                if len(self._buf) < HEADER_SIZE:
-                    return out
-                self._header = parse_header(bytes(self._buf[:HEADER_SIZE]), self.allowed,
-                                            self.max_payload)
-                del self._buf[:HEADER_SIZE]
-            need = self._header.length
-            if len(self._buf) < need:
-                return out
-            body = bytes(self._buf[:need])
-            del self._buf[:need]
-            out.append(Frame(self._header, body))
-            self._header = None
+        pos, end = 0, len(buf)
+        header = self._header
+        try:
+            while True:
+                if header is None:
+                    if end - pos < HEADER_SIZE:
+                        break
+                    header = parse_header(buf[pos:pos + HEADER_SIZE], self.allowed,
+                                          self.max_payload)
+                    pos += HEADER_SIZE
+                if end - pos < header.length:
+                    break
+                out.append(Frame(header, buf[pos:pos + header.length]))
+                pos += header.length
+                header = None
+        finally:
+            self._header = header
+            self._buf = bytearray(buf[pos:]) if pos < end else bytearray()
+        return out
 
 
 # --------------------------------------------------------------------------- bodies

@@ -34,7 +34,7 @@ import fcntl
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from conspirator.wire.native import Impl, RingLike, impl
@@ -90,45 +90,36 @@ def slot_stride(slot_bytes: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Geometry:
+    """Sizes and offsets of one replica's buffers (computed once: the agent uses them on
+    every request)."""
+
     slots: int
     slot_bytes: int
     result_bytes: int
+    capacity: int = field(init=False, repr=False, compare=False)
+    ring_bytes: int = field(init=False, repr=False, compare=False)
+    sq_offset: int = field(init=False, repr=False, compare=False)
+    cq_offset: int = field(init=False, repr=False, compare=False)
+    results_offset: int = field(init=False, repr=False, compare=False)
+    result_stride: int = field(init=False, repr=False, compare=False)
+    control_bytes: int = field(init=False, repr=False, compare=False)
+    slot_stride: int = field(init=False, repr=False, compare=False)
+    data_bytes: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def capacity(self) -> int:
-        return ring_capacity(self.slots)
-
-    @property
-    def ring_bytes(self) -> int:
-        return RING_HEADER + self.capacity * ENTRY_SIZE
-
-    @property
-    def sq_offset(self) -> int:
-        return round_up(SLOT_TAGS + 8 * self.slots, 64)
-
-    @property
-    def cq_offset(self) -> int:
-        return self.sq_offset + self.ring_bytes
-
-    @property
-    def results_offset(self) -> int:
-        return round_up(self.cq_offset + self.ring_bytes, PAGE)
-
-    @property
-    def result_stride(self) -> int:
-        return round_up(self.result_bytes, 64)
-
-    @property
-    def control_bytes(self) -> int:
-        return round_up(self.results_offset + self.slots * self.result_stride, PAGE)
-
-    @property
-    def slot_stride(self) -> int:
-        return slot_stride(self.slot_bytes)
-
-    @property
-    def data_bytes(self) -> int:
-        return self.slots * self.slot_stride
+    def __post_init__(self) -> None:
+        cap = ring_capacity(self.slots)
+        ring = RING_HEADER + cap * ENTRY_SIZE
+        sq = round_up(SLOT_TAGS + 8 * self.slots, 64)
+        cq = sq + ring
+        results = round_up(cq + ring, PAGE)
+        rstride = round_up(self.result_bytes, 64)
+        stride = slot_stride(self.slot_bytes)
+        for name, value in (("capacity", cap), ("ring_bytes", ring), ("sq_offset", sq),
+                            ("cq_offset", cq), ("results_offset", results),
+                            ("result_stride", rstride),
+                            ("control_bytes", round_up(results + self.slots * rstride, PAGE)),
+                            ("slot_stride", stride), ("data_bytes", self.slots * stride)):
+            object.__setattr__(self, name, value)
 
     def slot_offset(self, slot: int) -> int:
         return slot * self.slot_stride
