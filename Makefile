@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
-	bench-fractional bench-mig bench-scale bench-deviceplugin clean
+	bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench-scale: install
 # repository root's operator/ directory would shadow the standard library).
 bench-deviceplugin: install
 	$(BIN)/python -P benchmarks/deviceplugin_bench.py --out benchmarks/results/deviceplugin
+
+# Data path: the four architectures of DESIGN section 6 at 4 KiB-4 MiB, with and without
+# host load (needs 2+ cores and gcc; pins to cores 0 and 1; about 5 minutes).
+bench-datapath: install
+	$(BIN)/python -P benchmarks/datapath/dp_bench.py --out benchmarks/results/datapath
 
 clean:
 	rm -rf $(VENV) build *.egg-info out
