@@ -226,6 +226,5 @@ def test_catalog_copy_equals_shared_data() -> None:
     shared = _shared_profiles()
     if not shared.is_file():
         pytest.skip(f"shared MIG catalog not found at {shared} (no ../shared next to the repo)")
-    ours = Path(__file__).resolve().parents[2] / "operator" / "placement" / "data" / \
-        "mig_profiles.json"
+    ours = Path(__file__).resolve().parents[2] / "conspirator" / "data" / "mig_profiles.json"
     assert json.loads(ours.read_text()) == json.loads(shared.read_text())
