@@ -4,7 +4,7 @@ IMPLEMENTATION: str
 ENTRY_SIZE: int
 RING_HEADER: int
 
-class RingCorrupted(RuntimeError): ...
+class RingCorrupted(RuntimeError): ...  # noqa: N818 - the C module's name
 
 class Ring:
     def __init__(self, buffer: Buffer, base: int, capacity: int) -> None: ...
