@@ -109,11 +109,11 @@ class LocalRegistry:
         t.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         if self._listener is not None:
             self._listener.close()
         with contextlib.suppress(OSError):
@@ -260,12 +260,12 @@ class LocalRegistry:
             raise ConnectionError("the agent closed the publish channel")
         finally:
             # Both helpers finish here: the watcher must remove its reader before anyone
-            # else adds one on the same fd.
+            # else adds one on the same fd.  (asyncio.wait never swallows a cancellation
+            # of this task, unlike awaiting the cancelled helpers would.)
             for t in (gone, get):
                 if not t.done():
                     t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await asyncio.wait({gone, get})
 
     async def _authenticate(self, sock: socket.socket) -> None:
         hello = Hello(self.node, Mode.PUBLISHER, auth.new_nonce())

@@ -508,11 +508,11 @@ class Agent:
         self.core.shutdown(reason)
         for s in list(self.sessions):
             s.fatal(ErrorCode.SHUTTING_DOWN, reason)
-        for t in list(self._tasks):
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         for lsock in self._listeners:
             lsock.close()
         for path in (self.local_path, self.publish_path):
