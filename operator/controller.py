@@ -471,7 +471,9 @@ class Controller:
             restored = restore(fresh, entries, table)
             blocked = block_in_use(fresh)
             if blocked:
-                log.info("instances in use outside any reservation: %s", "; ".join(blocked))
+                log.info("%d instance(s) in use outside any reservation are not planned over",
+                         len(blocked))
+                log.debug("in use outside reservations: %s", "; ".join(blocked))
             self.plan = restored.kept
             if recorded is not None:
                 # Compare with what the statuses said (same slots: unchanged).
@@ -713,11 +715,13 @@ class Controller:
                             f"waiting for {name} to repartition: {text}"), False))
 
     async def _write_statuses(self, keys: list[str], work: Work, now: datetime) -> None:
+        index = self._worker_index()
+
         async def one(k: str) -> None:
             view = self.snap.jobs.get(k)
             if view is None or view.deleting:
                 return
-            new = render(view, self._outcome(k, work), self.snap.nodes, now)
+            new = render(view, self._outcome(k, work, index), self.snap.nodes, now)
             if same_status(view.job.status, new):
                 return
             patch: dict[str, Any] = new.to_k8s()
@@ -737,7 +741,13 @@ class Controller:
 
         await _gather(one(k) for k in keys)
 
-    def _outcome(self, k: str, work: Work) -> Outcome:
+    def _worker_index(self) -> dict[str, list[WorkerView]]:
+        by_uid: dict[str, list[WorkerView]] = {}
+        for w in self.snap.workers.values():
+            by_uid.setdefault(w.job_uid, []).append(w)
+        return by_uid
+
+    def _outcome(self, k: str, work: Work, index: Mapping[str, list[WorkerView]]) -> Outcome:
         reps = self.plan.get(k, [])
         view = work.jobs.get(k) or self.snap.jobs[k]
         applied: dict[str, bool] = {}
@@ -745,8 +755,8 @@ class Controller:
             applied[node] = layout_applied(self.snap.nodes.get(node),
                                            [r for r in reps if r.node == node])
         workers: dict[tuple[str, str], tuple[int, int]] = {}
-        for w in self.snap.workers.values():
-            if w.job_uid == view.uid and not w.deleting:
+        for w in index.get(view.uid, []):
+            if not w.deleting:
                 workers[(w.node, w.profile)] = (min(w.ready_replicas, w.replicas), w.replicas)
         source = ""
         if self._table is not None:
@@ -756,9 +766,7 @@ class Controller:
 
     async def _ensure_workers(self, keys: list[str], jobs: Mapping[str, JobView], ch: Changes,
                               now: datetime) -> None:
-        by_uid: dict[str, list[WorkerView]] = {}
-        for w in self.snap.workers.values():
-            by_uid.setdefault(w.job_uid, []).append(w)
+        by_uid = self._worker_index()
         tasks: list[Awaitable[None]] = []
         for k in keys:
             view = jobs.get(k) or self.snap.jobs.get(k)
@@ -776,11 +784,11 @@ class Controller:
                 body = manifests.deployment(view, node, profile, count)
                 tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch))
             # Deployments of an older job of the same name (its uid differs).
-            names = {manifests.worker_name(view.name, n, p) for n, p in groups}
-            for w in self.snap.workers.values():
-                if w.namespace == view.namespace and w.name in names and w.job_uid != view.uid \
-                        and not w.deleting:
-                    tasks.append(self._delete_worker(w))
+            for n, p in groups:
+                old = self.snap.workers.get(
+                    f"{view.namespace}/{manifests.worker_name(view.name, n, p)}")
+                if old is not None and old.job_uid != view.uid and not old.deleting:
+                    tasks.append(self._delete_worker(old))
         await _gather(tasks)
 
     async def _delete_worker(self, w: WorkerView) -> None:

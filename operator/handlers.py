@@ -62,6 +62,10 @@ def configure(settings: kopf.OperatorSettings, controller: Controller) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 120
     settings.execution.max_workers = 4
+    # Bounded per-object workers: a burst of arrivals waits in kopf's queues, not as a
+    # thousand concurrent handler calls (each holding its object, diff and patch).
+    settings.queueing.worker_limit = controller.settings.max_handlers
+    settings.queueing.idle_timeout = 1.0
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:

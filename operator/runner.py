@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
@@ -36,8 +37,18 @@ async def replan_loop(controller: Controller, active: peering.ActiveCheck, inter
             log.warning("global re-plan failed: %s", e)
 
 
+def limit_malloc_arenas(n: int = 2) -> None:
+    """Fewer glibc malloc arenas: the API thread pool otherwise fragments memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGINT/SIGTERM in the main thread)."""
+    limit_malloc_arenas()
     api = load_client(settings.kubeconfig, settings.api_concurrency)
     kube = Kube(api, settings.api_concurrency)
     metrics = Metrics()

@@ -33,6 +33,7 @@ class Settings:
     milp_time_limit: float = 10.0
     default_profiles: bool = True
     api_concurrency: int = 8
+    max_handlers: int = 100
     log_level: str = "INFO"
 
 
@@ -123,6 +124,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("default_profiles", _bool, "plan models that have no ModelProfile with the "
                                       "engine's built-in default throughputs", kind="toggle"),
     Option("api_concurrency", _int_at_least(1), "parallel writes to the API server"),
+    Option("max_handlers", _int_at_least(1), "objects whose events kopf handles at once, per "
+                                             "kind (bounds memory in bursts)"),
     Option("log_level", _level, "DEBUG, INFO, WARNING or ERROR"),
 )
 

@@ -311,10 +311,20 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
         v = body.get(k)
         if v is None:
             continue
+        if k == "metadata":
+            # Not needed, and the bulk of a stored object: managedFields, kopf's diff base.
+            v = {mk: mv for mk, mv in v.items() if mk not in _DROPPED_META}
+            if "annotations" in v:
+                v["annotations"] = {ak: av for ak, av in v["annotations"].items()
+                                    if not ak.startswith(_DROPPED_ANNOTATIONS)}
         out[k] = _thaw(v)
     if out.get("status") == {}:
         out.pop("status")
     return out
+
+
+_DROPPED_META = frozenset({"managedFields"})
+_DROPPED_ANNOTATIONS = ("conspirator.io/last-handled-configuration", "kubectl.kubernetes.io/")
 
 
 def _thaw(v: Any) -> Any:
