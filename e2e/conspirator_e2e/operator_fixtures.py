@@ -3,6 +3,8 @@
 * ``operator_crds``: the project's CRDs and kopf's peering CRD, applied;
 * ``fake_nodes``: a GPUNode per kwok node, driven by :class:`FakeNodeDaemon` (the
   stand-in for the node daemon), removed afterwards with the Nodes' capacity restored;
+* ``resnet_profile``: the example ModelProfile ``resnet50``, deleted afterwards unless it
+  was there before (it is cluster-scoped; ``test_crds`` creates it and expects it absent);
 * ``operators``: a factory of :class:`OperatorProcess`; on teardown, every InferenceJob of
   the e2e namespaces is deleted while an operator runs (their finalizer needs one), then
   the operators stop.
@@ -18,7 +20,7 @@ from kubernetes import client
 
 from conspirator_e2e.cluster import REPO, Cluster, ClusterSpec
 from conspirator_e2e.fakenode import FakeNodeDaemon
-from conspirator_e2e.operator_testing import OperatorProcess, delete_all_jobs, jobs
+from conspirator_e2e.operator_testing import EXAMPLES, OperatorProcess, delete_all_jobs, jobs
 from conspirator_e2e.testing import wait_until
 
 OperatorFactory = Callable[..., OperatorProcess]
@@ -53,6 +55,15 @@ def fake_nodes(cluster: Cluster, api: client.ApiClient, operator_crds: None
     daemon.start()
     yield daemon
     daemon.uninstall()
+
+
+@pytest.fixture
+def resnet_profile(cluster: Cluster, operator_crds: None) -> Iterator[None]:
+    had = cluster.kubectl("get", "modelprofile", "resnet50", check=False).returncode == 0
+    cluster.kubectl("apply", "-f", str(EXAMPLES / "modelprofile-resnet50.yaml"))
+    yield
+    if not had:
+        cluster.kubectl("delete", "modelprofile", "resnet50", "--ignore-not-found", check=False)
 
 
 @pytest.fixture

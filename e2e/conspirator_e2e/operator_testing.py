@@ -134,12 +134,22 @@ class OperatorProcess:
         except OSError:
             return ""
 
+    def _status_kib(self, key: str) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
     def peak_rss_mib(self) -> float:
         """VmHWM of the operator process (peak resident memory)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return self._status_kib("VmHWM")
+
+    def rss_mib(self) -> float:
+        """VmRSS of the operator process (resident memory now)."""
+        return self._status_kib("VmRSS")
 
 
 def inference_job(name: str, rps: float, *, model: str = "resnet50", p99: float = 50,

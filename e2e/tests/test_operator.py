@@ -20,6 +20,7 @@ from conspirator_e2e.operator_fixtures import (  # noqa: F401  (pytest fixtures)
     fake_nodes,
     operator_crds,
     operators,
+    resnet_profile,
 )
 from conspirator_e2e.operator_testing import (
     EXAMPLES,
@@ -67,6 +68,7 @@ def operator(operators: OperatorFactory, fake_nodes: FakeNodeDaemon) -> Operator
 
 def test_examples_run_where_the_plan_says(cluster: Cluster, api: client.ApiClient,
                                           core: client.CoreV1Api, namespace: str,
+                                          resnet_profile: None,  # noqa: F811
                                           operator: OperatorProcess) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     try:
@@ -110,8 +112,8 @@ def test_examples_run_where_the_plan_says(cluster: Cluster, api: client.ApiClien
 
 
 def test_delete_frees_slices_for_the_next_job(cluster: Cluster, api: client.ApiClient,
-                                              namespace: str, operator: OperatorProcess) -> None:
-    cluster.kubectl("apply", "-f", str(EXAMPLES / "modelprofile-resnet50.yaml"))
+                                              namespace: str, resnet_profile: None,  # noqa: F811
+                                              operator: OperatorProcess) -> None:
     h100: dict[str, Any] = {"allowedAccelerators": ["H100-80GB"]}
     big = inference_job("big", 35000, p99=6.5, **h100)
     create(api, namespace, big)

@@ -20,9 +20,9 @@ from conspirator_e2e.operator_fixtures import (  # noqa: F401  (pytest fixtures)
     fake_nodes,
     operator_crds,
     operators,
+    resnet_profile,
 )
 from conspirator_e2e.operator_testing import (
-    EXAMPLES,
     MANAGED,
     check_invariants,
     create,
@@ -62,12 +62,12 @@ def snapshot(api: client.ApiClient, ns: str) -> dict[str, Any]:
 
 
 def test_kill_during_burst_converges(cluster: Any, api: client.ApiClient, namespace: str,
+                                     resnet_profile: None,  # noqa: F811
                                      operators: OperatorFactory,  # noqa: F811
                                      fake_nodes: FakeNodeDaemon) -> None:  # noqa: F811
     seed = int(os.environ.get("CONSPIRATOR_E2E_SEED", str(int(time.time()))))
     print(f"CONSPIRATOR_E2E_SEED={seed}")
     rng = random.Random(seed)
-    cluster.kubectl("apply", "-f", str(EXAMPLES / "modelprofile-resnet50.yaml"))
     bodies = burst(rng)
     op = operators("--standalone", "--replan-interval", "0").start()
 
