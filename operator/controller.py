@@ -156,6 +156,7 @@ class Controller:
         self._last_unplaced: dict[str, str] = {}
         self._written_spec: dict[str, list[Any]] = {}
         self._replay: list[tuple[str, Any]] | None = None
+        self._posting: set[asyncio.Task[None]] = set()
         self._scope = set(settings.namespaces)
 
     # --- observation (event loop; never touches the plan) ----------------------------
@@ -671,9 +672,8 @@ class Controller:
         await self._write_statuses(sorted(k for k in check if k in live), work, now)
 
         # 5. Events.
-        await _gather(self.kube.post_event(manifests.job_event(jobs[k], reason, message,
-                                                               warning, now))
-                      for k, reason, message, warning in ch.events if k in jobs)
+        self._post([manifests.job_event(jobs[k], reason, message, warning, now)
+                    for k, reason, message, warning in ch.events if k in jobs])
         self._update_gauges()
 
     async def _write_layout(self, name: str, work: Work, ch: Changes, now: datetime) -> None:
@@ -703,16 +703,24 @@ class Controller:
         diff = layout_diff(node, want)
         if diff:
             text = "; ".join(c.describe() for c in diff)
-            await self.kube.post_event(manifests.event(
+            self._post([manifests.event(
                 None, kind="GPUNode", name=name, namespace="", uid=str(
                     (body.get("metadata") or {}).get("uid", "")),
-                reason="Repartitioning", message=f"new MIG layout: {text}", now=now))
+                reason="Repartitioning", message=f"new MIG layout: {text}", now=now)])
             for k in sorted(self._by_node.get(name, ())):
                 if k in ch.reserved and k in live and not live[k].deleting:
                     mine = [r for r in self.plan[k] if r.node == name]
                     if not layout_applied(self.snap.nodes.get(name), mine):
                         ch.events.append((k, "Repartitioning", (
                             f"waiting for {name} to repartition: {text}"), False))
+
+    def _post(self, events: list[dict[str, Any]]) -> None:
+        """Post Events in the background: the pass (and the handlers) need not wait."""
+        if not events:
+            return
+        task = asyncio.create_task(_gather(self.kube.post_event(e) for e in events))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
 
     async def _write_statuses(self, keys: list[str], work: Work, now: datetime) -> None:
         index = self._worker_index()
