@@ -131,6 +131,9 @@ class ReplicaHandle:
             self.ctl.close()
             raise
         self.native = native
+        # The shared-memory target's hot path: one bounds-checked native copy per request.
+        self._shm_mm = self.target._mm if isinstance(self.target, ShmTarget) else None
+        self._slot_off = [g.slot_offset(s) for s in range(g.slots)]
         # Slots a previous agent left in flight stay busy until their completion arrives.
         self.orphans = {s for s in range(g.slots) if self.ctl.tags[s] != 0}
         self.free_slots = [s for s in reversed(range(g.slots)) if s not in self.orphans]
@@ -156,7 +159,11 @@ class ReplicaHandle:
         t0 = time.perf_counter_ns()
         try:
             if p.length:
-                self.target.write(slot, p.src, p.src_off, p.length)
+                if self._shm_mm is not None:
+                    self.native.copy(self._shm_mm, self._slot_off[slot], p.src, p.src_off,
+                                     p.length)
+                else:
+                    self.target.write(slot, p.src, p.src_off, p.length)
         except BaseException:
             self.free_slots.append(slot)
             raise
@@ -179,6 +186,7 @@ class ReplicaHandle:
 
     def close(self) -> None:
         self.closed = True
+        self._shm_mm = None
         self.target.close()
         self.ctl.close()
         for fd in self._fds:
@@ -303,6 +311,10 @@ class AgentCore:
     def check(self, session: Session, request_id: int, target: int,
               length: int) -> tuple[ErrorCode, str] | None:
         """Refusals decided from a request's header, before its bytes are read."""
+        if not target and request_id not in session.inflight and not self.shutting_down:
+            job = self.jobs.get(session.job)  # the common case: any replica of the job
+            if job is None or not job.slot_max or length <= job.slot_max:
+                return None
         if self.shutting_down:
             return ErrorCode.SHUTTING_DOWN, "the agent is shutting down"
         if request_id in session.inflight:
@@ -439,7 +451,8 @@ class AgentCore:
                 continue
             rep.ctl.tags[slot] = 0
             rep.free_slots.append(slot)
-            rep.orphans.discard(slot)
+            if rep.orphans:
+                rep.orphans.discard(slot)
             p = rep.inflight.pop(slot, None)
             if p is None:
                 continue  # left by a previous agent
