@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import time
@@ -387,3 +388,4 @@ def test_agent_restart_fails_pending_requests_and_recovers_the_replicas(tmp_path
         stop_process(agent)
         lt.run(registry.close())
         lt.close()
+        shutil.rmtree(d, ignore_errors=True)
