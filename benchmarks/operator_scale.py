@@ -51,6 +51,7 @@ from conspirator_e2e.operator_testing import (  # noqa: E402
     inference_job,
     jobs,
     phases,
+    raw,
 )
 from kubernetes import client, config  # noqa: E402
 
@@ -248,9 +249,22 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
             result["replan_outcome"] = m.group(2)
         result["operator_peak_rss_mib_after_restart"] = round(op.peak_rss_mib(), 1)
         after = jobs(api, [NAMESPACE])
-        moved = sum(1 for j in after if j["status"]["replicas"] != before.get(
-            j["metadata"]["name"]))
-        result["jobs_changed_by_restart_and_replan"] = moved
+
+        def where(reps: list[dict[str, Any]]) -> list[tuple[str, str, str, int]]:
+            return sorted((r["node"], r["gpuUUID"], r["migProfile"], r["startSlice"])
+                          for r in reps)
+
+        changed = {j["metadata"]["name"]: {
+            "before": where(before.get(j["metadata"]["name"], [])),
+            "after": where(j["status"]["replicas"])} for j in after
+            if where(j["status"]["replicas"]) != where(before.get(j["metadata"]["name"], []))}
+        result["jobs_moved_by_restart_and_replan"] = len(changed)
+        result["moved_examples"] = dict(list(changed.items())[:3])
+        evs = [e for e in raw(core.list_namespaced_event(NAMESPACE, _preload_content=False))
+               if e["involvedObject"].get("kind") == "InferenceJob"
+               and e["reason"] in ("ReplicasReleased", "Migrating")]
+        result["release_or_migrate_events"] = [
+            f"{e['involvedObject']['name']}: {e['reason']}: {e['message']}" for e in evs[:5]]
         time.sleep(5)
         problems2 = check_invariants(api, [NAMESPACE], require_running=False)
         result["invariant_problems_after_restart"] = problems2[:20]

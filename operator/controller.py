@@ -487,8 +487,9 @@ class Controller:
                 ch.events.append((k, "ReplicasReleased",
                                   f"released {len(whys)} replica(s): {'; '.join(whys)}", True))
             for k, n in restored.trimmed.items():
-                ch.events.append((k, "ReplicasReleased",
-                                  f"released {n} replica(s) the demand no longer needs", False))
+                ch.events.append((k, "ReplicasReleased", (
+                    f"released {n} replica(s) the demand no longer needs "
+                    f"({self._profiles(self.plan.get(k, []))} kept)"), False))
             self.cluster = fresh
             ch.render |= set(live)
             work.capacity = True

@@ -315,6 +315,10 @@ def place(policy: PlacementPolicy, cluster: Cluster, job: Job, table: Throughput
     """Place (or top up) one job with ``policy.place``; ``cluster.state`` keeps the result."""
     dec = policy.place(cluster.state, [job], table)
     reasons = [u.reason for u in dec.unplaced if u.job_id == job.id]
+    if not reasons:
+        # The same surplus rule as restore(): a replan or restart then finds nothing to
+        # give back, so the plan it rebuilds is the plan it had.
+        _trim(cluster.state, job, list(cluster.state.replicas(job.id)))
     return Placed(cluster.replicas(job.id), reasons[0] if reasons else None, dec.solve_seconds)
 
 

@@ -176,3 +176,20 @@ def test_layout_diff_and_applied() -> None:
 def test_default_table_models_are_known_without_profiles() -> None:
     info = build_table([])
     assert set(info.sources) == default_table().models
+
+
+def test_a_placement_is_stable_under_restore() -> None:
+    """What place() decides, restore() keeps as it is (a restart changes nothing)."""
+    nodes = [node("a", gpus=2), node("h", model="H100-80GB", gpus=2)]
+    c = build_cluster(nodes)
+    pol = ConspiratorPolicy()
+    placed = {}
+    for i, rps in enumerate([1500, 400, 2500, 900, 1000, 3100, 150]):
+        j = engine_job(job(f"j{i}", rps))
+        placed[j.id] = (j, place(pol, c, j, TABLE).replicas)
+    again = build_cluster(nodes)
+    out = restore(again, [(j, [r.to_status() for r in reps]) for j, reps in placed.values()],
+                  TABLE)
+    assert not out.dropped and not out.trimmed
+    assert {k: [r.slot for r in v] for k, v in out.kept.items()} == {
+        k: [r.slot for r in reps] for k, (_, reps) in placed.items() if reps}
