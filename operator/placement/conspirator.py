@@ -43,18 +43,26 @@ class ConspiratorPolicy:
                migration_budget: int | None = None) -> Decision:
         return self._best(state, jobs,
                           lambda s: self.greedy.replan(s, jobs, table, migration_budget),
-                          lambda s: self.milp.replan(s, jobs, table, migration_budget))
+                          lambda s: self.milp.replan(s, jobs, table, migration_budget),
+                          budget=migration_budget)
 
-    def _best(self, state: ClusterState, jobs: Sequence[Job], *runs: Run) -> Decision:
+    def _best(self, state: ClusterState, jobs: Sequence[Job], *runs: Run,
+              budget: int | None = None) -> Decision:
         everyone = {**state.jobs, **{j.id: j for j in jobs}}.values()
-        best: tuple[tuple[float, int], ClusterState, Decision] | None = None
+        served = {jid for jid in state.jobs if state.served_rps(jid) > 0}
+        best: tuple[tuple[int, float, int], ClusterState, Decision] | None = None
         solve = 0.0
         for run in runs:
             trial = state.copy()
             dec = run(trial)
             solve += dec.solve_seconds
-            key = (score(trial, everyone).value, dec.migrations)
-            if best is None or key < best[0]:
+            # A plan that drops a running job loses to one that keeps it, whatever it saves.
+            dropped = sum(1 for jid in served if jid in dec.unplaced_ids())
+            key = (dropped, score(trial, everyone).value, dec.migrations)
+            if budget is not None and dec.migrations > budget and best is not None:
+                continue  # over the disruption budget: only ever a last resort
+            if best is None or key < best[0] or (budget is not None
+                                                 and best[2].migrations > budget):
                 best = (key, trial, dec)
         assert best is not None
         _, chosen, dec = best
