@@ -83,7 +83,7 @@ def create_nodes(cluster: Cluster, core: client.CoreV1Api, specs: list[GPUNodeSp
         obj = s.node_object()
         status = obj.pop("status")
         try:
-            core.create_node(obj)
+            core.create_node(obj)  # type: ignore[arg-type]  # the client sends a dict as is
         except client.ApiException as e:
             if e.status != 409:
                 raise
@@ -121,7 +121,7 @@ def poll(api: client.ApiClient, op: OperatorProcess, t0: float, want: int, timeo
                 marks.setdefault("all_partitioned_s", el)
             if ph.get("Running") == want:
                 marks["all_running_s"] = el
-                return peak
+                return float(peak)
         line = f"{el:7.1f}s {dict(sorted(ph.items()))} rss {op.rss_mib():.0f} MiB"
         state = line.split(" ", 1)[1].split(" rss ", maxsplit=1)[0]
         if state != last:
@@ -189,7 +189,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + 300
     while True:  # a previous run's namespace may still be going away
         try:
-            core.create_namespace({"metadata": {"name": NAMESPACE}})
+            core.create_namespace(client.V1Namespace(
+                metadata=client.V1ObjectMeta(name=NAMESPACE)))
             break
         except client.ApiException as e:
             if e.status != 409:
