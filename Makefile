@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
-	bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath clean
+.PHONY: demo demo-down demo-sim test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
+	bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,8 +17,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 	$(BIN)/pip install -q --no-deps --force-reinstall .
 
-# Quickstart 1: the main job on the local default (the simulator on the default trace).
-demo: install
+# Quickstart 1: the operator end to end on the local cluster (e2e/demo.py; needs what
+# `make test` needs): start the cluster, install the CRDs, run a node daemon per kwok GPU
+# node and the operator, apply the examples, show `kubectl get ij`, then clean up.
+# DEMO_KEEP=1 leaves it all running to explore; `make demo-down` stops it.
+demo: install e2e-build
+	$(BIN)/python -P e2e/demo.py $(if $(DEMO_KEEP),--keep)
+
+demo-down: install
+	$(BIN)/python -P e2e/demo.py --down
+
+# The simulator on the default traces (about a minute; needs shared/data, see README).
+demo-sim: install
 	$(BIN)/conspirator simulate --track fractional --policy conspirator --policy fgd --seeds 2 --out out/demo
 	$(BIN)/conspirator simulate --track mig --policy conspirator --policy naive-sharing --seeds 2 --out out/demo
 
@@ -81,6 +91,10 @@ bench-deviceplugin: install
 # host load (needs 2+ cores and gcc; pins to cores 0 and 1; about 5 minutes).
 bench-datapath: install
 	$(BIN)/python -P benchmarks/datapath/dp_bench.py --out benchmarks/results/datapath
+
+# Operator: 1,000 InferenceJobs on 100 simulated GPU nodes of the local cluster (~6 min).
+bench-operator: install e2e-build
+	$(BIN)/python -P benchmarks/operator_scale.py --out benchmarks/results/operator
 
 clean:
 	rm -rf $(VENV) build *.egg-info out
