@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from conspirator.api import API_VERSION, GPUNode, InferenceJob, ModelProfile, load
 from conspirator.api.v1alpha1 import (
+    ClientEndpoint,
     Condition,
     ConditionStatus,
     DType,
@@ -162,6 +163,31 @@ def test_status_round_trip() -> None:
     assert wire["conditions"][0]["lastTransitionTime"] == "2025-01-01T00:00:00Z"
     assert wire["phase"] == "Running"
     assert InferenceJobStatus.model_validate(wire) == status
+
+
+def test_data_path_status_fields() -> None:
+    status = InferenceJobStatus(
+        client_endpoint="10.0.0.2:7470",
+        client_endpoints=[
+            ClientEndpoint(node="n1", endpoint="10.0.0.2:7470", replicas=2, throughput=1800.0,
+                           connected=True),
+            ClientEndpoint(node="n0", endpoint="10.0.0.1:7470", replicas=1),
+        ],
+        token_secret="resnet50-conspirator-token",
+    )
+    wire = status.to_k8s()
+    assert wire["tokenSecret"] == "resnet50-conspirator-token"
+    assert wire["clientEndpoints"][0] == {"node": "n1", "endpoint": "10.0.0.2:7470",
+                                          "replicas": 2, "throughput": 1800.0,
+                                          "connected": True}
+    assert wire["clientEndpoints"][1] == {"node": "n0", "endpoint": "10.0.0.1:7470",
+                                          "replicas": 1, "connected": False}
+    assert InferenceJobStatus.model_validate(wire) == status
+    assert InferenceJobStatus().to_k8s().get("clientEndpoints") == []
+    with pytest.raises(ValidationError):
+        ClientEndpoint.model_validate({"node": "n0", "endpoint": "", "replicas": 1})
+    with pytest.raises(ValidationError):
+        ClientEndpoint.model_validate({"node": "n0", "endpoint": "a:1", "replicas": -1})
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from conspirator.api.v1alpha1.gpunode import (
     valid_start,
 )
 from conspirator.api.v1alpha1.inferencejob import (
+    ClientEndpoint,
     ConditionType,
     DataPath,
     Demand,
@@ -92,6 +93,7 @@ __all__ = [
     "WHOLE",
     "ApiModel",
     "CRDInfo",
+    "ClientEndpoint",
     "Condition",
     "ConditionStatus",
     "ConditionType",

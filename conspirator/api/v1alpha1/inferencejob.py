@@ -209,6 +209,22 @@ def profile_summary(replicas: Sequence[ReplicaStatus]) -> str:
     return ",".join(f"{n}x{p}" for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+class ClientEndpoint(ApiModel):
+    """A DPU agent that reaches some of the job's replicas (an agent dispatches only to the
+    replicas on its own node)."""
+
+    node: str = Field(min_length=1, max_length=253)
+    """Node (and GPUNode) whose agent this is."""
+    endpoint: str = Field(min_length=1, max_length=256)
+    """``host:port`` of the agent (``GPUNode.status.dpu.agentEndpoint``)."""
+    replicas: int = Field(ge=0, le=256)
+    """The job's replicas on that node."""
+    throughput: float | None = Field(default=None, ge=0)
+    """Their estimated throughput, requests/s (clients may spread load in proportion)."""
+    connected: bool = False
+    """The node reports its agent connected (GPUNode condition ``DPUReady`` is True)."""
+
+
 class InferenceJobStatus(ApiModel):
     """Observed state of an InferenceJob, written by the operator."""
 
@@ -230,7 +246,13 @@ class InferenceJobStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
     """The ``metadata.generation`` this status was computed from."""
     client_endpoint: str | None = Field(default=None, max_length=256)
-    """Where clients send requests (``host:port`` of the DPU agent)."""
+    """Where clients send requests (``host:port`` of the DPU agent): the first of
+    ``clientEndpoints`` (a connected agent first, then the node with the most replicas)."""
+    client_endpoints: list[ClientEndpoint] = Field(default_factory=list, max_length=256)
+    """Every DPU agent that reaches some of the job's replicas, best first."""
+    token_secret: str | None = Field(default=None, max_length=253)
+    """Secret in the job's namespace whose key ``token`` is the job's data-path token
+    (what a client proves to the DPU agent); absent until the operator created it."""
     message: str | None = Field(default=None, max_length=1024)
     """Human-readable detail on the phase."""
 
@@ -270,6 +292,9 @@ InferenceJob.crd = CRDInfo(
         PrinterColumn("Demand", "number", ".spec.demand.requestsPerSecond", "Demand, requests/s"),
         PrinterColumn("Model", "string", ".spec.model.name", "Model name", priority=1),
         PrinterColumn("Tenant", "string", ".spec.tenant", "Tenant (empty: namespace)", priority=1),
+        PrinterColumn(
+            "Endpoint", "string", ".status.clientEndpoint", "DPU agent for clients", priority=1
+        ),
         AGE_COLUMN,
     ),
 )
