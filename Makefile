@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-sim test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
-	bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath bench-operator clean
+	generate bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,15 @@ demo-sim: install
 # Quickstart 2: every check CI runs, the real local cluster's end-to-end tests included
 # (a cold build of the Kubernetes binaries takes about 6 minutes; then it is cached).
 test: install lint typecheck unit e2e
+
+# Every generated file, from one command (tests fail when any is stale): the CRDs and the API
+# reference, the chart's copy of the CRDs, the chart's default ModelProfiles, the gRPC stubs.
+generate: install
+	$(BIN)/conspirator crdgen --out crds/ --docs docs/api.md
+	cp crds/*.yaml charts/conspirator/crds/
+	cp operator/deploy/peering.yaml charts/conspirator/crds/clusterkopfpeerings.kopf.dev.yaml
+	$(BIN)/conspirator default-profiles --out charts/conspirator/files/modelprofiles.yaml
+	$(BIN)/conspirator gen-protos
 
 lint:
 	$(BIN)/ruff check .
