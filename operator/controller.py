@@ -158,6 +158,8 @@ class Controller:
         self._replay: list[tuple[str, Any]] | None = None
         self._posting: set[asyncio.Task[None]] = set()
         self._scope = set(settings.namespaces)
+        self.token_secrets: dict[str, str] = {}
+        """Job key -> name of its token Secret, once the data path made or found it."""
 
     # --- observation (event loop; never touches the plan) ----------------------------
 
@@ -197,6 +199,7 @@ class Controller:
         view = self.snap.jobs.pop(key, None)
         if view is not None:
             self._uid_key.pop(view.uid, None)
+        self.token_secrets.pop(key, None)
         self._spec_dirty.add(key)
 
     def observe_node(self, body: Mapping[str, Any]) -> None:
@@ -211,6 +214,9 @@ class Controller:
         if old is not None and not newer(view.resource_version, old.resource_version):
             return
         self.snap.nodes[view.name] = view
+        if old is None or old.dpu != view.dpu:
+            # Where clients connect and DataPathReady follow the node's agent.
+            self._status_dirty |= self._by_node.get(view.name, set())
         if old is None or old.inventory_key() != view.inventory_key():
             self._rebuild = True
             self._capacity = True
@@ -255,6 +261,31 @@ class Controller:
         view = self.snap.workers.pop(f"{namespace}/{name}", None)
         if view is not None and view.job_uid in self._uid_key:
             self._status_dirty.add(self._uid_key[view.job_uid])
+
+    # --- the data path's view (operator/datapath.py) ---------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def live_jobs(self) -> dict[str, JobView] | None:
+        """Jobs served and not being deleted, by key; None until everything was listed."""
+        if not self._synced:
+            return None
+        return {k: v for k, v in self.snap.jobs.items() if not v.deleting}
+
+    def token_changed(self, key: str, secret: str | None) -> None:
+        """The job's token Secret exists (its name) or is gone (None): re-render its status."""
+        if secret is None:
+            if self.token_secrets.pop(key, None) is None:
+                return
+        elif self.token_secrets.get(key) == secret:
+            return
+        else:
+            self.token_secrets[key] = secret
+        if key in self.snap.jobs:
+            self._status_dirty.add(key)
+            self.nudge()
 
     def has_work(self) -> bool:
         return bool(self._spec_dirty or self._status_dirty or self._nodes_dirty
@@ -771,7 +802,8 @@ class Controller:
         if self._table is not None:
             source = self._table.sources.get(view.job.spec.model.name, "")
         return Outcome(replicas=reps, reason=self.reasons.get(k), failure=self.failures.get(k),
-                       applied=applied, workers=workers, source=source)
+                       applied=applied, workers=workers, source=source,
+                       token_secret=self.token_secrets.get(k))
 
     async def _ensure_workers(self, keys: list[str], jobs: Mapping[str, JobView], ch: Changes,
                               now: datetime) -> None:
@@ -790,7 +822,10 @@ class Controller:
                 mine = [r for r in self.plan[k] if r.node == node]
                 if not layout_applied(self.snap.nodes.get(node), mine):
                     continue
-                body = manifests.deployment(view, node, profile, count)
+                group = [r for r in mine if r.profile == profile]
+                body = manifests.deployment(
+                    view, node, profile, count,
+                    throughput=sum(r.throughput_rps for r in group) / max(1, len(group)))
                 tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch))
             # Deployments of an older job of the same name (its uid differs).
             for n, p in groups:

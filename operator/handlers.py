@@ -3,7 +3,9 @@
 * InferenceJob create / update / resume: decide, return when the decision is written
   (a failure raises ``kopf.TemporaryError``, so kopf retries);
 * InferenceJob delete (finalizer ``conspirator.io/release``): return once the job's
-  instances and workers are released;
+  instances and workers are released and its key is out of the agents' token Secret;
+* before a job is decided its token Secret is made (:mod:`~conspirator.operator.datapath`),
+  so its first status already names it;
 * GPUNode, ModelProfile and worker Deployment watch events: update the controller's
   view and ask for a pass;
 * the global re-plan is not a kopf timer: kopf timers are per object and put a
@@ -22,12 +24,17 @@ import kopf
 
 from conspirator.api.v1alpha1 import GROUP, VERSION
 from conspirator.operator.controller import Controller, PassError
+from conspirator.operator.datapath import DataPath
 from conspirator.operator.views import FINALIZER, LABEL_MANAGED_BY, MANAGED_BY
 
 JOBS = "inferencejobs"
 NODES = "gpunodes"
 PROFILES = "modelprofiles"
 RETRY_DELAY = 2.0
+TOKEN_DELETE_RETRIES = 3
+"""A job being deleted waits at most this many retries for its key to leave the agents'
+Secret (a stale key is harmless: the job has no replica left to reach, and the next write
+drops it); then it goes anyway."""
 
 
 def _meta(body: kopf.Body) -> tuple[str, str]:
@@ -68,8 +75,9 @@ def configure(settings: kopf.OperatorSettings, controller: Controller) -> None:
     settings.queueing.idle_timeout = 1.0
 
 
-def build_registry(controller: Controller) -> kopf.OperatorRegistry:
-    """A kopf registry with every handler bound to ``controller``."""
+def build_registry(controller: Controller, datapath: DataPath | None = None
+                   ) -> kopf.OperatorRegistry:
+    """A kopf registry with every handler bound to ``controller`` (and ``datapath``)."""
     reg = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=reg)
@@ -88,26 +96,53 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         ns, _name = _meta(body)
         if not controller.in_scope(ns):
             return
+        token_error: Exception | None = None
+        if datapath is not None:
+            # Seen first, so that the agents' Secret counts the job as live.
+            key = controller.observe_job(body)
+            view = controller.snap.jobs.get(key) if key is not None else None
+            if view is not None:
+                try:
+                    await datapath.ensure(view)
+                except Exception as e:  # placing the job need not wait for its token
+                    token_error = e
         try:
             await controller.job_changed(body)
         except PassError as e:
             raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+        if token_error is not None:
+            raise kopf.TemporaryError(f"token Secret not made: {token_error}",
+                                      delay=RETRY_DELAY) from token_error
 
     @kopf.on.delete(GROUP, VERSION, JOBS, registry=reg, id="release")
-    async def job_deleted(body: kopf.Body, **_: Any) -> None:
-        ns, _name = _meta(body)
+    async def job_deleted(body: kopf.Body, retry: int = 0, **_: Any) -> None:
+        ns, name = _meta(body)
         if not controller.in_scope(ns):
             return
         try:
             await controller.job_deleted(body)
         except PassError as e:
             raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
+        if datapath is not None:
+            datapath.forget(f"{ns}/{name}")
+            try:
+                await datapath.sync()
+            except Exception as e:
+                if retry < TOKEN_DELETE_RETRIES:
+                    raise kopf.TemporaryError(f"agent tokens Secret not updated: {e}",
+                                              delay=RETRY_DELAY) from e
+                logging.getLogger("conspirator.operator").warning(
+                    "%s/%s released; its key stays in the agent tokens Secret until the next "
+                    "write: %s", ns, name, e)
 
     @kopf.on.event(GROUP, VERSION, JOBS, registry=reg)
     async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event["type"] == "DELETED":
             controller.forget_job(*_meta(body))
             controller.nudge()
+            if datapath is not None:
+                datapath.forget("/".join(_meta(body)))
+                datapath.request()
 
     @kopf.on.event(GROUP, VERSION, NODES, registry=reg)
     async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

@@ -171,6 +171,33 @@ class Kube:
             await self._run(self.apps.delete_namespaced_deployment, name, namespace,
                             body=opts)
 
+    # --- Secrets (the data path's tokens) ------------------------------------------------
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            r: Any = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            out: dict[str, Any] = json.loads(r.data)
+            return out
+        return await self._run(call)
+
+    async def create_secret(self, body: dict[str, Any]) -> dict[str, Any]:
+        def call() -> dict[str, Any]:
+            r: Any = self.core.create_namespaced_secret(
+                body["metadata"]["namespace"], cast(Any, body), _preload_content=False)
+            out: dict[str, Any] = json.loads(r.data)
+            return out
+        return await self._run(call)
+
+    async def replace_secret(self, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``body``; its ``metadata.resourceVersion`` makes it conflict-checked."""
+        def call() -> dict[str, Any]:
+            meta = body["metadata"]
+            r: Any = self.core.replace_namespaced_secret(
+                meta["name"], meta["namespace"], cast(Any, body), _preload_content=False)
+            out: dict[str, Any] = json.loads(r.data)
+            return out
+        return await self._run(call)
+
     async def post_event(self, body: dict[str, Any]) -> None:
         try:
             await self._run(self.core.create_namespaced_event,

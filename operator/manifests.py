@@ -76,7 +76,7 @@ def worker_groups(replicas: Iterable[Replica]) -> dict[tuple[str, str], int]:
     return dict(sorted(out.items()))
 
 
-def _label_value(text: str) -> str:
+def label_value(text: str) -> str:
     """``text`` when it is a valid label value, else a short hash of it."""
     if len(text) <= 63 and re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", text):
         return text
@@ -94,17 +94,29 @@ def owner_reference(view: JobView) -> dict[str, Any]:
     }
 
 
-def deployment(view: JobView, node: str, profile: str, count: int) -> dict[str, Any]:
-    """The worker Deployment of ``view``'s ``count`` replicas of ``profile`` on ``node``."""
+def throughput_text(rps: float) -> str:
+    """``CONSPIRATOR_THROUGHPUT`` of a worker: requests/s, at most 6 significant digits, so
+    that only a real change of the estimate rolls the Deployment."""
+    return f"{round(max(rps, 0.0), 3):g}"
+
+
+def deployment(view: JobView, node: str, profile: str, count: int,
+               throughput: float | None = None) -> dict[str, Any]:
+    """The worker Deployment of ``view``'s ``count`` replicas of ``profile`` on ``node``.
+
+    ``throughput`` is the placement's estimate of one replica's requests/s (the mean over
+    the group, which differs only on a node mixing GPU models); the worker passes it to
+    the DPU agent as the dispatcher's weight (``CONSPIRATOR_THROUGHPUT``).
+    """
     ij: InferenceJob = view.job
     spec = ij.spec
     name = worker_name(view.name, node, profile)
     res = resource_name(profile)
     labels = {
         "app.kubernetes.io/name": "conspirator-worker",
-        "app.kubernetes.io/instance": _label_value(view.name),
+        "app.kubernetes.io/instance": label_value(view.name),
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_JOB: _label_value(view.name),
+        LABEL_JOB: label_value(view.name),
         LABEL_JOB_UID: view.uid,
         LABEL_WORKER: name,
     }
@@ -117,6 +129,8 @@ def deployment(view: JobView, node: str, profile: str, count: int) -> dict[str, 
          "value": ",".join(str(d) for d in spec.data_path.input_shape)},
         {"name": "CONSPIRATOR_DTYPE", "value": spec.data_path.dtype.value},
         {"name": "CONSPIRATOR_MAX_BATCH", "value": str(spec.data_path.max_batch)},
+        *([{"name": "CONSPIRATOR_THROUGHPUT", "value": throughput_text(throughput)}]
+          if throughput is not None else []),
         {"name": "CONSPIRATOR_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "CONSPIRATOR_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]

@@ -13,10 +13,11 @@ import kopf
 
 from conspirator.operator import peering
 from conspirator.operator.controller import Controller
+from conspirator.operator.datapath import DataPath, resync_loop
 from conspirator.operator.handlers import build_registry
 from conspirator.operator.kube import Kube, load_client
 from conspirator.operator.metrics import Metrics, serve
-from conspirator.operator.settings import Settings
+from conspirator.operator.settings import Settings, operator_namespace
 
 log = logging.getLogger("conspirator.operator")
 
@@ -55,7 +56,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if settings.metrics_port:
         serve(metrics, settings.metrics_port, settings.bind_address)
     controller = Controller(settings, kube, metrics)
-    registry = build_registry(controller)
+    own_namespace = operator_namespace(settings, os.environ)
+    datapath = DataPath(kube, controller, own_namespace, settings.agent_tokens_secret)
+    registry = build_registry(controller, datapath)
 
     standalone = settings.standalone
     if not standalone and not await asyncio.to_thread(peering.crd_installed, api):
@@ -78,13 +81,19 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if settings.replan_interval > 0:
         tasks.append(asyncio.create_task(
             replan_loop(controller, active, settings.replan_interval), name="replan"))
+    tasks.append(asyncio.create_task(
+        resync_loop(datapath, active, settings.token_resync_interval,
+                    lambda: controller.synced), name="token-resync"))
     liveness = (f"http://{settings.bind_address}:{settings.liveness_port}/healthz"
                 if settings.liveness_port else None)
-    log.info("conspirator operator: %s, peering %s (priority %d), liveness %s, metrics %s",
+    log.info("conspirator operator: %s, peering %s (priority %d), liveness %s, metrics %s, "
+             "agent tokens %s",
              "namespaces " + ",".join(settings.namespaces) if settings.namespaces
              else "all namespaces",
              "off" if standalone else settings.peering, priority, liveness or "off",
-             f":{settings.metrics_port}/metrics" if settings.metrics_port else "off")
+             f":{settings.metrics_port}/metrics" if settings.metrics_port else "off",
+             f"Secret {own_namespace}/{settings.agent_tokens_secret}"
+             if settings.agent_tokens_secret else "off")
     try:
         await kopf.operator(
             registry=registry,

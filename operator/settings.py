@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -35,6 +37,34 @@ class Settings:
     api_concurrency: int = 8
     max_handlers: int = 100
     log_level: str = "INFO"
+    namespace: str | None = None
+    """The operator's own namespace (the agents' token Secret lives there); see
+    :func:`operator_namespace` for the fallbacks."""
+    agent_tokens_secret: str = "conspirator-agent-tokens"
+    """The aggregate Secret of every job's token for the DPU agents ('': none)."""
+    token_resync_interval: float = 60.0
+    """Seconds between checks that every job's token Secret exists (0: at start only)."""
+
+
+DEFAULT_NAMESPACE = "conspirator-system"
+SERVICEACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def operator_namespace(settings: Settings, env: Mapping[str, str],
+                       serviceaccount_file: Path = SERVICEACCOUNT_NAMESPACE) -> str:
+    """The operator's namespace: ``--operator-namespace``/``CONSPIRATOR_NAMESPACE``, else
+    ``POD_NAMESPACE``, else the in-cluster service account's namespace file, else
+    ``conspirator-system``."""
+    if settings.namespace:
+        return settings.namespace
+    pod = env.get("POD_NAMESPACE", "").strip()
+    if pod:
+        return pod
+    try:
+        text = serviceaccount_file.read_text().strip()
+    except OSError:
+        text = ""
+    return text or DEFAULT_NAMESPACE
 
 
 def _bool(text: str) -> bool:
@@ -76,6 +106,23 @@ def _namespaces(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _dns_label(text: str) -> str:
+    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
+        raise ValueError(f"expected a namespace name (DNS label), got {text!r}")
+    return text
+
+
+def _secret_name(text: str) -> str:
+    """A Secret name (DNS subdomain), or '' for none."""
+    if text and (len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text)):
+        raise ValueError(f"expected a Secret name (DNS subdomain) or '', got {text!r}")
+    return text
+
+
 def _level(text: str) -> str:
     up = text.upper()
     if up not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -89,9 +136,16 @@ class Option:
     conv: Callable[[str], Any]
     help: str
     kind: str = "value"  # value | flag | toggle | list
+    flag_name: str | None = None
+    """The flag, when not derived from the field (``--namespace`` is the list of served
+    namespaces, so the operator's own is ``--operator-namespace``)."""
+    empty: bool = False
+    """An empty environment variable is a value (not "unset")."""
 
     @property
     def flag(self) -> str:
+        if self.flag_name:
+            return self.flag_name
         return "--" + self.field.replace("_", "-").removesuffix("s") \
             if self.kind == "list" else "--" + self.field.replace("_", "-")
 
@@ -127,6 +181,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_handlers", _int_at_least(1), "objects whose events kopf handles at once, per "
                                              "kind (bounds memory in bursts)"),
     Option("log_level", _level, "DEBUG, INFO, WARNING or ERROR"),
+    Option("namespace", _dns_label, "the operator's own namespace, where the agents' token "
+                                    "Secret lives (default: $POD_NAMESPACE, else the "
+                                    "service account's namespace, else conspirator-system)",
+           flag_name="--operator-namespace"),
+    Option("agent_tokens_secret", _secret_name,
+           "Secret in the operator's namespace holding every job's token, one key "
+           "<namespace>.<job> each, mounted by the DPU agents ('': none)", empty=True),
+    Option("token_resync_interval", _float_at_least(0.0),
+           "seconds between checks that every job's token Secret exists, recreating "
+           "deleted ones (0: at start only)"),
 )
 
 
@@ -172,7 +236,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
             values[o.field] = tuple(given) if o.kind == "list" else given
             continue
         raw = env.get(o.env)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and not o.empty):
             continue
         try:
             values[o.field] = o.conv(raw)

@@ -11,6 +11,12 @@ Phases (``status.phase``):
 * ``Running``: every worker ready;
 * ``Degraded``: placed below the demand (replicas lost and not replaced), or running
   workers lost readiness.
+
+The data path (:func:`client_endpoints`, :func:`data_path_condition`): every node that holds
+replicas and reports a DPU agent endpoint is listed in ``clientEndpoints``, connected agents
+first, then by replicas there (then throughput, then node name), so the choice is stable;
+``clientEndpoint`` is the first.  ``DataPathReady`` is True when some replica's node reports
+its agent connected (GPUNode ``DPUReady``) and the job's token Secret exists.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from conspirator.api.v1alpha1 import (
+    ClientEndpoint,
     ConditionStatus,
     ConditionType,
     InferenceJobStatus,
@@ -49,6 +56,8 @@ class Outcome:
     """(node, profile) -> (ready, wanted) worker pods; absent: no Deployment yet."""
     source: str = ""
     """Where the throughput figures come from (ModelProfile or built-in defaults)."""
+    token_secret: str | None = None
+    """Name of the job's token Secret, once it exists."""
 
 
 def _clip(text: str) -> str:
@@ -57,6 +66,48 @@ def _clip(text: str) -> str:
 
 def _nodes(replicas: Sequence[Replica]) -> list[str]:
     return sorted({r.node for r in replicas})
+
+
+def client_endpoints(replicas: Sequence[Replica], nodes: Mapping[str, NodeView]
+                     ) -> list[ClientEndpoint]:
+    """The DPU agents of the nodes holding ``replicas``, best first (module docstring)."""
+    count: dict[str, int] = {}
+    rps: dict[str, float] = {}
+    for r in replicas:
+        count[r.node] = count.get(r.node, 0) + 1
+        rps[r.node] = rps.get(r.node, 0.0) + r.throughput_rps
+    out: list[ClientEndpoint] = []
+    for name in sorted(count):
+        nv = nodes.get(name)
+        if nv is None or not nv.dpu.endpoint:
+            continue
+        out.append(ClientEndpoint(node=name, endpoint=nv.dpu.endpoint, replicas=count[name],
+                                  throughput=round(rps[name], 3),
+                                  connected=nv.dpu.connected))
+    out.sort(key=lambda e: (not e.connected, -e.replicas, -(e.throughput or 0.0), e.node))
+    return out
+
+
+def data_path_condition(replicas: Sequence[Replica], nodes: Mapping[str, NodeView],
+                        token_secret: str | None) -> tuple[bool, str, str]:
+    """``DataPathReady``: (status, reason, message)."""
+    where = _nodes(replicas)
+    if not where:
+        return False, "NotPlaced", "no replica placed"
+    infos = {n: nodes[n].dpu for n in where if n in nodes}
+    connected = [n for n in where if n in infos and infos[n].connected]
+    if not connected:
+        if all(n not in infos or infos[n].missing for n in where):
+            return False, "NoDPU", f"no DPU agent on {', '.join(where)}"
+        waiting = [f"{n} ({infos[n].reason or 'not reported'})" for n in where
+                   if n in infos and not infos[n].missing]
+        return False, "AgentNotConnected", \
+            f"the DPU agent is not connected on {', '.join(waiting)}"
+    if token_secret is None:
+        return False, "TokenMissing", "the job's token Secret does not exist yet"
+    return True, "AgentConnected", (
+        f"DPU agent connected on {', '.join(connected)} of {len(where)} node(s); "
+        f"clients prove the token in Secret {token_secret}")
 
 
 def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
@@ -130,6 +181,9 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
             phase = JobPhase.DEGRADED
             message = (f"serves {served:.0f} of {demand:g} requests/s: "
                        f"{outcome.reason or 'demand not met'}")
+    ok, reason, dp_message = data_path_condition(replicas, nodes, outcome.token_secret)
+    cond(ConditionType.DATA_PATH_READY, ok, reason, dp_message)
+    endpoints = client_endpoints(replicas, nodes)
     return InferenceJobStatus(
         phase=phase,
         replicas=[r.to_status(device_id(nodes.get(r.node), r)) for r in replicas],
@@ -139,7 +193,9 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
         demand=demand,
         conditions=conditions,
         observed_generation=gen,
-        client_endpoint=prev.client_endpoint if prev else None,
+        client_endpoint=endpoints[0].endpoint if endpoints else None,
+        client_endpoints=endpoints,
+        token_secret=outcome.token_secret,
         message=_clip(message),
     )
 

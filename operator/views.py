@@ -105,6 +105,36 @@ class GpuInfo:
         return None
 
 
+DPU_READY = "DPUReady"
+"""GPUNode condition: the node's DPU agent accepted the node daemon's registry
+(docs/deviceplugin.md: ``AgentConnected``; False: ``NoDPU``, ``AgentNotConnected``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DpuInfo:
+    """A node's DPU and data-path agent (``GPUNode.status.dpu`` and ``DPUReady``)."""
+
+    present: bool = False
+    endpoint: str | None = None
+    """``host:port`` clients connect to."""
+    ready: bool | None = None
+    """The ``DPUReady`` condition (None: not reported)."""
+    reason: str = ""
+
+    @property
+    def connected(self) -> bool:
+        return self.ready is True
+
+    @property
+    def missing(self) -> bool:
+        """No DPU agent at all on the node (as opposed to one not connected)."""
+        if self.connected:
+            return False
+        if self.ready is False:
+            return self.reason == "NoDPU"
+        return not self.present and not self.endpoint
+
+
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """A GPUNode: its inventory (status) and the layout the operator last asked for (spec)."""
@@ -115,6 +145,8 @@ class NodeView:
     generation: int
     observed_generation: int | None
     resource_version: str = ""
+    dpu: DpuInfo = field(default_factory=DpuInfo)
+    """The node's DPU agent, as the node daemon reports it."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -131,6 +163,15 @@ class NodeView:
                     for i in sorted(g.instances, key=lambda i: i.start)
                 ),
             ))
+        dpu = DpuInfo()
+        if status is not None:
+            cond = next((c for c in status.conditions if c.type == DPU_READY), None)
+            dpu = DpuInfo(
+                present=bool(status.dpu and status.dpu.present),
+                endpoint=(status.dpu.agent_endpoint or None) if status.dpu else None,
+                ready=None if cond is None else cond.status.value == "True",
+                reason=cond.reason if cond is not None else "",
+            )
         return cls(
             name=name,
             gpus=tuple(gpus),
@@ -138,6 +179,7 @@ class NodeView:
             generation=gn.metadata.generation or 0,
             observed_generation=status.observed_generation if status else None,
             resource_version=gn.metadata.resource_version or "",
+            dpu=dpu,
         )
 
     def gpu(self, index: int) -> GpuInfo | None:

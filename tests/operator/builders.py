@@ -42,7 +42,11 @@ def job(name: str, rps: float = 1000, **kw: Any) -> JobView:
 def node(name: str, model: str = "A100-80GB", gpus: int = 2,
          instances: dict[int, list[tuple[str, int]]] | None = None,
          in_use: set[tuple[int, str, int]] | None = None,
-         spec: dict[str, Any] | None = None, memory: float = 80) -> NodeView:
+         spec: dict[str, Any] | None = None, memory: float = 80,
+         agent: str | None = None, dpu_ready: bool | None = None,
+         dpu_reason: str | None = None) -> NodeView:
+    """A GPUNode; ``agent`` (host:port) and ``dpu_ready`` (the DPUReady condition) play
+    what the node daemon reports of the node's DPU agent."""
     mig = model not in ("T4", "A10", "L4", "V100M16", "V100M32", "P100")
     body: dict[str, Any] = {
         "apiVersion": API, "kind": "GPUNode",
@@ -56,6 +60,13 @@ def node(name: str, model: str = "A100-80GB", gpus: int = 2,
                            for p, s in (instances or {}).get(i, [])]}
             for i in range(gpus)]},
     }
+    if agent is not None:
+        body["status"]["dpu"] = {"present": True, "model": "BlueField-2", "agentEndpoint": agent}
+    if dpu_ready is not None:
+        body["status"]["conditions"] = [{
+            "type": "DPUReady", "status": "True" if dpu_ready else "False",
+            "reason": dpu_reason or ("AgentConnected" if dpu_ready else "AgentNotConnected"),
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]
     return NodeView.from_body(body)
 
 

@@ -7,6 +7,7 @@ from conspirator.operator.manifests import (
     job_event,
     resource_name,
     template_hash,
+    throughput_text,
     worker_groups,
     worker_name,
 )
@@ -85,3 +86,17 @@ def test_events_name_the_job() -> None:
     assert e["involvedObject"]["kind"] == "InferenceJob"
     assert (e["metadata"]["namespace"], e["type"], e["reason"]) == ("team", "Warning",
                                                                     "Unplaceable")
+
+
+def test_workers_get_their_throughput_and_only_a_real_change_rolls_them() -> None:
+    v = job("j", namespace="team")
+    d = deployment(v, "n", "1g.10gb", 2, throughput=912.345678)
+    env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    # What conspirator.runtime's Identity.from_env reads: the job as name + namespace.
+    assert env["CONSPIRATOR_THROUGHPUT"] == "912.346"
+    assert (env["CONSPIRATOR_JOB"], env["CONSPIRATOR_NAMESPACE"]) == ("j", "team")
+    same = template_hash(deployment(v, "n", "1g.10gb", 2, throughput=912.3459999))
+    assert template_hash(d) == same
+    assert template_hash(deployment(v, "n", "1g.10gb", 2, throughput=1000.0)) != same
+    assert throughput_text(1600.0) == "1600" and throughput_text(0.5) == "0.5"

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from conspirator.operator.settings import Settings, SettingsError, add_arguments, resolve
+from conspirator.operator.settings import (
+    Settings,
+    SettingsError,
+    add_arguments,
+    operator_namespace,
+    resolve,
+)
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None) -> Settings:
@@ -37,3 +44,34 @@ def test_bad_values_are_refused_with_their_source() -> None:
         parse(["--liveness-port", "70000"])
     with pytest.raises(SystemExit):
         parse(["--milp-time-limit", "0"])
+
+
+def test_data_path_settings() -> None:
+    s = parse([])
+    assert (s.namespace, s.agent_tokens_secret, s.token_resync_interval) == (
+        None, "conspirator-agent-tokens", 60.0)
+    env = {"CONSPIRATOR_NAMESPACE": "ops", "CONSPIRATOR_AGENT_TOKENS_SECRET": "tok",
+           "CONSPIRATOR_TOKEN_RESYNC_INTERVAL": "0"}
+    s = parse([], env)
+    assert (s.namespace, s.agent_tokens_secret, s.token_resync_interval) == ("ops", "tok", 0.0)
+    s = parse(["--operator-namespace", "mine", "--agent-tokens-secret", "x.y"], env)
+    assert (s.namespace, s.agent_tokens_secret) == ("mine", "x.y")
+    # --namespace stays the served namespaces.
+    assert parse(["--namespace", "a"], env).namespaces == ("a",)
+    # Empty disables the aggregate, from the flag or the variable (an empty variable
+    # usually means "unset"; not here).
+    assert parse(["--agent-tokens-secret", ""]).agent_tokens_secret == ""
+    assert parse([], {"CONSPIRATOR_AGENT_TOKENS_SECRET": ""}).agent_tokens_secret == ""
+    with pytest.raises(SettingsError, match="CONSPIRATOR_NAMESPACE"):
+        parse([], {"CONSPIRATOR_NAMESPACE": "Not_A_Namespace"})
+    with pytest.raises(SettingsError, match="CONSPIRATOR_AGENT_TOKENS_SECRET"):
+        parse([], {"CONSPIRATOR_AGENT_TOKENS_SECRET": "UPPER"})
+
+
+def test_operator_namespace_fallbacks(tmp_path: Path) -> None:
+    sa = tmp_path / "namespace"
+    assert operator_namespace(Settings(namespace="ops"), {"POD_NAMESPACE": "p"}, sa) == "ops"
+    assert operator_namespace(Settings(), {"POD_NAMESPACE": "p"}, sa) == "p"
+    assert operator_namespace(Settings(), {}, sa) == "conspirator-system"
+    sa.write_text("from-sa\n")
+    assert operator_namespace(Settings(), {"POD_NAMESPACE": ""}, sa) == "from-sa"
