@@ -43,7 +43,7 @@ generate: install
 	cp crds/*.yaml charts/conspirator/crds/
 	cp operator/deploy/peering.yaml charts/conspirator/crds/clusterkopfpeerings.kopf.dev.yaml
 	$(BIN)/conspirator default-profiles --out charts/conspirator/files/modelprofiles.yaml
-	$(BIN)/conspirator gen-protos
+	$(BIN)/conspirator gen-protos --src deviceplugin/v1beta1
 
 lint:
 	$(BIN)/ruff check .

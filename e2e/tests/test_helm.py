@@ -1,53 +1,440 @@
-"""The real helm binary (built by e2e/build.sh) lints and renders the chart, and the API server
-accepts what it renders (server-side dry run; the CRDs are applied for real)."""
+"""The Helm chart, with the real helm binary, on the real local cluster (issue 7).
+
+* lint and template for the default values and every set in ``charts/conspirator/ci/``; the
+  API server accepts what they render (server-side dry run);
+* values that break ``values.schema.json`` are refused, naming the field;
+* ``helm install`` with the project's images built here: the operator, the node daemon and
+  the DPU agent run as the chart's pods on the real node under the chart's ServiceAccounts;
+  RBAC gives each exactly what it needs (``kubectl auth can-i``);
+* the whole flow through those pods: an InferenceJob is placed by the operator pod, the node
+  daemon pod partitions the (simulated) GPU and the real kubelet allocates its slices to two
+  worker containers, which register their buffers; ``conspirator loadgen`` sends requests
+  through the agent pod with the token the operator put in a Secret; all are answered, by
+  both replicas;
+* ``helm upgrade`` rolls the components and the flow still works; deleting the job and
+  ``helm uninstall`` leave nothing of the release behind.
+"""
 
 from __future__ import annotations
 
-import os
+import base64
+import json
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from conspirator_e2e.cluster import REPO, Cluster
+from conspirator_e2e import chart
+from conspirator_e2e.chart import CHART, NAMESPACE, RELEASE
+from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.datapath import build_dpserve_image
+from conspirator_e2e.images import build_product_images
+from conspirator_e2e.testing import as_dict
+from kubernetes import client
 
-CHART = REPO / "charts" / "conspirator"
+pytestmark = pytest.mark.skipif(not (CHART / "Chart.yaml").exists(), reason="no chart")
 
-
-def helm(cluster: Cluster, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HELM_CACHE_HOME=str(tmp / "cache"),
-               HELM_CONFIG_HOME=str(tmp / "config"), HELM_DATA_HOME=str(tmp / "data"),
-               KUBECONFIG=str(cluster.paths.kubeconfig))
-    return subprocess.run([str(cluster.paths.binary("helm")), *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+VALUE_SETS = sorted((CHART / "ci").glob("*.yaml"))
 
 
 def test_helm_is_the_pinned_version(cluster: Cluster, tmp_path: Path) -> None:
-    proc = helm(cluster, tmp_path, "version", "--short")
+    proc = chart.helm(cluster, "version", "--short", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(cluster.paths.versions["HELM_VERSION"])
 
 
-@pytest.mark.skipif(not (CHART / "Chart.yaml").exists(), reason=f"no chart at {CHART} yet")
-def test_chart_lints_renders_and_is_accepted(cluster: Cluster, tmp_path: Path,
-                                             namespace: str) -> None:
-    lint = helm(cluster, tmp_path, "lint", str(CHART))
+def _apply_crds(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
+    crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+    assert crds, "the chart ships its CRDs"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts",
+                    "--field-manager=conspirator-e2e", "-f", "-", input=yaml.safe_dump_all(crds))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    *[f"crd/{d['metadata']['name']}" for d in crds])
+
+
+@pytest.mark.parametrize("values", [None, *VALUE_SETS],
+                         ids=["default", *[p.stem for p in VALUE_SETS]])
+def test_chart_lints_renders_and_is_accepted(cluster: Cluster, tmp_path: Path, namespace: str,
+                                             values: Path | None) -> None:
+    assert len(VALUE_SETS) >= 3, "at least three value sets besides the defaults"
+    vargs = ["--values", str(values)] if values else []
+    lint = chart.helm(cluster, "lint", "--strict", str(CHART), *vargs, home=tmp_path)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     kube_version = cluster.paths.versions["KUBERNETES_VERSION"]
-    rendered = helm(cluster, tmp_path, "template", "conspirator", str(CHART),
-                    "--namespace", namespace, "--include-crds", "--kube-version", kube_version)
+    rendered = chart.helm(cluster, "template", "conspirator", str(CHART), "--namespace",
+                          namespace, "--include-crds", "--kube-version", kube_version, *vargs,
+                          home=tmp_path)
     assert rendered.returncode == 0, rendered.stderr
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert docs, "the chart rendered nothing"
-    crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
-    rest = [d for d in docs if d.get("kind") != "CustomResourceDefinition"]
-    if crds:
-        proc = cluster.kubectl("apply", "--server-side", "--force-conflicts",
-                               "--field-manager=conspirator-e2e", "-f", "-",
-                               input=yaml.safe_dump_all(crds), check=False)
-        assert proc.returncode == 0, proc.stderr
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        *[f"crd/{d['metadata']['name']}" for d in crds])
+    _apply_crds(cluster, docs)
+    rest = [d for d in docs if d.get("kind") not in ("CustomResourceDefinition",
+                                                      "ServiceMonitor")]
+    # Cluster-scoped objects are named after the release; a dry run checks them all.
     proc = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
                            input=yaml.safe_dump_all(rest), check=False)
     assert proc.returncode == 0, proc.stderr
+    kinds = {d["kind"] for d in rest}
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
+
+
+BAD_VALUES: list[tuple[str, str]] = [
+    ("operator.replicas=many", "/operator/replicas"),
+    ("nodeDaemon.backend=cuda", "/nodeDaemon/backend"),
+    ("operatr.enabled=true", "operatr"),
+    ("dpuAgent.port=70000", "/dpuAgent/port"),
+    ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+    ("dpuAgent.maxPayload=lots", "/dpuAgent/maxPayload"),
+    ("operator.logLevel=chatty", "/operator/logLevel"),
+]
+
+
+@pytest.mark.parametrize(("setting", "field"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_values_that_break_the_schema_are_refused(cluster: Cluster, tmp_path: Path,
+                                                  setting: str, field: str) -> None:
+    proc = chart.helm(cluster, "template", "x", str(CHART), "--kube-version",
+                      cluster.paths.versions["KUBERNETES_VERSION"], "--set", setting,
+                      home=tmp_path)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert field in proc.stderr, proc.stderr
+    assert proc.stdout == "", "nothing is rendered from invalid values"
+
+
+# ---- installed from the chart ----------------------------------------------------------
+
+@dataclass
+class Release:
+    cluster: Cluster
+    values: Path
+    images: dict[str, str]
+    worker_image: str
+    home: Path
+
+    def pods(self, core: client.CoreV1Api) -> dict[str, dict[str, Any]]:
+        """Component -> its one pod (the real node runs one of each)."""
+        out: dict[str, dict[str, Any]] = {}
+        for p in core.list_namespaced_pod(
+                NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items:
+            d = as_dict(p)
+            if d["metadata"].get("deletionTimestamp"):
+                continue
+            out[d["metadata"]["labels"]["app.kubernetes.io/component"]] = d
+        return out
+
+
+def _cleanup_host(cluster: Cluster) -> None:
+    cluster.kubectl("delete", "gpunode", str(cluster.read_info()["realNode"]),
+                    "--ignore-not-found", "--wait=true", check=False)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true",
+                    "--timeout=120s", check=False)
+    subprocess.run(["rm", "-rf", str(cluster.paths.state / "chart")], check=False)
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    images = build_product_images(cluster)
+    worker = build_dpserve_image(cluster)
+    home = tmp_path_factory.mktemp("helm")
+    values = chart.write_values(home / "local.yaml", chart.local_values(cluster, images))
+    if chart.installed(cluster):
+        chart.uninstall(cluster)
+    _cleanup_host(cluster)
+    t0 = time.monotonic()
+    proc = chart.install(cluster, values)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + _describe(cluster)
+    print(f"[timing] helm install --wait: {time.monotonic() - t0:.1f}s")
+    try:
+        yield Release(cluster, values, images, worker, home)
+    finally:
+        for ns in cluster.kubectl("get", "ij", "-A", "-o", "jsonpath={.items[*].metadata.namespace}",
+                                  check=False).stdout.split():
+            cluster.kubectl("delete", "ij", "--all", "-n", ns, "--wait=true", "--timeout=60s",
+                            check=False)
+        if chart.installed(cluster):
+            chart.uninstall(cluster)
+        _cleanup_host(cluster)
+
+
+def _describe(cluster: Cluster) -> str:
+    return "\n" + cluster.kubectl("describe", "pods", "-n", NAMESPACE, check=False).stdout[-6000:]
+
+
+def test_components_run_as_the_charts_pods_on_the_real_node(
+        release: Release, core: client.CoreV1Api, cluster_info: dict[str, Any]) -> None:
+    pods = release.pods(core)
+    assert set(pods) == {"operator", "node-daemon", "dpu-agent"}, sorted(pods)
+    expected_images = {c: release.images[c] for c in pods}
+    for component, pod in pods.items():
+        assert pod["spec"]["nodeName"] == cluster_info["realNode"]
+        assert pod["status"]["phase"] == "Running"
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"]), component
+        assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-{component}"
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == expected_images[component]
+    # Non-root where possible: the operator and the agent run as uid 65532; only the
+    # daemon is root (device-plugin directory, hostPID), without privilege.
+    for component in ("operator", "dpu-agent"):
+        assert pods[component]["spec"]["securityContext"]["runAsUser"] == 65532
+        assert pods[component]["spec"]["securityContext"]["runAsNonRoot"] is True
+    daemon_sc = pods["node-daemon"]["spec"]["containers"][0]["securityContext"]
+    assert not daemon_sc.get("privileged"), "the simulated backend needs no privilege"
+    assert daemon_sc["capabilities"]["drop"] == ["ALL"]
+    assert pods["dpu-agent"]["spec"]["automountServiceAccountToken"] is False
+
+
+# (verb, resource[:subresource], namespace or None for cluster-wide, allowed) per component.
+CAN_I: dict[str, list[tuple[str, str, str | None, bool]]] = {
+    "operator": [
+        ("watch", "inferencejobs.conspirator.io", None, True),
+        ("patch", "inferencejobs.conspirator.io:status", "default", True),
+        ("create", "inferencejobs.conspirator.io", "default", False),
+        ("delete", "inferencejobs.conspirator.io", "default", False),
+        ("patch", "gpunodes.conspirator.io", None, True),
+        ("delete", "gpunodes.conspirator.io", None, False),
+        ("patch", "gpunodes.conspirator.io:status", None, False),
+        ("list", "modelprofiles.conspirator.io", None, True),
+        ("patch", "modelprofiles.conspirator.io", None, False),
+        ("create", "deployments.apps", "default", True),
+        ("delete", "deployments.apps", "default", True),
+        ("create", "daemonsets.apps", "default", False),
+        ("create", "secrets", "default", True),
+        ("list", "secrets", "default", False),
+        ("delete", "secrets", "default", False),
+        ("create", "pods", "default", False),
+        ("delete", "nodes", None, False),
+        ("create", "events", "default", True),
+        ("patch", "clusterkopfpeerings.kopf.dev", None, True),
+        ("create", "clusterroles.rbac.authorization.k8s.io", None, False),
+    ],
+    "node-daemon": [
+        ("create", "gpunodes.conspirator.io", None, True),
+        ("watch", "gpunodes.conspirator.io", None, True),
+        ("patch", "gpunodes.conspirator.io:status", None, True),
+        ("patch", "gpunodes.conspirator.io", None, False),
+        ("delete", "gpunodes.conspirator.io", None, False),
+        ("watch", "pods", None, True),
+        ("delete", "pods", "default", False),
+        ("get", "nodes", None, True),
+        ("patch", "nodes", None, False),
+        ("get", "secrets", "default", False),
+        ("list", "inferencejobs.conspirator.io", None, False),
+        ("create", "deployments.apps", "default", False),
+        ("create", "events", "default", True),
+    ],
+    "dpu-agent": [
+        ("get", "secrets", NAMESPACE, False),
+        ("list", "pods", None, False),
+        ("get", "gpunodes.conspirator.io", None, False),
+        ("list", "inferencejobs.conspirator.io", None, False),
+        ("create", "events", "default", False),
+    ],
+}
+
+
+@pytest.mark.parametrize("component", sorted(CAN_I))
+def test_each_service_account_can_do_what_it_needs_and_no_more(
+        release: Release, component: str) -> None:
+    sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-{component}"
+    wrong: list[str] = []
+    for verb, resource, ns, allowed in CAN_I[component]:
+        where = ["-n", ns] if ns else ["--all-namespaces"]
+        res, _, sub = resource.partition(":")
+        subresource = [f"--subresource={sub}"] if sub else []
+        proc = release.cluster.kubectl("auth", "can-i", verb, res, *subresource, *where,
+                                       "--as", sa, check=False)
+        answer = proc.stdout.strip() == "yes"
+        if answer != allowed:
+            wrong.append(f"{verb} {resource} in {ns or 'all'}: {proc.stdout.strip()}, "
+                         f"expected {'yes' if allowed else 'no'}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_operator_keeps_the_agents_token_secret_but_no_other(release: Release) -> None:
+    sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator"
+    can = release.cluster.kubectl
+    tokens = f"secret/{RELEASE}-agent-tokens"
+    assert can("auth", "can-i", "update", tokens, "-n", NAMESPACE, "--as", sa,
+               check=False).stdout.strip() == "yes"
+    assert can("auth", "can-i", "update", f"secret/{RELEASE}-node-token", "-n", NAMESPACE,
+               "--as", sa, check=False).stdout.strip() == "no"
+
+
+# ---- the whole flow through the chart's pods -------------------------------------------
+
+JOB = "chart-e2e"
+MODEL = "chart-e2e-model"
+PROFILE = "1g.18gb"  # H200; two replicas fit on the one simulated GPU
+
+
+def _profile_and_job(worker_image: str) -> list[dict[str, Any]]:
+    """A model whose only profile is a 1g slice of the H200, at 100 requests/s, and a job
+    asking 150/s of it: the operator must place two replicas."""
+    return [
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "ModelProfile",
+         "metadata": {"name": MODEL},
+         "spec": {"model": MODEL, "entries": [
+             {"gpuModel": "H200-141GB", "migProfile": PROFILE, "batchSize": 1,
+              "throughput": 100, "p99LatencyMs": 5}]}},
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob",
+         "metadata": {"name": JOB},
+         "spec": {"model": {"name": MODEL, "image": worker_image, "args": ["65536", "2"]},
+                  "demand": {"requestsPerSecond": 150, "p99LatencyMs": 50,
+                             "gpuMemoryGiB": 4},
+                  "dataPath": {"inputShape": [65536], "dtype": "uint8", "maxBatch": 1}}},
+    ]
+
+
+def _wait(what: str, probe: Any, timeout: float, hint: Any = None) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                 + (f"\n{hint()}" if hint else ""))
+        time.sleep(1)
+
+
+def _logs(cluster: Cluster) -> str:
+    out = []
+    for component in ("operator", "node-daemon", "dpu-agent"):
+        proc = cluster.kubectl("logs", "-n", NAMESPACE, "--tail=40", "-l",
+                               f"app.kubernetes.io/component={component}", check=False)
+        out.append(f"---- {component}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(out)
+
+
+def _job(cluster: Cluster, ns: str) -> dict[str, Any]:
+    proc = cluster.kubectl("get", "ij", JOB, "-n", ns, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {}
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in obj.get("status", {}).get("conditions", []) or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+def _loadgen(endpoint: str, job: str, token_file: Path, out: Path,
+             requests: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address",
+         f"tcp://{endpoint}", "--job", job, "--token-file", str(token_file), "--requests",
+         str(requests), "--concurrency", "8", "--connections", "2", "--payload-size", "4KiB",
+         "--json", str(out), "--no-progress"],
+        cwd=out.parent, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dict(json.loads(out.read_text()))
+
+
+def _serve_through_the_agent(release: Release, ns: str, tmp: Path) -> dict[str, Any]:
+    cluster = release.cluster
+    hint = lambda: _logs(cluster)  # noqa: E731
+    job = _wait("the job to run with its data path ready", lambda: (
+        lambda j: j if j.get("status", {}).get("phase") == "Running"
+        and _condition(j, "DataPathReady").get("status") == "True" else None)(
+            _job(cluster, ns)), 240, hint)
+    status = job["status"]
+    assert len(status["replicas"]) == 2, status
+    endpoints = [e["endpoint"] if isinstance(e, dict) else e
+                 for e in status.get("clientEndpoints") or []]
+    assert endpoints, status
+    assert endpoints[0].endswith(f":{chart.AGENT_PORT}"), endpoints
+    secret = json.loads(cluster.kubectl("get", "secret", status["tokenSecret"], "-n", ns,
+                                        "-o", "json").stdout)
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    token_file = tmp / "token"
+    token_file.write_text(token)
+    # The agent reads the token from the Secret the chart mounts (kubelet sync: seconds).
+    out = tmp / "load.json"
+    summary: dict[str, Any] = {}
+
+    def served() -> bool:
+        nonlocal summary
+        try:
+            summary = _loadgen(endpoints[0], f"{ns}/{JOB}", token_file, out, 2000)
+        except AssertionError:
+            return False
+        return True
+
+    _wait("the agent to accept the job's token and serve", served, 120, hint)
+    assert (summary["sent"], summary["ok"], summary["lost"], summary["failed"]) == (
+        2000, 2000, 0, {}), summary
+    spread = {int(k): v for k, v in summary["by_buffer"].items()}
+    assert len(spread) == 2 and min(spread.values()) >= 2000 * 0.2, spread
+    return summary
+
+
+def test_the_whole_flow_runs_through_the_charts_pods(
+        release: Release, namespace: str, tmp_path: Path, core: client.CoreV1Api) -> None:
+    cluster = release.cluster
+    profile, job = _profile_and_job(release.worker_image)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
+    t0 = time.monotonic()
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+    try:
+        summary = _serve_through_the_agent(release, namespace, tmp_path)
+        print(f"[timing] job created -> served through the chart's agent: "
+              f"{time.monotonic() - t0:.1f}s; {summary.get('throughput_rps', '')} req/s")
+        # Workers run on the real node with the node daemon's slices.
+        pods = [as_dict(p) for p in core.list_namespaced_pod(namespace).items]
+        assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
+        for p in pods:
+            limits = p["spec"]["containers"][0]["resources"]["limits"]
+            assert limits == {f"conspirator.io/mig-{PROFILE}": "1"}, limits
+        # The agent's token Secret holds the job's key (and loses it with the job below).
+        key = f"{namespace}.{JOB}"
+        tokens = json.loads(cluster.kubectl("get", "secret", f"{RELEASE}-agent-tokens", "-n",
+                                            NAMESPACE, "-o", "json").stdout)
+        assert key in (tokens.get("data") or {})
+
+        # helm upgrade: new settings roll the components; the job keeps serving after.
+        before = {c: p["metadata"]["uid"] for c, p in release.pods(core).items()}
+        proc = chart.install(cluster, release.values, upgrade=True, extra=[
+            "--set", "operator.logLevel=DEBUG", "--set", "dpuAgent.window=32",
+            "--set", "nodeDaemon.resyncSeconds=3"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr + _describe(cluster)
+        after = {c: p["metadata"]["uid"] for c, p in release.pods(core).items()}
+        assert set(after) == set(before) and all(after[c] != before[c] for c in before), (
+            before, after)
+        _serve_through_the_agent(release, namespace, tmp_path)
+    finally:
+        cluster.kubectl("delete", "ij", JOB, "-n", namespace, "--wait=true", "--timeout=90s",
+                        check=False)
+        cluster.kubectl("delete", "modelprofile", MODEL, "--ignore-not-found", check=False)
+    # The job's workers and token go with it, and its key leaves the agent's Secret.
+    chart.wait_gone(cluster, "the job's Deployments", lambda: cluster.kubectl(
+        "get", "deploy", "-n", namespace, "-o", "name").stdout.split())
+    chart.wait_gone(cluster, "the job's key in the agent's Secret", lambda: [
+        k for k in (json.loads(cluster.kubectl(
+            "get", "secret", f"{RELEASE}-agent-tokens", "-n", NAMESPACE, "-o", "json"
+        ).stdout).get("data") or {}) if k == f"{namespace}.{JOB}"])
+
+
+def test_uninstall_leaves_no_orphans(release: Release, core: client.CoreV1Api) -> None:
+    cluster = release.cluster
+    assert chart.release_objects(cluster), "the release's objects are labelled"
+    proc = chart.uninstall(cluster)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    chart.wait_gone(cluster, "objects of the release", lambda: chart.release_objects(cluster))
+    chart.wait_gone(cluster, "pods in the release namespace", lambda: [
+        p.metadata.name for p in core.list_namespaced_pod(NAMESPACE).items])
+    left = cluster.kubectl("get", "all,secrets,configmaps,serviceaccounts,roles,rolebindings",
+                           "-n", NAMESPACE, "-o", "name").stdout.split()
+    # What every namespace has: its default ServiceAccount and the cluster's CA bundle.
+    assert sorted(left) == ["configmap/kube-root-ca.crt", "serviceaccount/default"], left
+    for kind in ("clusterroles", "clusterrolebindings", "clusterkopfpeerings.kopf.dev",
+                 "modelprofiles.conspirator.io"):
+        names = cluster.kubectl("get", kind, "-o", "name").stdout.split()
+        assert not [n for n in names if RELEASE in n.split("/", 1)[1]
+                    and "system:" not in n], (kind, names)
+    # The CRDs stay (helm never deletes crds/), so users' InferenceJobs survive uninstall.
+    assert cluster.kubectl("get", "crd", "inferencejobs.conspirator.io",
+                           check=False).returncode == 0
