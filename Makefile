@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-down demo-sim test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
+.PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
 	generate bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
@@ -17,15 +17,19 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 	$(BIN)/pip install -q --no-deps --force-reinstall .
 
-# Quickstart 1: the operator end to end on the local cluster (e2e/demo.py; needs what
-# `make test` needs): start the cluster, install the CRDs, run a node daemon per kwok GPU
-# node and the operator, apply the examples, show `kubectl get ij`, then clean up.
-# DEMO_KEEP=1 leaves it all running to explore; `make demo-down` stops it.
+# Quickstart 1: Conspirator installed from its Helm chart on the local cluster (e2e/demo.py;
+# needs what `make test` needs): start the cluster, build the images here and import them,
+# `helm install` the chart, apply an InferenceJob, send requests through the DPU agent, show
+# `kubectl get ij`, then clean up.  DEMO_KEEP=1 leaves it running; `make demo-down` removes it.
 demo: install e2e-build
 	$(BIN)/python -P e2e/demo.py $(if $(DEMO_KEEP),--keep)
 
 demo-down: install
 	$(BIN)/python -P e2e/demo.py --down
+
+# The multi-node variant: the operator and one node daemon per kwok GPU node as processes.
+demo-operator: install e2e-build
+	$(BIN)/python -P e2e/demo_operator.py $(if $(DEMO_KEEP),--keep)
 
 # The simulator on the default traces (about a minute; needs shared/data, see README).
 demo-sim: install

@@ -9,9 +9,11 @@ values); everything else is the chart as a platform team installs it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -130,3 +132,117 @@ def wait_gone(cluster: Cluster, what: str, probe: Any, timeout: float = 120) -> 
         if time.monotonic() > end:
             raise AssertionError(f"{what} still there after {timeout:.0f}s: {left}")
         time.sleep(1)
+
+
+# ---- a job through the chart's components (the e2e test and `make demo`) ---------------
+
+DEMO_MODEL = "echo-h200"
+DEMO_PROFILE = "1g.18gb"  # an H200 slice; two replicas fit on the one simulated GPU
+
+
+def demo_objects(job: str, worker_image: str) -> list[dict[str, Any]]:
+    """A ModelProfile whose only entry is a 1g slice of the H200 at 100 requests/s, and an
+    InferenceJob asking 150/s of it, so the operator places two replicas.  The worker image
+    is e2e/images/dpserve (registers a shared-memory input buffer, answers each request)."""
+    return [
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "ModelProfile",
+         "metadata": {"name": DEMO_MODEL},
+         "spec": {"model": DEMO_MODEL, "entries": [
+             {"gpuModel": "H200-141GB", "migProfile": DEMO_PROFILE, "batchSize": 1,
+              "throughput": 100, "p99LatencyMs": 5}]}},
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob",
+         "metadata": {"name": job},
+         "spec": {"model": {"name": DEMO_MODEL, "image": worker_image,
+                            "args": ["65536", "2"]},
+                  "demand": {"requestsPerSecond": 150, "p99LatencyMs": 50, "gpuMemoryGiB": 4},
+                  "dataPath": {"inputShape": [65536], "dtype": "uint8", "maxBatch": 1}}},
+    ]
+
+
+def wait(what: str, probe: Any, timeout: float, hint: Any = None) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                 + (f"\n{hint()}" if hint else ""))
+        time.sleep(1)
+
+
+def component_logs(cluster: Cluster, tail: int = 40) -> str:
+    out = []
+    for component in ("operator", "node-daemon", "dpu-agent"):
+        proc = cluster.kubectl("logs", "-n", NAMESPACE, f"--tail={tail}", "-l",
+                               f"app.kubernetes.io/component={component}", check=False)
+        out.append(f"---- {component}\n{proc.stdout}{proc.stderr}")
+    return "\n".join(out)
+
+
+def get_job(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    proc = cluster.kubectl("get", "ij", name, "-n", ns, "-o", "json", check=False)
+    return dict(json.loads(proc.stdout)) if proc.returncode == 0 else {}
+
+
+def condition(obj: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    for c in obj.get("status", {}).get("conditions", []) or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+def wait_serving(cluster: Cluster, ns: str, name: str, timeout: float = 240) -> dict[str, Any]:
+    """The job once it is Running with DataPathReady."""
+    def ready() -> dict[str, Any] | None:
+        j = get_job(cluster, ns, name)
+        ok = (j.get("status", {}).get("phase") == "Running"
+              and condition(j, "DataPathReady").get("status") == "True")
+        return j if ok else None
+    return dict(wait(f"{ns}/{name} to run with its data path ready", ready, timeout,
+                     lambda: component_logs(cluster)))
+
+
+def job_token(cluster: Cluster, ns: str, job: Mapping[str, Any]) -> str:
+    """The job's token, from the Secret its status names (what a client does)."""
+    secret = json.loads(cluster.kubectl("get", "secret", job["status"]["tokenSecret"], "-n",
+                                        ns, "-o", "json").stdout)
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def loadgen(endpoint: str, job: str, token_file: Path, out: Path, requests: int,
+            ) -> tuple[dict[str, Any] | None, str]:
+    """``conspirator loadgen`` against an agent; (its JSON summary or None, its output)."""
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address",
+         f"tcp://{endpoint}", "--job", job, "--token-file", str(token_file), "--requests",
+         str(requests), "--concurrency", "8", "--connections", "2", "--payload-size", "4KiB",
+         "--json", str(out), "--no-progress"],
+        cwd=out.parent, capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        return None, proc.stdout + proc.stderr
+    return dict(json.loads(out.read_text())), proc.stdout
+
+
+def serve_through_agent(cluster: Cluster, ns: str, name: str, work: Path, requests: int,
+                        timeout: float = 120) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Wait for the job, then send ``requests`` through its first client endpoint with its
+    token; retried until the agent knows the token (the kubelet syncs the mounted Secret
+    within seconds).  Returns (job, loadgen summary, loadgen output)."""
+    job = wait_serving(cluster, ns, name)
+    endpoints = [e["endpoint"] for e in job["status"].get("clientEndpoints") or []]
+    assert endpoints, job["status"]
+    token_file = work / f"{ns}.{name}.token"
+    token_file.write_text(job_token(cluster, ns, job))
+    out = work / f"{ns}.{name}.load.json"
+    result: list[tuple[dict[str, Any], str]] = []
+
+    def served() -> bool:
+        summary, text = loadgen(endpoints[0], f"{ns}/{name}", token_file, out, requests)
+        if summary is not None:
+            result.append((summary, text))
+        return summary is not None
+
+    wait("the agent to accept the job's token and serve", served, timeout,
+         lambda: component_logs(cluster))
+    return job, result[-1][0], result[-1][1]

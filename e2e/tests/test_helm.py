@@ -17,10 +17,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,7 +149,8 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         yield Release(cluster, values, images, worker, home)
     finally:
-        for ns in cluster.kubectl("get", "ij", "-A", "-o", "jsonpath={.items[*].metadata.namespace}",
+        for ns in cluster.kubectl("get", "ij", "-A", "-o",
+                                  "jsonpath={.items[*].metadata.namespace}",
                                   check=False).stdout.split():
             cluster.kubectl("delete", "ij", "--all", "-n", ns, "--wait=true", "--timeout=60s",
                             check=False)
@@ -267,106 +266,14 @@ def test_operator_keeps_the_agents_token_secret_but_no_other(release: Release) -
 # ---- the whole flow through the chart's pods -------------------------------------------
 
 JOB = "chart-e2e"
-MODEL = "chart-e2e-model"
-PROFILE = "1g.18gb"  # H200; two replicas fit on the one simulated GPU
 
 
-def _profile_and_job(worker_image: str) -> list[dict[str, Any]]:
-    """A model whose only profile is a 1g slice of the H200, at 100 requests/s, and a job
-    asking 150/s of it: the operator must place two replicas."""
-    return [
-        {"apiVersion": "conspirator.io/v1alpha1", "kind": "ModelProfile",
-         "metadata": {"name": MODEL},
-         "spec": {"model": MODEL, "entries": [
-             {"gpuModel": "H200-141GB", "migProfile": PROFILE, "batchSize": 1,
-              "throughput": 100, "p99LatencyMs": 5}]}},
-        {"apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob",
-         "metadata": {"name": JOB},
-         "spec": {"model": {"name": MODEL, "image": worker_image, "args": ["65536", "2"]},
-                  "demand": {"requestsPerSecond": 150, "p99LatencyMs": 50,
-                             "gpuMemoryGiB": 4},
-                  "dataPath": {"inputShape": [65536], "dtype": "uint8", "maxBatch": 1}}},
-    ]
-
-
-def _wait(what: str, probe: Any, timeout: float, hint: Any = None) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                                 + (f"\n{hint()}" if hint else ""))
-        time.sleep(1)
-
-
-def _logs(cluster: Cluster) -> str:
-    out = []
-    for component in ("operator", "node-daemon", "dpu-agent"):
-        proc = cluster.kubectl("logs", "-n", NAMESPACE, "--tail=40", "-l",
-                               f"app.kubernetes.io/component={component}", check=False)
-        out.append(f"---- {component}\n{proc.stdout}{proc.stderr}")
-    return "\n".join(out)
-
-
-def _job(cluster: Cluster, ns: str) -> dict[str, Any]:
-    proc = cluster.kubectl("get", "ij", JOB, "-n", ns, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else {}
-
-
-def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    for c in obj.get("status", {}).get("conditions", []) or []:
-        if c.get("type") == kind:
-            return dict(c)
-    return {}
-
-
-def _loadgen(endpoint: str, job: str, token_file: Path, out: Path,
-             requests: int) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address",
-         f"tcp://{endpoint}", "--job", job, "--token-file", str(token_file), "--requests",
-         str(requests), "--concurrency", "8", "--connections", "2", "--payload-size", "4KiB",
-         "--json", str(out), "--no-progress"],
-        cwd=out.parent, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return dict(json.loads(out.read_text()))
-
-
-def _serve_through_the_agent(release: Release, ns: str, tmp: Path) -> dict[str, Any]:
-    cluster = release.cluster
-    hint = lambda: _logs(cluster)  # noqa: E731
-    job = _wait("the job to run with its data path ready", lambda: (
-        lambda j: j if j.get("status", {}).get("phase") == "Running"
-        and _condition(j, "DataPathReady").get("status") == "True" else None)(
-            _job(cluster, ns)), 240, hint)
-    status = job["status"]
-    assert len(status["replicas"]) == 2, status
-    endpoints = [e["endpoint"] if isinstance(e, dict) else e
-                 for e in status.get("clientEndpoints") or []]
-    assert endpoints, status
-    assert endpoints[0].endswith(f":{chart.AGENT_PORT}"), endpoints
-    secret = json.loads(cluster.kubectl("get", "secret", status["tokenSecret"], "-n", ns,
-                                        "-o", "json").stdout)
-    token = base64.b64decode(secret["data"]["token"]).decode()
-    token_file = tmp / "token"
-    token_file.write_text(token)
-    # The agent reads the token from the Secret the chart mounts (kubelet sync: seconds).
-    out = tmp / "load.json"
-    summary: dict[str, Any] = {}
-
-    def served() -> bool:
-        nonlocal summary
-        try:
-            summary = _loadgen(endpoints[0], f"{ns}/{JOB}", token_file, out, 2000)
-        except AssertionError:
-            return False
-        return True
-
-    _wait("the agent to accept the job's token and serve", served, 120, hint)
+def _check_served(cluster: Cluster, ns: str, tmp: Path) -> dict[str, Any]:
+    job, summary, text = chart.serve_through_agent(cluster, ns, JOB, tmp, 2000)
+    assert len(job["status"]["replicas"]) == 2, job["status"]
+    assert job["status"]["clientEndpoints"][0]["endpoint"].endswith(f":{chart.AGENT_PORT}")
     assert (summary["sent"], summary["ok"], summary["lost"], summary["failed"]) == (
-        2000, 2000, 0, {}), summary
+        2000, 2000, 0, {}), text
     spread = {int(k): v for k, v in summary["by_buffer"].items()}
     assert len(spread) == 2 and min(spread.values()) >= 2000 * 0.2, spread
     return summary
@@ -375,12 +282,12 @@ def _serve_through_the_agent(release: Release, ns: str, tmp: Path) -> dict[str, 
 def test_the_whole_flow_runs_through_the_charts_pods(
         release: Release, namespace: str, tmp_path: Path, core: client.CoreV1Api) -> None:
     cluster = release.cluster
-    profile, job = _profile_and_job(release.worker_image)
+    profile, job = chart.demo_objects(JOB, release.worker_image)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
     t0 = time.monotonic()
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
     try:
-        summary = _serve_through_the_agent(release, namespace, tmp_path)
+        summary = _check_served(cluster, namespace, tmp_path)
         print(f"[timing] job created -> served through the chart's agent: "
               f"{time.monotonic() - t0:.1f}s; {summary.get('throughput_rps', '')} req/s")
         # Workers run on the real node with the node daemon's slices.
@@ -388,7 +295,7 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
         for p in pods:
             limits = p["spec"]["containers"][0]["resources"]["limits"]
-            assert limits == {f"conspirator.io/mig-{PROFILE}": "1"}, limits
+            assert limits == {f"conspirator.io/mig-{chart.DEMO_PROFILE}": "1"}, limits
         # The agent's token Secret holds the job's key (and loses it with the job below).
         key = f"{namespace}.{JOB}"
         tokens = json.loads(cluster.kubectl("get", "secret", f"{RELEASE}-agent-tokens", "-n",
@@ -404,14 +311,17 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         after = {c: p["metadata"]["uid"] for c, p in release.pods(core).items()}
         assert set(after) == set(before) and all(after[c] != before[c] for c in before), (
             before, after)
-        _serve_through_the_agent(release, namespace, tmp_path)
+        _check_served(cluster, namespace, tmp_path)
     finally:
         cluster.kubectl("delete", "ij", JOB, "-n", namespace, "--wait=true", "--timeout=90s",
                         check=False)
-        cluster.kubectl("delete", "modelprofile", MODEL, "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "modelprofile", chart.DEMO_MODEL, "--ignore-not-found",
+                        check=False)
     # The job's workers and token go with it, and its key leaves the agent's Secret.
-    chart.wait_gone(cluster, "the job's Deployments", lambda: cluster.kubectl(
-        "get", "deploy", "-n", namespace, "-o", "name").stdout.split())
+    def deployments() -> list[str]:
+        return cluster.kubectl("get", "deploy", "-n", namespace, "-o", "name").stdout.split()
+
+    chart.wait_gone(cluster, "the job's Deployments", deployments)
     chart.wait_gone(cluster, "the job's key in the agent's Secret", lambda: [
         k for k in (json.loads(cluster.kubectl(
             "get", "secret", f"{RELEASE}-agent-tokens", "-n", NAMESPACE, "-o", "json"

@@ -31,9 +31,11 @@ def test_chart_crds_are_the_generated_ones(tmp_path: Path) -> None:
     expected["clusterkopfpeerings.kopf.dev.yaml"] = (
         REPO / "operator" / "deploy" / "peering.yaml").read_bytes()
     committed = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
-    assert sorted(committed) == sorted(expected), f"charts/conspirator/crds/ differs; run {REGENERATE}"
+    assert sorted(committed) == sorted(expected), (
+        f"charts/conspirator/crds/ differs; run {REGENERATE}")
     for name, data in expected.items():
-        assert committed[name] == data, f"charts/conspirator/crds/{name} is stale; run {REGENERATE}"
+        assert committed[name] == data, (
+            f"charts/conspirator/crds/{name} is stale; run {REGENERATE}")
 
 
 def test_default_profiles_are_the_engines() -> None:
