@@ -48,6 +48,7 @@ generate: install
 	cp operator/deploy/peering.yaml charts/conspirator/crds/clusterkopfpeerings.kopf.dev.yaml
 	$(BIN)/conspirator default-profiles --out charts/conspirator/files/modelprofiles.yaml
 	$(BIN)/conspirator gen-protos --src deviceplugin/v1beta1
+	$(BIN)/python -P charts/chart_docs.py
 
 lint:
 	$(BIN)/ruff check .
@@ -56,7 +57,8 @@ lint:
 # (operator/ -> conspirator.operator) in a way only the installed copy shows.
 typecheck:
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml -p conspirator
-	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests $(CURDIR)/benchmarks
+	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests $(CURDIR)/benchmarks \
+		$(CURDIR)/charts/chart_docs.py
 	cd $(VENV) && MYPYPATH=$(CURDIR)/e2e bin/mypy --config-file $(CURDIR)/pyproject.toml \
 		$(CURDIR)/e2e/conspirator_e2e $(CURDIR)/e2e/tests
 

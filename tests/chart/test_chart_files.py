@@ -6,6 +6,7 @@ renders is checked by the real helm binary in e2e/tests/test_helm.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from importlib.metadata import version
@@ -74,6 +75,32 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     unused = sorted(f for f in families
                     if not any(u == f or u.startswith(f + "_") for u in used))
     assert not unused, f"metrics without a dashboard panel: {unused}"
+
+
+def test_values_table_of_the_chart_readme_is_fresh() -> None:
+    spec = importlib.util.spec_from_file_location("chart_docs", REPO / "charts" / "chart_docs.py")
+    assert spec is not None and spec.loader is not None
+    docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(docs)
+    values = (CHART / "values.yaml").read_text()
+    readme = (CHART / "README.md").read_text()
+    assert docs.render(readme, values) == readme, f"the chart README is stale; run {REGENERATE}"
+    # Every value is documented: a leaf without its own comment sits under a documented key.
+    documented = {key for key, _, _ in docs.rows(values)}
+    loaded = yaml.safe_load(values)
+
+    def leaves(d: dict[str, object], prefix: str = "") -> list[str]:
+        out: list[str] = []
+        for k, v in d.items():
+            path = f"{prefix}{k}"
+            if isinstance(v, dict) and v and path not in documented:
+                out.extend(leaves(v, path + "."))
+            else:
+                out.append(path)
+        return out
+
+    undocumented = [p for p in leaves(loaded) if p not in documented]
+    assert not undocumented, f"values without a '# --' comment: {undocumented}"
 
 
 def test_chart_app_version_is_the_package_version() -> None:
