@@ -4,11 +4,13 @@
   job's namespace, type ``Opaque``, key ``token`` = 32 random bytes, URL-safe base64 (what a
   client proves to the DPU agent), labelled ``app.kubernetes.io/managed-by: conspirator``
   and ``conspirator.io/job: <job>``, owned by the InferenceJob (garbage-collected with it).
-  A token is never regenerated: an existing Secret's token is kept (a Secret the user made
+  A token is never regenerated and an existing Secret is never rewritten (so the operator
+  needs only ``get`` and ``create`` on Secrets): its token is kept (a Secret the user made
   with a ``token`` of their own is used as it is).  A Secret left by an earlier job of the
-  same name (owned by another uid), or one without a usable token, gets a fresh token.
-  Rotation: delete the Secret; the operator makes a new one (at once on the job's next
-  event, else within ``--token-resync-interval``).
+  same name (owned by another uid) is waited out until the garbage collector deletes it;
+  one without a ``token`` key is reported (``DataPathReady``: ``TokenMissing``).  Rotation:
+  delete the Secret; the operator makes a new one (within ``--token-resync-interval``, or
+  at once on the job's next event).
 * **Aggregate Secret** (``--agent-tokens-secret`` in ``--operator-namespace``): one key
   ``<namespace>.<job>`` per live job holding its token, exactly the files
   ``conspirator dpu-agent --tokens-dir`` reads, so the chart mounts this one Secret into the
@@ -159,6 +161,10 @@ class JobSource(Protocol):
         ...
 
 
+class TokenUnusableError(RuntimeError):
+    """The job's Secret exists but cannot be used (yet); the operator never rewrites it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     uid: str
@@ -176,6 +182,8 @@ class DataPath:
         self.namespace = namespace
         self.aggregate = aggregate
         self.tokens: dict[str, Token] = {}
+        self.unusable: dict[str, str] = {}
+        """Job key -> uid, for jobs whose Secret was found unusable (no key for them)."""
         self.writes = 0
         """Aggregate writes (creates and replaces) made, for tests and logs."""
         self._lock = asyncio.Lock()
@@ -203,7 +211,15 @@ class DataPath:
         if known is not None and known.uid == view.uid and not check:
             return known.token
         async with self._job_locks.setdefault(view.key, asyncio.Lock()):
-            return await self._ensure(view, known, check)
+            try:
+                return await self._ensure(view, known, check)
+            except TokenUnusableError:
+                # Not usable: no key for the agents, and the status says the token is missing.
+                self.unusable[view.key] = view.uid
+                if self.tokens.pop(view.key, None) is not None:
+                    self.jobs.token_changed(view.key, None)
+                    self.request()
+                raise
 
     async def _ensure(self, view: JobView, known: Token | None, check: bool) -> str | None:
         now = self.tokens.get(view.key)
@@ -226,42 +242,19 @@ class DataPath:
                     return None  # the namespace is gone
             owner = secret_owner_uid(body)
             token = read_token(body)
-            if token is None or (owner is not None and owner != view.uid):
-                why = "has no token" if token is None else "belongs to an earlier job"
-                fresh = self._refresh(view, body)
-                try:
-                    body = await self.kube.replace_secret(fresh)
-                    log.info("token Secret %s/%s %s: new token", view.namespace, name, why)
-                except ConflictError:
-                    body = await self._read(view.namespace, name)
-                    continue
-                except NotFoundError:
-                    body = None
-                    continue
-                token = read_token(body)
-                if token is None:
-                    continue
+            if owner is not None and owner != view.uid:
+                # An earlier job's of the same name: the garbage collector deletes it
+                # (its owner is gone); then the next try makes this job's.
+                raise TokenUnusableError(
+                    f"Secret {view.namespace}/{name} belongs to an earlier InferenceJob of "
+                    f"that name; waiting for the garbage collector to delete it")
+            if token is None:
+                raise TokenUnusableError(
+                    f"Secret {view.namespace}/{name} has no '{TOKEN_KEY}' key; delete it "
+                    f"(the operator makes a new one) or add the token")
             self._record(view, name, token)
             return token
         raise RuntimeError(f"token Secret {view.namespace}/{name}: kept changing")
-
-    @staticmethod
-    def _refresh(view: JobView, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with a fresh token, this job as its owner and our labels."""
-        meta = dict(body.get("metadata") or {})
-        want = token_secret(view, new_token())
-        labels = dict(meta.get("labels") or {})
-        labels.update(want["metadata"]["labels"])
-        data = dict(body.get("data") or {})
-        data.update(want["data"])
-        return {
-            "apiVersion": "v1", "kind": "Secret", "type": body.get("type") or "Opaque",
-            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
-                         "resourceVersion": meta.get("resourceVersion"), "labels": labels,
-                         "annotations": meta.get("annotations") or {},
-                         "ownerReferences": want["metadata"]["ownerReferences"]},
-            "data": data,
-        }
 
     async def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -270,6 +263,7 @@ class DataPath:
             return None
 
     def _record(self, view: JobView, name: str, token: str) -> None:
+        self.unusable.pop(view.key, None)
         old = self.tokens.get(view.key)
         self.tokens[view.key] = Token(view.uid, name, token)
         if old is None or old != self.tokens[view.key]:
@@ -279,6 +273,7 @@ class DataPath:
     def forget(self, key: str) -> None:
         """The job is gone (or going): its key leaves the aggregate on the next write."""
         self.tokens.pop(key, None)
+        self.unusable.pop(key, None)
         self._job_locks.pop(key, None)
 
     # --- the aggregate --------------------------------------------------------------------
@@ -296,7 +291,12 @@ class DataPath:
                            f"characters; the DPU agents cannot get its token")
                 continue
             t = self.tokens.get(key)
-            token = t.token if t is not None and t.uid == view.uid else current.get(agg)
+            if t is not None and t.uid == view.uid:
+                token: str | None = t.token
+            elif self.unusable.get(key) == view.uid:
+                token = None
+            else:  # not read yet (a restart): keep what the agents have
+                token = current.get(agg)
             if token:
                 out[agg] = token
         return out

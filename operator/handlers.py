@@ -24,13 +24,15 @@ import kopf
 
 from conspirator.api.v1alpha1 import GROUP, VERSION
 from conspirator.operator.controller import Controller, PassError
-from conspirator.operator.datapath import DataPath
+from conspirator.operator.datapath import DataPath, TokenUnusableError
 from conspirator.operator.views import FINALIZER, LABEL_MANAGED_BY, MANAGED_BY
 
 JOBS = "inferencejobs"
 NODES = "gpunodes"
 PROFILES = "modelprofiles"
 RETRY_DELAY = 2.0
+PENDING_DELAY = 10.0
+"""Retry delay while a job's token Secret is unusable (an earlier job's, or no token)."""
 TOKEN_DELETE_RETRIES = 3
 """A job being deleted waits at most this many retries for its key to leave the agents'
 Secret (a stale key is harmless: the job has no replica left to reach, and the next write
@@ -111,8 +113,10 @@ def build_registry(controller: Controller, datapath: DataPath | None = None
         except PassError as e:
             raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
         if token_error is not None:
-            raise kopf.TemporaryError(f"token Secret not made: {token_error}",
-                                      delay=RETRY_DELAY) from token_error
+            raise kopf.TemporaryError(
+                f"token Secret: {token_error}",
+                delay=PENDING_DELAY if isinstance(token_error, TokenUnusableError) else RETRY_DELAY,
+            ) from token_error
 
     @kopf.on.delete(GROUP, VERSION, JOBS, registry=reg, id="release")
     async def job_deleted(body: kopf.Body, retry: int = 0, **_: Any) -> None:

@@ -48,7 +48,9 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_path = log
         self.args = list(args)
-        self.env = env or {}
+        # The agents' token Secret goes to a namespace that exists (the chart sets the
+        # operator's own; conspirator-system does not exist here).
+        self.env = {"CONSPIRATOR_NAMESPACE": "default", **(env or {})}
         self.liveness_port = free_port()
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None

@@ -82,8 +82,11 @@ def test_examples_run_where_the_plan_says(cluster: Cluster, api: client.ApiClien
             assert st["replicaCount"] == len(st["replicas"]) > 0
             assert st["estimatedThroughput"] >= st["demand"] == \
                 job["spec"]["demand"]["requestsPerSecond"]
+            # No DPU agent on the fake nodes (test_operator_datapath.py reports one).
             assert {c["type"]: c["status"] for c in st["conditions"]} == {
-                "Placed": "True", "Partitioned": "True", "Ready": "True"}
+                "Placed": "True", "Partitioned": "True", "Ready": "True",
+                "DataPathReady": "False"}
+            assert st["tokenSecret"] == f"{name}-conspirator-token"
             assert st["observedGeneration"] == job["metadata"]["generation"]
             # The real scheduler bound the workers where the plan put the replicas.
             planned = Counter((r["node"], r["migProfile"]) for r in st["replicas"])

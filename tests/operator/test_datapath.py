@@ -18,6 +18,7 @@ import pytest
 
 from conspirator.operator.datapath import (
     DataPath,
+    TokenUnusableError,
     aggregate_key,
     decode_data,
     read_token,
@@ -210,27 +211,50 @@ def test_a_deleted_secret_comes_back_with_a_new_token_and_the_agents_get_it() ->
     assert kube.data(OP_NS, AGG) == {"ns.j": new}
 
 
-def test_a_secret_of_an_earlier_job_of_that_name_gets_a_fresh_token() -> None:
+def test_an_earlier_jobs_secret_is_waited_out_and_never_rewritten() -> None:
     kube, v = FakeSecrets(), job("j", uid="uid-new")
+    jobs = FakeJobs(v)
     kube.put("ns", "j-conspirator-token", {"token": "old-token"}, ownerReferences=[
         {"apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob", "name": "j",
          "uid": "uid-old", "controller": True}])
-    token = run(DataPath(kube, FakeJobs(v), OP_NS, AGG).ensure(v))
+    dp = DataPath(kube, jobs, OP_NS, AGG)
+    with pytest.raises(TokenUnusableError, match="earlier InferenceJob"):
+        run(dp.ensure(v))
+    assert "update" not in [verb for verb, _ in kube.calls] and "ns/j" not in dp.tokens
+    # The garbage collector deletes it: the next try makes this job's own.
+    del kube.store[("ns", "j-conspirator-token")]
+    token = run(dp.ensure(v, check=True))
     body = kube.store[("ns", "j-conspirator-token")]
     assert token not in (None, "old-token") and read_token(body) == token
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-new"
+    assert jobs.changed == [("ns/j", "j-conspirator-token")]
 
 
-def test_a_secret_without_a_token_gets_one_and_a_users_own_token_is_kept() -> None:
+def test_a_secret_without_a_token_is_reported_and_a_users_own_token_is_kept() -> None:
     kube, v, w = FakeSecrets(), job("j"), job("mine")
-    kube.put("ns", "j-conspirator-token", {"other": "x"})
+    jobs = FakeJobs(v, w)
     kube.put("ns", "mine-conspirator-token", {"token": "brought-by-the-user\n"})
-    dp = DataPath(kube, FakeJobs(v, w), OP_NS, AGG)
-    t = run(dp.ensure(v))
-    assert t and kube.data("ns", "j-conspirator-token") == {"other": "x", "token": t}
+    dp = DataPath(kube, jobs, OP_NS, AGG)
     rv = kube.store[("ns", "mine-conspirator-token")]["metadata"]["resourceVersion"]
     assert run(dp.ensure(w)) == "brought-by-the-user"
     assert kube.store[("ns", "mine-conspirator-token")]["metadata"]["resourceVersion"] == rv
+
+    async def go() -> None:
+        token = await dp.ensure(v)
+        await dp.sync()
+        assert kube.data(OP_NS, AGG) == {"ns.j": token, "ns.mine": "brought-by-the-user"}
+        # Someone empties the job's Secret: not rewritten; the job loses its key and its
+        # status its token Secret.
+        kube.put("ns", "j-conspirator-token", {"other": "x"})
+        with pytest.raises(TokenUnusableError, match="no 'token' key"):
+            await dp.ensure(v, check=True)
+        await dp.sync()
+        assert kube.data(OP_NS, AGG) == {"ns.mine": "brought-by-the-user"}
+        assert kube.data("ns", "j-conspirator-token") == {"other": "x"}
+        assert jobs.changed[-1] == ("ns/j", None)
+        await dp.idle()
+
+    run(go())
 
 
 def test_concurrent_calls_for_one_job_make_one_secret() -> None:
