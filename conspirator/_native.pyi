@@ -1,6 +1,7 @@
 from typing_extensions import Buffer
 
 IMPLEMENTATION: str
+LARGE_COPY: str
 ENTRY_SIZE: int
 RING_HEADER: int
 

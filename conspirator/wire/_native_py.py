@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 IMPLEMENTATION = "python"
+#: How large copies are made (the C module: "rep-movsb" where the CPU has ERMS).
+LARGE_COPY = "memmove"
 ENTRY_SIZE = 32
 RING_HEADER = 128
 _HEAD = 0

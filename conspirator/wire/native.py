@@ -40,6 +40,8 @@ class Impl(Protocol):
     @property
     def IMPLEMENTATION(self) -> str: ...  # noqa: N802 - module constant
     @property
+    def LARGE_COPY(self) -> str: ...  # noqa: N802 - module constant
+    @property
     def RingCorrupted(self) -> type[RuntimeError]: ...  # noqa: N802 - exception class
 
     def Ring(self, buffer: Buffer, base: int, capacity: int) -> RingLike: ...  # noqa: N802

@@ -150,3 +150,21 @@ def test_cross_process_interop(producer: Impl, consumer: Impl) -> None:
         os.close(bell)
         os.close(space)
     assert status == 0
+
+
+@pytest.mark.parametrize("n", [(512 << 10) - 1, 512 << 10, (1 << 20) + 3, 3 << 20])
+def test_large_copies_and_overlap(nat: Impl, n: int) -> None:
+    # From 512 KiB the C copy engine may use `rep movsb`; the bytes must be the same as
+    # memmove's, including for overlapping ranges in one buffer (both directions).
+    assert nat.LARGE_COPY in ("rep-movsb", "memmove")
+    payload = os.urandom(n + 8192)
+    buf = shared(2 * n + (1 << 16))
+    assert nat.copy(buf, 4096 + 1, payload, 5, n) == n
+    assert buf[4097:4097 + n] == payload[5:5 + n]
+    expect = bytearray(buf[:])
+    expect[4096 + 100:4096 + 100 + n] = expect[4097:4097 + n]  # forward overlap
+    nat.copy(buf, 4096 + 100, buf, 4097, n)
+    assert buf[:] == expect
+    expect[4000:4000 + n] = expect[4096 + 100:4096 + 100 + n]  # backward overlap
+    nat.copy(buf, 4000, buf, 4096 + 100, n)
+    assert buf[:] == expect
