@@ -389,7 +389,8 @@ def memcpy_ceiling(build: Path) -> list[dict[str, Any]]:
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "kernel": platform.release(),
-                            "cpus": os.cpu_count(), "native": impl.IMPLEMENTATION}
+                            "cpus": os.cpu_count(), "native": impl.IMPLEMENTATION,
+                            "large_copy": impl.LARGE_COPY}
     with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -427,8 +428,14 @@ def summarize(rows: list[Row], memcpy: list[dict[str, Any]]) -> dict[str, Any]:
     mc = {(m["cpu"], m["size"]): m for m in memcpy}
     one_mib = 1 << 20
     ceiling = mc[(DPU_CPU, one_mib)]
+    # The target's ceiling is glibc memcpy, hot (as issue 6 defines it).  The copy engine
+    # uses `rep movsb` for large copies, which is faster than glibc's memcpy at 1 MiB on
+    # some CPUs; the ratio to the faster of the two is reported too (the stricter figure).
+    best = max(ceiling["hot_gbps"], ceiling.get("movsb_hot_gbps", 0.0))
     out: dict[str, Any] = {"memcpy_1MiB_gbps": {"hot": ceiling["hot_gbps"],
-                                                "rotating_set": ceiling["set_gbps"]}}
+                                                "rotating_set": ceiling["set_gbps"],
+                                                "rep_movsb_hot": ceiling.get("movsb_hot_gbps"),
+                                                "best_copy": best}}
     t1 = {}
     for transport in ("one-sided", "tcp"):
         r = get("agent-dpu", transport, "none", one_mib, "throughput")
@@ -442,6 +449,8 @@ def summarize(rows: list[Row], memcpy: list[dict[str, Any]]) -> dict[str, Any]:
             "agent_copy_engine_gbps": r.agent_copy_gbps,
             "agent_capacity_vs_own_copy_engine": (r.agent_move_gbps / r.agent_copy_gbps
                                                   if r.agent_copy_gbps else 0.0),
+            "agent_capacity_vs_best_copy": r.agent_move_gbps / best,
+            "met": r.agent_move_gbps >= 0.70 * ceiling["hot_gbps"],
         }
     out["target_agent_moves_1MiB_at_70pct_memcpy"] = t1
     t2 = {}
