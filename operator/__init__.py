@@ -7,6 +7,7 @@ Sub-packages:
 The operator itself (``conspirator operator``, docs/operator.md):
 - ``handlers``: the kopf handlers; ``runner``: kopf, the re-plan loop, metrics, peering;
 - ``controller``: the single planner that decides and writes;
+- ``datapath``: the per-job token Secrets and the DPU agents' aggregate Secret;
 - ``views``, ``translate``, ``status``, ``manifests``, ``replan``: pure translation between
   the API objects and the engine (tested without a cluster);
 - ``kube``: the API calls; ``settings``, ``metrics``, ``peering``, ``cli``.

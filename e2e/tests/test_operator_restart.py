@@ -1,13 +1,17 @@
 """Crash safety: the operator is killed (SIGKILL) at random points while a burst of 50
 InferenceJobs arrives, and restarted each time; it converges with every job Running, no
-slice reserved twice, one worker Deployment per (job, node, profile) and none left over.
-A last restart after convergence changes nothing (the plan is rebuilt from the statuses).
+slice reserved twice, one worker Deployment per (job, node, profile) and none left over,
+one token Secret per job and the agents' Secret holding exactly their tokens.  A last
+restart after convergence changes nothing (the plan is rebuilt from the statuses; no
+Secret is rewritten).
 
 ``CONSPIRATOR_E2E_SEED`` picks the random kill points (printed on failure).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import random
 import threading
@@ -49,11 +53,35 @@ def burst(rng: random.Random) -> list[dict[str, Any]]:
     return out
 
 
+AGG = "conspirator-agent-tokens"
+
+
+def secrets(api: client.ApiClient, ns: str) -> dict[str, dict[str, Any]]:
+    core = client.CoreV1Api(api)
+    return {s["metadata"]["name"]: s for s in raw(core.list_namespaced_secret(
+        ns, _preload_content=False))}
+
+
+def tokens(api: client.ApiClient, ns: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(job -> token of its Secret, key -> token in the agents' Secret)."""
+    got = secrets(api, ns)
+
+    def text(v: str) -> str:
+        return base64.b64decode(v).decode()
+
+    per_job = {j["metadata"]["name"]: text(got[j["status"]["tokenSecret"]]["data"]["token"])
+               for j in jobs(api, [ns])}
+    agg = {k: text(v) for k, v in (got.get(AGG, {}).get("data") or {}).items()}
+    return per_job, agg
+
+
 def snapshot(api: client.ApiClient, ns: str) -> dict[str, Any]:
     apps = client.AppsV1Api(api)
     deps = raw(apps.list_namespaced_deployment(ns, label_selector=MANAGED,
                                                _preload_content=False))
     return {
+        "secrets": sorted((n, s["metadata"]["resourceVersion"])
+                          for n, s in secrets(api, ns).items()),
         "replicas": {j["metadata"]["name"]: sorted(
             (r["node"], r["gpuUUID"], r["migProfile"], r["startSlice"])
             for r in j["status"]["replicas"]) for j in jobs(api, [ns])},
@@ -69,7 +97,8 @@ def test_kill_during_burst_converges(cluster: Any, api: client.ApiClient, namesp
     print(f"CONSPIRATOR_E2E_SEED={seed}")
     rng = random.Random(seed)
     bodies = burst(rng)
-    op = operators("--standalone", "--replan-interval", "0").start()
+    op = operators("--standalone", "--replan-interval", "0", "--operator-namespace",
+                   namespace).start()
 
     def arrive() -> None:
         for b in bodies:
@@ -96,6 +125,18 @@ def test_kill_during_burst_converges(cluster: Any, api: client.ApiClient, namesp
     finally:
         print("phases:", dict(phases(jobs(api, [namespace]))))
     assert check_invariants(api, [namespace]) == []
+
+    # Every job has its token Secret and the agents' Secret holds exactly their tokens.
+    def agents_agree() -> bool:
+        per_job, agg = tokens(api, namespace)
+        return agg == {f"{namespace}.{n}": t for n, t in per_job.items()}
+
+    try:
+        wait_until("the agents' Secret to hold every job's token", agents_agree, 30)
+    finally:
+        per_job, agg = tokens(api, namespace)
+        print(json.dumps({"jobs": len(per_job), "agents": len(agg)}))
+    assert len(tokens(api, namespace)[0]) == BURST
 
     # A restart after convergence rebuilds the same plan and recreates nothing.
     before = snapshot(api, namespace)
