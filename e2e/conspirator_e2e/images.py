@@ -142,8 +142,10 @@ def image_ref(component: str, version: str | None = None) -> str:
 
 def _sh(argv: Sequence[str | Path], timeout: float = 600, env: dict[str, str] | None = None,
         ) -> str:
+    """Run ``argv`` from / (never the checkout: its operator/ shadows the standard library
+    for ``python -m``)."""
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+                          timeout=timeout, env=env, check=False, cwd="/")
     if proc.returncode != 0:
         raise ImageBuildError(f"{' '.join(str(a) for a in argv)} failed ({proc.returncode}):\n"
                               f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
