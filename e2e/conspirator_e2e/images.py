@@ -32,6 +32,7 @@ Bump :data:`BUILDER_VERSION` when a change here must rebuild the cached os and p
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -472,6 +473,13 @@ def build_product_archive(paths: Paths) -> tuple[Path, dict[str, str]]:
     check_interpreter()
     cache = paths.cache / "images" / "product"
     cache.mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache (the e2e lock covers test sessions, not the CLI).
+    with (cache.parent / "product.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_product_archive(cache)
+
+
+def _build_product_archive(cache: Path) -> tuple[Path, dict[str, str]]:
     version = project_version()
     os_key = _os_key()
     os_stage, os_layer = _stage(cache, "os", os_key, _build_os)
@@ -530,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for tar in cluster.build_images():
             print(tar, flush=True)
         if args.no_product:
+            return 0
+        if os.geteuid() != 0:
+            log("not root: the product images are not built (they need debootstrap and "
+                "chroot); with Docker, build them from images/Dockerfile (images/README.md)")
             return 0
         archive, refs = build_product_archive(cluster.paths)
         print(archive, flush=True)
