@@ -458,8 +458,7 @@ def product_images(layers: Sequence[oci.Layer], version: str) -> list[oci.Image]
         name=image_ref(c.name, version), layers=layers, entrypoint=c.entrypoint, env=ENV,
         workdir=WORKDIR, user=c.user,
         labels={"org.opencontainers.image.title": f"conspirator-{c.name}",
-                "org.opencontainers.image.version": version,
-                "org.opencontainers.image.source": "https://github.com/conspirator/conspirator"},
+                "org.opencontainers.image.version": version},
     ) for c in COMPONENTS.values()]
 
 
