@@ -335,7 +335,7 @@ def test_uninstall_leaves_no_orphans(release: Release, core: client.CoreV1Api) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     chart.wait_gone(cluster, "objects of the release", lambda: chart.release_objects(cluster))
     chart.wait_gone(cluster, "pods in the release namespace", lambda: [
-        p.metadata.name for p in core.list_namespaced_pod(NAMESPACE).items])
+        as_dict(p)["metadata"]["name"] for p in core.list_namespaced_pod(NAMESPACE).items])
     left = cluster.kubectl("get", "all,secrets,configmaps,serviceaccounts,roles,rolebindings",
                            "-n", NAMESPACE, "-o", "name").stdout.split()
     # What every namespace has: its default ServiceAccount and the cluster's CA bundle.
