@@ -77,8 +77,16 @@ def crd_installed(api: client.ApiClient) -> bool:
 
 
 def ensure_object(api: client.ApiClient, name: str) -> None:
-    """Create the peering object ``name`` if it does not exist (kopf does not)."""
+    """Create the peering object ``name`` if it does not exist (kopf does not).
+
+    Read first: where the Helm chart made the object, the operator needs no ``create``."""
     co = client.CustomObjectsApi(api)
+    try:
+        co.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        return
+    except client.ApiException as e:
+        if e.status != 404:
+            raise
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClusterKopfPeering",
             "metadata": {"name": name}}
     try:

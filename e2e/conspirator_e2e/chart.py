@@ -63,6 +63,9 @@ def local_values(cluster: Cluster, images: Mapping[str, str], *,
     assert len(registries) == 1 and len(tags) == 1, refs
     host = cluster.paths.state / "chart"
     on_real_node = {"nodeSelector": dict(REAL_NODE_LABEL)}
+    # Helm merges maps with the defaults: null removes a default key.
+    gpu_node: dict[str, Any] = {"nvidia.com/gpu.present": None, **REAL_NODE_LABEL}
+    dpu_node: dict[str, Any] = {"conspirator.io/dpu": None, **REAL_NODE_LABEL}
     return {
         "image": {"registry": registries.pop(), "tag": tags.pop(), "pullPolicy": "Never"},
         "kubernetesAPI": {"host": "127.0.0.1", "port": str(APISERVER_PORT)},
@@ -74,7 +77,7 @@ def local_values(cluster: Cluster, images: Mapping[str, str], *,
             "image": {"name": refs["operator"].rsplit("/", 1)[1].split(":")[0]},
         },
         "nodeDaemon": {
-            **on_real_node, "hostNetwork": True, "backend": "simulated",
+            "nodeSelector": gpu_node, "hostNetwork": True, "backend": "simulated",
             "simulated": {"spec": {"gpus": [dict(g) for g in gpus],
                                    "dpu": {"present": True, "model": "BlueField-3"}}},
             "runDir": str(host / "run"), "stateDir": str(host / "state"),
@@ -82,7 +85,7 @@ def local_values(cluster: Cluster, images: Mapping[str, str], *,
             "image": {"name": refs["node-daemon"].rsplit("/", 1)[1].split(":")[0]},
         },
         "dpuAgent": {
-            **on_real_node, "port": AGENT_PORT, "requestTimeout": 20,
+            "nodeSelector": dpu_node, "port": AGENT_PORT, "requestTimeout": 20,
             "image": {"name": refs["dpu-agent"].rsplit("/", 1)[1].split(":")[0]},
         },
     }
@@ -107,8 +110,9 @@ def uninstall(cluster: Cluster) -> subprocess.CompletedProcess[str]:
 
 
 def installed(cluster: Cluster) -> bool:
+    """Whether the release exists, in any state (deployed, failed, pending)."""
     proc = helm(cluster, "status", RELEASE, "--namespace", NAMESPACE, "-o", "json")
-    return proc.returncode == 0 and json.loads(proc.stdout)["info"]["status"] == "deployed"
+    return proc.returncode == 0 and bool(json.loads(proc.stdout).get("info"))
 
 
 def release_objects(cluster: Cluster) -> list[str]:

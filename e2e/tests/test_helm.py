@@ -160,7 +160,8 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _describe(cluster: Cluster) -> str:
-    return "\n" + cluster.kubectl("describe", "pods", "-n", NAMESPACE, check=False).stdout[-6000:]
+    pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
+    return f"\n{pods}\n{chart.component_logs(cluster, 30)}"
 
 
 def test_components_run_as_the_charts_pods_on_the_real_node(
