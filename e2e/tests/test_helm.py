@@ -113,12 +113,14 @@ class Release:
     worker_image: str
     home: Path
 
-    def pods(self, core: client.CoreV1Api) -> dict[str, dict[str, Any]]:
-        """Component -> its one pod (the real node runs one of each)."""
+    def pods(self, core: client.CoreV1Api | None = None) -> dict[str, dict[str, Any]]:
+        """Component -> its one live pod (the real node runs one of each), as the API
+        server's JSON (camelCase)."""
         out: dict[str, dict[str, Any]] = {}
-        for p in core.list_namespaced_pod(
-                NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}").items:
-            d = as_dict(p)
+        listed = json.loads(self.cluster.kubectl(
+            "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
+            "-o", "json").stdout)
+        for d in listed["items"]:
             if d["metadata"].get("deletionTimestamp"):
                 continue
             out[d["metadata"]["labels"]["app.kubernetes.io/component"]] = d
@@ -146,8 +148,14 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     proc = chart.install(cluster, values)
     assert proc.returncode == 0, proc.stdout + proc.stderr + _describe(cluster)
     print(f"[timing] helm install --wait: {time.monotonic() - t0:.1f}s")
+    rel = Release(cluster, values, images, worker, home)
+    # helm --wait can see a DaemonSet before its controller counted the nodes (0 of 0 ready).
+    chart.wait("the chart's three pods to be ready", lambda: _all_ready(rel), 180,
+               lambda: _describe(cluster))
+    print(f"[timing] helm install -> all three components ready: "
+          f"{time.monotonic() - t0:.1f}s")
     try:
-        yield Release(cluster, values, images, worker, home)
+        yield rel
     finally:
         for ns in cluster.kubectl("get", "ij", "-A", "-o",
                                   "jsonpath={.items[*].metadata.namespace}",
@@ -159,6 +167,14 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         _cleanup_host(cluster)
 
 
+def _all_ready(rel: Release) -> bool:
+    pods = rel.pods()
+    return set(pods) == {"operator", "node-daemon", "dpu-agent"} and all(
+        p["status"].get("phase") == "Running"
+        and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])
+        for p in pods.values())
+
+
 def _describe(cluster: Cluster) -> str:
     pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
     return f"\n{pods}\n{chart.component_logs(cluster, 30)}"
@@ -166,7 +182,7 @@ def _describe(cluster: Cluster) -> str:
 
 def test_components_run_as_the_charts_pods_on_the_real_node(
         release: Release, core: client.CoreV1Api, cluster_info: dict[str, Any]) -> None:
-    pods = release.pods(core)
+    pods = release.pods()
     assert set(pods) == {"operator", "node-daemon", "dpu-agent"}, sorted(pods)
     expected_images = {c: release.images[c] for c in pods}
     for component, pod in pods.items():
@@ -304,14 +320,18 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         assert key in (tokens.get("data") or {})
 
         # helm upgrade: new settings roll the components; the job keeps serving after.
-        before = {c: p["metadata"]["uid"] for c, p in release.pods(core).items()}
+        before = {c: p["metadata"]["uid"] for c, p in release.pods().items()}
         proc = chart.install(cluster, release.values, upgrade=True, extra=[
             "--set", "operator.logLevel=DEBUG", "--set", "dpuAgent.window=32",
             "--set", "nodeDaemon.resyncSeconds=3"])
         assert proc.returncode == 0, proc.stdout + proc.stderr + _describe(cluster)
-        after = {c: p["metadata"]["uid"] for c, p in release.pods(core).items()}
-        assert set(after) == set(before) and all(after[c] != before[c] for c in before), (
-            before, after)
+        def rolled() -> bool:
+            after = {c: p["metadata"]["uid"] for c, p in release.pods().items()}
+            return (_all_ready(release) and set(after) == set(before)
+                    and all(after[c] != before[c] for c in before))
+
+        chart.wait("every component to roll to the new settings", rolled, 180,
+                   lambda: _describe(cluster))
         _check_served(cluster, namespace, tmp_path)
     finally:
         cluster.kubectl("delete", "ij", JOB, "-n", namespace, "--wait=true", "--timeout=90s",
