@@ -8,12 +8,14 @@ from conspirator.operator.placement.baselines import BestFit, Gavel, NaiveSharin
 from conspirator.operator.placement.conspirator import ConspiratorPolicy
 from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.milp import MilpPolicy
+from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.policy import PlacementPolicy
 
 MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
     "conspirator": ConspiratorPolicy,
     "greedy": GreedyHeuristic,
     "milp": MilpPolicy,
+    "mixpack": MixPackHeuristic,
     "whole-gpu": WholeGpu,
     "naive-sharing": NaiveSharing,
     "bestfit": BestFit,
