@@ -286,7 +286,11 @@ def _build_problem(state: ClusterState, jobs: Sequence[Job], table: ThroughputTa
                                          f"which is not in state.jobs")
                     k = index[inst.job_id]
                     job = job_list[k]
-                    keepable = (job.model in table.models and inst.profile in m.profiles
+                    # A whole non-MIG GPU's replica has the pseudo-profile ``whole``,
+                    # which is not in ``m.profiles``: it is kept like any instance.
+                    own = inst.profile in m.profiles or (not m.mig_capable
+                                                         and inst.profile == m.whole)
+                    keepable = (job.model in table.models and own
                                 and table.best(job, m, inst.profile) is not None)
                     inst_groups = _job_groups(job, groups) if keepable else []
                     existing.append(_Existing(g, inst, k, inst_groups))
