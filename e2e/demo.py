@@ -115,6 +115,8 @@ def up(cluster: Cluster, keep: bool) -> int:
         print(proc.stdout.strip(), proc.stderr.strip(), sep="\n")
         if proc.returncode != 0:
             raise RuntimeError("helm install failed")
+        chart.wait("the chart's pods to be ready", lambda: chart.components_ready(cluster), 180,
+                   lambda: chart.component_logs(cluster))
         print(f"   ({time.monotonic() - t0:.0f}s)")
         show(cluster, "get", "pods", "-n", chart.NAMESPACE, "-o", "wide")
         say(f"applying an InferenceJob into namespace {NAMESPACE} (150 requests/s of a model "

@@ -163,6 +163,28 @@ def demo_objects(job: str, worker_image: str) -> list[dict[str, Any]]:
     ]
 
 
+def component_pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Component -> its one live pod (one of each on the real node), as the API's JSON."""
+    out: dict[str, dict[str, Any]] = {}
+    listed = json.loads(cluster.kubectl(
+        "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
+        "-o", "json").stdout)
+    for d in listed["items"]:
+        if not d["metadata"].get("deletionTimestamp"):
+            out[d["metadata"]["labels"]["app.kubernetes.io/component"]] = d
+    return out
+
+
+def components_ready(cluster: Cluster) -> bool:
+    """The operator, node daemon and agent pods all run and are ready.  (helm --wait can
+    see a DaemonSet before its controller counted the nodes: 0 of 0 ready.)"""
+    pods = component_pods(cluster)
+    return set(pods) == {"operator", "node-daemon", "dpu-agent"} and all(
+        p["status"].get("phase") == "Running"
+        and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])
+        for p in pods.values())
+
+
 def wait(what: str, probe: Any, timeout: float, hint: Any = None) -> Any:
     end = time.monotonic() + timeout
     while True:

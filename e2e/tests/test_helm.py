@@ -113,18 +113,8 @@ class Release:
     worker_image: str
     home: Path
 
-    def pods(self, core: client.CoreV1Api | None = None) -> dict[str, dict[str, Any]]:
-        """Component -> its one live pod (the real node runs one of each), as the API
-        server's JSON (camelCase)."""
-        out: dict[str, dict[str, Any]] = {}
-        listed = json.loads(self.cluster.kubectl(
-            "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
-            "-o", "json").stdout)
-        for d in listed["items"]:
-            if d["metadata"].get("deletionTimestamp"):
-                continue
-            out[d["metadata"]["labels"]["app.kubernetes.io/component"]] = d
-        return out
+    def pods(self) -> dict[str, dict[str, Any]]:
+        return chart.component_pods(self.cluster)
 
 
 def _cleanup_host(cluster: Cluster) -> None:
@@ -168,11 +158,7 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _all_ready(rel: Release) -> bool:
-    pods = rel.pods()
-    return set(pods) == {"operator", "node-daemon", "dpu-agent"} and all(
-        p["status"].get("phase") == "Running"
-        and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])
-        for p in pods.values())
+    return chart.components_ready(rel.cluster)
 
 
 def _describe(cluster: Cluster) -> str:
