@@ -236,15 +236,20 @@ def job_token(cluster: Cluster, ns: str, job: Mapping[str, Any]) -> str:
     return base64.b64decode(secret["data"]["token"]).decode()
 
 
+def loadgen_argv(endpoint: str, job: str, token_file: Path, out: Path,
+                 requests: int) -> list[str]:
+    return [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address",
+            f"tcp://{endpoint}", "--job", job, "--token-file", str(token_file), "--requests",
+            str(requests), "--concurrency", "8", "--connections", "2", "--payload-size",
+            "4KiB", "--json", str(out), "--no-progress"]
+
+
 def loadgen(endpoint: str, job: str, token_file: Path, out: Path, requests: int,
             ) -> tuple[dict[str, Any] | None, str]:
     """``conspirator loadgen`` against an agent; (its JSON summary or None, its output)."""
-    proc = subprocess.run(
-        [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address",
-         f"tcp://{endpoint}", "--job", job, "--token-file", str(token_file), "--requests",
-         str(requests), "--concurrency", "8", "--connections", "2", "--payload-size", "4KiB",
-         "--json", str(out), "--no-progress"],
-        cwd=out.parent, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(loadgen_argv(endpoint, job, token_file, out, requests),
+                          cwd=out.parent, capture_output=True, text=True, timeout=300,
+                          check=False)
     if proc.returncode != 0:
         return None, proc.stdout + proc.stderr
     return dict(json.loads(out.read_text())), proc.stdout

@@ -282,6 +282,56 @@ def _check_served(cluster: Cluster, ns: str, tmp: Path) -> dict[str, Any]:
     return summary
 
 
+def _survive_failures(cluster: Cluster, ns: str, tmp: Path, core: client.CoreV1Api) -> None:
+    """What the operator, node-daemon and data-path tests show with processes, through the
+    chart's pods: a worker dies mid-load (its requests fail explicitly, none is lost, its
+    Deployment's replacement registers again); the operator pod is deleted (its successor
+    keeps every reservation); the agent pod is deleted (the daemon re-publishes the buffers
+    to its successor, which serves)."""
+    job = chart.get_job(cluster, ns, JOB)
+    endpoint = job["status"]["clientEndpoints"][0]["endpoint"]
+    token_file = tmp / "token"
+    token_file.write_text(chart.job_token(cluster, ns, job))
+    out = tmp / "load-kill.json"
+    p = subprocess.Popen(chart.loadgen_argv(endpoint, f"{ns}/{JOB}", token_file, out, 6000),
+                         cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    victim = sorted(as_dict(w)["metadata"]["name"]
+                    for w in core.list_namespaced_pod(ns).items)[0]
+    core.delete_namespaced_pod(victim, ns, grace_period_seconds=0)
+    text, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, text
+    s = json.loads(out.read_text())
+    assert s["sent"] == 6000 and s["lost"] == 0, text
+    assert s["ok"] + sum(s["failed"].values()) == 6000, text
+    assert set(s["failed"]) <= {"REPLICA_FAILED"}, s["failed"]
+    # The Deployment's new pod gets a slice and registers: both replicas serve again.
+    _check_served(cluster, ns, tmp)
+
+    # The operator pod goes away; the new one rebuilds the plan from the API server.
+    reserved = job["status"]["replicas"]
+    (op,) = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l",
+                            "app.kubernetes.io/component=operator", "-o", "name").stdout.split()
+    cluster.kubectl("delete", "-n", NAMESPACE, op, "--wait=true")
+    chart.wait("a new operator pod", lambda: chart.components_ready(cluster), 120,
+               lambda: _describe(cluster))
+    time.sleep(5)  # a pass of the new operator
+    after = chart.wait_serving(cluster, ns, JOB)
+    key = ("node", "gpuUUID", "migProfile", "startSlice")
+    assert sorted(tuple(r.get(k) for k in key) for r in after["status"]["replicas"]) == sorted(
+        tuple(r.get(k) for k in key) for r in reserved), (reserved, after["status"])
+
+    # The agent pod goes away: clients reconnect to its successor once the daemon has
+    # re-published the workers' buffers.
+    (agent,) = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l",
+                               "app.kubernetes.io/component=dpu-agent", "-o",
+                               "name").stdout.split()
+    cluster.kubectl("delete", "-n", NAMESPACE, agent, "--wait=true")
+    chart.wait("a new agent pod", lambda: chart.components_ready(cluster), 120,
+               lambda: _describe(cluster))
+    _check_served(cluster, ns, tmp)
+
+
 def test_the_whole_flow_runs_through_the_charts_pods(
         release: Release, namespace: str, tmp_path: Path, core: client.CoreV1Api) -> None:
     cluster = release.cluster
@@ -304,6 +354,8 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         tokens = json.loads(cluster.kubectl("get", "secret", f"{RELEASE}-agent-tokens", "-n",
                                             NAMESPACE, "-o", "json").stdout)
         assert key in (tokens.get("data") or {})
+
+        _survive_failures(cluster, namespace, tmp_path, core)
 
         # helm upgrade: new settings roll the components; the job keeps serving after.
         before = {c: p["metadata"]["uid"] for c, p in release.pods().items()}
