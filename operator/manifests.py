@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from conspirator import mig
 from conspirator.api.v1alpha1 import API_VERSION, InferenceJob
 from conspirator.operator.views import (
     ANNOTATION_NODE,
@@ -31,7 +32,7 @@ from conspirator.operator.views import (
     Replica,
 )
 
-MIG_RESOURCE_PREFIX = "conspirator.io/mig-"
+MIG_RESOURCE_PREFIX = mig.RESOURCE_PREFIX
 """Extended resource of one GPU instance: ``conspirator.io/mig-<profile>``; a whole
 non-MIG GPU is ``conspirator.io/mig-whole`` (``migProfile: whole`` in the API)."""
 GPU_TAINT_KEY = "conspirator.io/gpu"
@@ -40,7 +41,9 @@ NAME_LIMIT = 63
 
 
 def resource_name(profile: str) -> str:
-    return MIG_RESOURCE_PREFIX + profile
+    """The node daemon's resource for ``profile``: one definition for both
+    (:func:`conspirator.mig.resource_name`; ``+me`` profiles become ``.me``)."""
+    return mig.resource_name(profile)
 
 
 def _slug(text: str) -> str:

@@ -53,6 +53,8 @@ def test_deployment_is_pinned_to_the_node_and_asks_for_the_instances() -> None:
     assert env["CONSPIRATOR_INPUT_SHAPE"] == "3,224,224" and env["CONSPIRATOR_DTYPE"] == "float16"
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     assert resource_name("whole") == "conspirator.io/mig-whole"
+    # Kubernetes resource names allow no "+": the node daemon advertises ".me".
+    assert resource_name("1g.10gb+me") == "conspirator.io/mig-1g.10gb.me"
     # The view the operator reads back knows what it wrote.
     w = WorkerView.from_body({**d, "status": {"observedGeneration": 1, "readyReplicas": 3,
                                               "updatedReplicas": 3}})
