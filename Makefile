@@ -60,7 +60,7 @@ typecheck:
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests $(CURDIR)/benchmarks \
 		$(CURDIR)/charts/chart_docs.py
 	cd $(VENV) && MYPYPATH=$(CURDIR)/e2e bin/mypy --config-file $(CURDIR)/pyproject.toml \
-		$(CURDIR)/e2e/conspirator_e2e $(CURDIR)/e2e/tests
+		$(CURDIR)/e2e/conspirator_e2e $(CURDIR)/e2e/tests $(CURDIR)/e2e/demo.py $(CURDIR)/e2e/demo_operator.py
 
 unit:
 	$(BIN)/pytest -q

@@ -23,10 +23,7 @@ daemons as processes over the kwok GPU nodes).
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,29 +33,21 @@ import yaml
 E2E = Path(__file__).resolve().parent
 sys.path.insert(0, str(E2E))
 
-from conspirator_e2e import chart  # noqa: E402
+from conspirator_e2e import chart, demo  # noqa: E402
 from conspirator_e2e.cluster import Cluster  # noqa: E402
 from conspirator_e2e.datapath import build_dpserve_image  # noqa: E402
+from conspirator_e2e.demo import say, show  # noqa: E402
 from conspirator_e2e.images import build_product_images  # noqa: E402
 
 NAMESPACE = "demo"
 JOB = "echo"
 
 
-def say(msg: str) -> None:
-    print(f"\n==> {msg}", flush=True)
-
 
 def work_dir(cluster: Cluster) -> Path:
     d = cluster.paths.state / "demo-chart"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def show(cluster: Cluster, *args: str) -> None:
-    print(f"$ kubectl {' '.join(args)}", flush=True)
-    proc = cluster.kubectl(*args, check=False)
-    print(proc.stdout.rstrip() or proc.stderr.rstrip(), flush=True)
 
 
 def down(cluster: Cluster, started_cluster: bool | None = None) -> None:
@@ -146,25 +135,5 @@ def up(cluster: Cluster, keep: bool) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep", action="store_true", help="leave everything running")
-    ap.add_argument("--down", action="store_true", help="remove what --keep left running")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("the local cluster needs root (kubelet, containerd, mounts, cgroups)",
-              file=sys.stderr)
-        return 2
-    cluster = Cluster()
-    lock_path = Path(str(cluster.paths.state) + ".lock")
-    with lock_path.open("a") as lock:  # one user of the local cluster at a time
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if args.down:
-            down(cluster)
-            return 0
-        return up(cluster, args.keep)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(demo.main(__doc__, up, down))

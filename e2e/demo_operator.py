@@ -17,9 +17,7 @@ stops it later.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -31,7 +29,9 @@ from typing import Any, cast
 E2E = Path(__file__).resolve().parent
 sys.path.insert(0, str(E2E))
 
+from conspirator_e2e import demo  # noqa: E402
 from conspirator_e2e.cluster import REPO, Cluster, ClusterSpec  # noqa: E402
+from conspirator_e2e.demo import say  # noqa: E402
 from conspirator_e2e.nodedaemon import NodeDaemons  # noqa: E402
 from conspirator_e2e.operator_testing import (  # noqa: E402
     EXAMPLES,
@@ -46,9 +46,6 @@ NAMESPACE = "demo"
 JOB_FILES = sorted(EXAMPLES.glob("inferencejob-*.yaml"))
 PROFILE_FILE = EXAMPLES / "modelprofile-resnet50.yaml"
 
-
-def say(msg: str) -> None:
-    print(f"\n==> {msg}", flush=True)
 
 
 def state_dir(cluster: Cluster) -> Path:
@@ -208,25 +205,5 @@ def up(cluster: Cluster, keep: bool) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--keep", action="store_true", help="leave everything running")
-    ap.add_argument("--down", action="store_true", help="stop what --keep left running")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("the local cluster needs root (kubelet, containerd, mounts, cgroups)",
-              file=sys.stderr)
-        return 2
-    cluster = Cluster()
-    lock_path = Path(str(cluster.paths.state) + ".lock")
-    with lock_path.open("a") as lock:  # one user of the local cluster at a time
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if args.down:
-            down(cluster)
-            return 0
-        return up(cluster, args.keep)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(demo.main(__doc__, up, down))
