@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import mmap
 import os
+import platform
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -157,6 +160,10 @@ def test_large_copies_and_overlap(nat: Impl, n: int) -> None:
     # From 512 KiB the C copy engine may use `rep movsb`; the bytes must be the same as
     # memmove's, including for overlapping ranges in one buffer (both directions).
     assert nat.LARGE_COPY in ("rep-movsb", "memmove")
+    _check_large_copy(nat, n)
+
+
+def _check_large_copy(nat: Impl, n: int) -> None:
     payload = os.urandom(n + 8192)
     buf = shared(2 * n + (1 << 16))
     assert nat.copy(buf, 4096 + 1, payload, 5, n) == n
@@ -168,3 +175,20 @@ def test_large_copies_and_overlap(nat: Impl, n: int) -> None:
     expect[4000:4000 + n] = expect[4096 + 100:4096 + 100 + n]  # backward overlap
     nat.copy(buf, 4000, buf, 4096 + 100, n)
     assert buf[:] == expect
+
+
+@pytest.mark.skipif(native.C_MODULE is None, reason="needs the C module")
+def test_rep_movsb_copies_when_asked() -> None:
+    # CONSPIRATOR_COPY=rep-movsb turns the C engine's `rep movsb` on (where the CPU has
+    # ERMS); the same checks then run on that path, in a fresh interpreter.
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_native as t; "
+            "from conspirator.wire import native; "
+            "print(native.C_MODULE.LARGE_COPY); "
+            "[t._check_large_copy(native.C_MODULE, n) for n in (512 << 10, (1 << 20) + 3)]")
+    env = {**os.environ, "CONSPIRATOR_COPY": "rep-movsb"}
+    r = subprocess.run([sys.executable, "-P", "-c", code, os.path.dirname(__file__)],
+                       env=env, capture_output=True, text=True, timeout=60, check=True)
+    with open("/proc/cpuinfo") as f:
+        erms = "erms" in f.read().split()
+    assert r.stdout.split()[0] == ("rep-movsb" if erms and platform.machine() == "x86_64"
+                                   else "memmove")
