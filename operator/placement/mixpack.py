@@ -399,12 +399,18 @@ class MixPackHeuristic:
         s.members = [set() for _ in buckets]
         return s
 
-    def _search(self, s: _Search) -> None:
+    def _start(self, s: _Search, state: ClusterState, jobs: Sequence[Job],
+               table: ThroughputTable) -> bool:
+        """Hook for a starting solution (``lpdive``); ``False``: build one greedily."""
+        return False
+
+    def _search(self, s: _Search, started: bool = False) -> None:
         rng = random.Random(self.seed)
         n = len(s.jobs)
         live = [j for j in range(n) if s.jobs[j].mixes]
-        for j in sorted(live, key=lambda j: (s.jobs[j].flex, -s.jobs[j].size)):
-            s.insert(j)
+        if not started:
+            for j in sorted(live, key=lambda j: (s.jobs[j].flex, -s.jobs[j].size)):
+                s.insert(j)
         if len(live) < 2:
             return
         iters = self.iterations if self.iterations is not None else 20 * len(live) + 200
@@ -472,7 +478,7 @@ class MixPackHeuristic:
               ) -> Decision:
         dec = Decision(self.name)
         s = self._build(state, jobs, table)
-        self._search(s)
+        self._search(s, self._start(s, state, jobs, table))
         # Concrete slots per bucket: (gpu, placement) per profile index.
         slots: dict[tuple[int, int], list[tuple[GpuState, Placement]]] = defaultdict(list)
         taken: set[int] = set()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from conspirator.operator.placement.baselines import BestFit, Gavel, NaiveSharing, WholeGpu
 from conspirator.operator.placement.conspirator import ConspiratorPolicy
 from conspirator.operator.placement.heuristic import GreedyHeuristic
+from conspirator.operator.placement.lpdive import LpDiveHeuristic
 from conspirator.operator.placement.milp import MilpPolicy
 from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.policy import PlacementPolicy
@@ -16,6 +17,7 @@ MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
     "greedy": GreedyHeuristic,
     "milp": MilpPolicy,
     "mixpack": MixPackHeuristic,
+    "lpdive": LpDiveHeuristic,
     "whole-gpu": WholeGpu,
     "naive-sharing": NaiveSharing,
     "bestfit": BestFit,
