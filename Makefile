@@ -47,7 +47,7 @@ generate: install
 	cp crds/*.yaml charts/conspirator/crds/
 	cp operator/deploy/peering.yaml charts/conspirator/crds/clusterkopfpeerings.kopf.dev.yaml
 	$(BIN)/conspirator default-profiles --out charts/conspirator/files/modelprofiles.yaml
-	$(BIN)/conspirator gen-protos --src deviceplugin/v1beta1
+	$(BIN)/conspirator gen-protos
 	$(BIN)/python -P charts/chart_docs.py
 
 lint:

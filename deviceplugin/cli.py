@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                                                         DEFAULT_PLUGIN_DIR),
                    help="the kubelet's device-plugin directory (env CONSPIRATOR_KUBELET_DIR; "
                         "default %(default)s)")
+    p.add_argument("--pod-resources-socket",
+                   default=_env("CONSPIRATOR_POD_RESOURCES_SOCKET",
+                                "/var/lib/kubelet/pod-resources/kubelet.sock"),
+                   help="the kubelet's PodResources API socket, which says which pod holds "
+                        "which device; '' reads the device manager's checkpoint instead "
+                        "(env CONSPIRATOR_POD_RESOURCES_SOCKET; default %(default)s)")
     p.add_argument("--registry-socket",
                    default=_env("CONSPIRATOR_REGISTRY_SOCKET",
                                 f"{DEFAULT_SOCKET_DIR}/registry/registry.sock"),

@@ -5,8 +5,8 @@ the node changes, when a GPU's health changes, and every ``resync`` seconds:
 
 1. read this node's GPUNode (created when missing) and the pods bound to the node;
 2. work out which MIG devices are held by live pods: in kubelet mode from the kubelet's
-   device-manager checkpoint (pod UID -> device ids; the kubelet writes it after each
-   ``Allocate``) and the allocations of the last minute; in kwok mode, where no kubelet
+   PodResources API (:mod:`.holders`; its device-manager checkpoint where the API is not
+   reachable) and the allocations of the last minute; in kwok mode, where no kubelet
    allocates, the daemon assigns devices to the pods bound to the node itself and
    records them in the pod annotation ``conspirator.io/mig-devices``, as the kubelet's
    device manager would;
@@ -43,6 +43,13 @@ from conspirator.api.v1alpha1 import (
 )
 from conspirator.deviceplugin.applier import Applier, ApplyResult
 from conspirator.deviceplugin.backend import BackendError, GpuBackend, Instance
+from conspirator.deviceplugin.holders import (
+    CheckpointHolders,
+    DeviceHolders,
+    devices_of,
+    holder_uids,
+    kubelet_holders,
+)
 from conspirator.deviceplugin.kube import (
     DEVICES_ANNOTATION,
     WHOLE_GPU_RESOURCE,
@@ -51,11 +58,10 @@ from conspirator.deviceplugin.kube import (
 )
 from conspirator.deviceplugin.metrics import Metrics
 from conspirator.deviceplugin.plugin import ContainerAllocation, Device, PluginManager
-from conspirator.mig import RESOURCE_PREFIX, resource_name
+from conspirator.mig import resource_name
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "kubelet_internal_checkpoint"
 ALLOCATION_GRACE = 60.0
 """Seconds a device handed out by Allocate counts as held before the kubelet's checkpoint
 (or a live pod) confirms it."""
@@ -98,24 +104,7 @@ def detect_dpu(sysfs: Path = Path("/sys/bus/pci/devices")) -> DPUStatus:
 
 def checkpoint_devices(path: Path) -> dict[str, str]:
     """Device id -> pod UID of our resources, from the kubelet's device-manager checkpoint."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    out: dict[str, str] = {}
-    entries = ((data.get("Data") or {}).get("PodDeviceEntries") or []) if isinstance(
-        data, dict) else []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        name = str(e.get("ResourceName", ""))
-        if not (name.startswith(RESOURCE_PREFIX) or name == WHOLE_GPU_RESOURCE):
-            continue
-        ids = e.get("DeviceIDs") or []
-        flat = [x for v in ids.values() for x in v] if isinstance(ids, dict) else list(ids)
-        for dev in flat:
-            out[str(dev)] = str(e.get("PodUID", ""))
-    return out
+    return {dev: h.uid for dev, h in (CheckpointHolders(path).held() or {}).items()}
 
 
 @dataclass
@@ -128,13 +117,17 @@ class DaemonConfig:
     agent_endpoint: str | None = None
     dpu: DPUStatus = field(default_factory=DPUStatus)
     resync: float = 10.0
+    pod_resources_socket: Path | None = None
+    """The kubelet's PodResources API (the command's default: :data:`POD_RESOURCES_SOCKET`);
+    None: read only the device manager's checkpoint."""
 
 
 class NodeDaemon:
     """The node daemon's state and its reconcile pass."""
 
     def __init__(self, config: DaemonConfig, backend: GpuBackend, cluster: Cluster,
-                 metrics: Metrics | None = None, registry: BufferRegistry | None = None) -> None:
+                 metrics: Metrics | None = None, registry: BufferRegistry | None = None,
+                 holders: DeviceHolders | None = None) -> None:
         self.config = config
         self.backend = backend
         self.cluster = cluster
@@ -146,6 +139,8 @@ class NodeDaemon:
             self.plugins = PluginManager(config.plugin_dir, self.allocate,
                                          on_allocate=self._allocated,
                                          on_register=self._registered)
+        self.holders: DeviceHolders = holders or kubelet_holders(
+            config.plugin_dir, config.pod_resources_socket)
         self.unhealthy: dict[str, str] = {}
         self.held: dict[str, str] = {}
         """Device id -> pod UID (or ``allocated``) of the devices live pods hold."""
@@ -180,9 +175,10 @@ class NodeDaemon:
                 resource)
 
     def _held_kubelet(self, pods: list[PodInfo]) -> dict[str, str]:
+        known = holder_uids(self.holders, pods)
         live = {p.uid for p in pods if p.alive}
-        known = checkpoint_devices(self.config.plugin_dir / CHECKPOINT)
-        held = {dev: uid for dev, uid in known.items() if uid in live}
+        # A holder the pod list does not show yet (the watch lags the kubelet) still holds.
+        held = {dev: uid for dev, uid in known.items() if uid in live or uid.startswith("pod:")}
         now = time.monotonic()
         with self._lock:
             for dev, t in list(self._recent.items()):
@@ -504,22 +500,21 @@ def run_from_args(args: argparse.Namespace) -> int:
         node=args.node_name, kwok=args.kwok, plugin_dir=Path(args.kubelet_socket_dir),
         registry_socket=Path(args.registry_socket) if args.registry_socket else None,
         container_socket_dir=args.container_socket_dir,
-        agent_endpoint=args.dpu_agent_endpoint, dpu=dpu, resync=args.resync_seconds)
+        agent_endpoint=args.dpu_agent_endpoint, dpu=dpu, resync=args.resync_seconds,
+        pod_resources_socket=(Path(args.pod_resources_socket) if args.pod_resources_socket
+                              else None))
     metrics = Metrics(args.node_name)
     cluster = KubeCluster(args.node_name, args.kubeconfig)
+    holders = kubelet_holders(config.plugin_dir, config.pod_resources_socket)
     registry: BufferRegistry | None = None
     extra: list[Callable[[], None]] = []
     if config.registry_socket is not None and not args.kwok:
         from conspirator.deviceplugin.registry import make_registry
 
-        cp = config.plugin_dir / CHECKPOINT
-
-        def devices_of(uid: str) -> list[str]:
-            return sorted(d for d, u in checkpoint_devices(cp).items() if u == uid)
-
-        registry, serve = make_registry(args, cluster, metrics, devices_of)
+        registry, serve = make_registry(args, cluster, metrics,
+                                        lambda pod: devices_of(holders, pod))
         extra.append(serve)
-    daemon = NodeDaemon(config, backend, cluster, metrics, registry)
+    daemon = NodeDaemon(config, backend, cluster, metrics, registry, holders)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -1,13 +1,15 @@
-"""Generate the Python stubs of the kubelet device plugin API: ``conspirator gen-protos``.
+"""Generate the Python stubs of the kubelet APIs: ``conspirator gen-protos``.
 
-One command makes every generated file, with the pinned ``grpcio-tools`` (its bundled
-``protoc`` and gRPC plugin) and ``mypy-protobuf`` (typed ``.pyi`` stubs), so that the
-committed stubs are reproducible; ``tests/deviceplugin/test_protos.py`` regenerates them
-into a temporary directory and fails when the committed ones differ.
+Two APIs: the device plugin API v1beta1 (``deviceplugin/v1beta1``) and the PodResources API
+v1 (``deviceplugin/podresources/v1``).  One command makes every generated file, with the
+pinned ``grpcio-tools`` (its bundled ``protoc`` and gRPC plugin) and ``mypy-protobuf`` (typed
+``.pyi`` stubs), so that the committed stubs are reproducible;
+``tests/deviceplugin/test_protos.py`` regenerates them into a temporary directory and fails
+when the committed ones differ.
 
-The ``.proto`` is compiled as ``conspirator/deviceplugin/v1beta1/api.proto`` (a temporary
-include root with that layout), so that the generated modules import each other by their
-installed names (``from conspirator.deviceplugin.v1beta1 import api_pb2``).
+Each ``.proto`` is compiled as ``conspirator/<its directory>/api.proto`` (a temporary include
+root with that layout), so that the generated modules import each other by their installed
+names (``from conspirator.deviceplugin.v1beta1 import api_pb2``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-PROTO_PACKAGE = Path("conspirator/deviceplugin/v1beta1")
 PROTO_NAME = "api.proto"
 GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
-DEFAULT_SRC = Path("deviceplugin/v1beta1")
+SOURCES = (Path("deviceplugin/v1beta1"), Path("deviceplugin/podresources/v1"))
+DEFAULT_SRC = SOURCES[0]
+
+
+def proto_package(src_dir: Path) -> Path:
+    """The installed package path of a source directory: ``.../deviceplugin/v1beta1`` ->
+    ``conspirator/deviceplugin/v1beta1`` (the directory-to-package mapping of pyproject)."""
+    parts = src_dir.resolve().parts
+    if "deviceplugin" not in parts:
+        raise ProtoGenError(f"{src_dir} is not under deviceplugin/")
+    i = len(parts) - 1 - parts[::-1].index("deviceplugin")
+    return Path("conspirator", *parts[i:])
 
 
 class ProtoGenError(RuntimeError):
@@ -52,9 +64,10 @@ def generate(src_dir: Path, out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="conspirator-protos-") as tmp:
         root = Path(tmp) / "in"
         gen = Path(tmp) / "out"
-        (root / PROTO_PACKAGE).mkdir(parents=True)
+        package = proto_package(src_dir)
+        (root / package).mkdir(parents=True)
         gen.mkdir()
-        shutil.copyfile(proto, root / PROTO_PACKAGE / PROTO_NAME)
+        shutil.copyfile(proto, root / package / PROTO_NAME)
         args = [
             "grpc_tools.protoc",
             f"--proto_path={root}",
@@ -64,7 +77,7 @@ def generate(src_dir: Path, out_dir: Path) -> list[Path]:
             f"--grpc_python_out={gen}",
             f"--mypy_out={gen}",
             f"--mypy_grpc_out={gen}",
-            str(PROTO_PACKAGE / PROTO_NAME),
+            str(package / PROTO_NAME),
         ]
         code = protoc.main(args)
         if code != 0:
@@ -72,7 +85,7 @@ def generate(src_dir: Path, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for name in GENERATED:
-            produced = gen / PROTO_PACKAGE / name
+            produced = gen / package / name
             if not produced.exists():
                 raise ProtoGenError(f"protoc did not produce {name}")
             shutil.copyfile(produced, out_dir / name)
@@ -94,34 +107,42 @@ def stale(src_dir: Path) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    src = Path(args.src)
+    sources = [Path(s) for s in args.src] if args.src else list(SOURCES)
+    if args.out and len(sources) != 1:
+        print("conspirator gen-protos: error: --out needs exactly one --src", file=sys.stderr)
+        return 2
+    code = 0
     try:
-        if args.check:
-            bad = stale(src)
-            if bad:
-                print(f"stale generated stubs in {src}: {', '.join(bad)}", file=sys.stderr)
-                return 1
-            print(f"generated stubs in {src} are up to date")
-            return 0
-        for path in generate(src, Path(args.out) if args.out else src):
-            print(path)
+        for src in sources:
+            if args.check:
+                bad = stale(src)
+                if bad:
+                    print(f"stale generated stubs in {src}: {', '.join(bad)}",
+                          file=sys.stderr)
+                    code = 1
+                else:
+                    print(f"generated stubs in {src} are up to date")
+                continue
+            for path in generate(src, Path(args.out) if args.out else src):
+                print(path)
     except ProtoGenError as exc:
         print(f"conspirator gen-protos: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return code
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "gen-protos",
-        help="generate the kubelet device plugin API stubs (pinned grpcio-tools)",
+        help="generate the kubelet device plugin and PodResources API stubs "
+             "(pinned grpcio-tools)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--src",
-        default=str(DEFAULT_SRC),
-        help="directory holding api.proto, where the stubs are written (default: %(default)s)",
+        "--src", action="append",
+        help="directory holding api.proto, where the stubs are written (repeatable; "
+             f"default: {', '.join(str(s) for s in SOURCES)})",
     )
     p.add_argument("--out", default=None, help="write the stubs here instead of --src")
     p.add_argument(

@@ -161,8 +161,8 @@ Identify = Callable[[int], str | None]
 """PID -> pod UID."""
 Resolve = Callable[[str], PodInfo | None]
 """Pod UID -> the pod (from the API server)."""
-DevicesOf = Callable[[str], list[str]]
-"""Pod UID -> the MIG devices the kubelet gave it."""
+DevicesOf = Callable[[PodInfo], list[str]]
+"""A pod -> the MIG devices the kubelet gave it."""
 
 
 class Registry:
@@ -177,7 +177,7 @@ class Registry:
         self.socket_path = socket_path
         self.resolve = resolve
         self.identify = identify
-        self.devices_of = devices_of or (lambda uid: [])
+        self.devices_of = devices_of or (lambda pod: [])
         self.publisher = publisher
         self.metrics = metrics
         self.entries: dict[int, Entry] = {}
@@ -343,7 +343,7 @@ class Registry:
                     MAX_BUFFERS_PER_CONNECTION:
                 raise Refused(f"at most {MAX_BUFFERS_PER_CONNECTION} buffers per connection")
             entry = Entry(buffer_id=next(self._ids), spec=spec, fds=list(fds), pod=pod,
-                          peer_pid=pid, devices=self.devices_of(pod.uid), connection=cid)
+                          peer_pid=pid, devices=self.devices_of(pod), connection=cid)
             self.entries[entry.buffer_id] = entry
         log.info("buffer %d registered: job %s replica %s, pod %s/%s, %d x %d bytes (%s)",
                  entry.buffer_id, spec.job, spec.replica, pod.namespace, pod.name,

@@ -42,6 +42,11 @@ def build_dpserve_image(cluster: Cluster) -> str:
     return DPSERVE_IMAGE
 
 
+def pod_resources_socket(cluster: Cluster) -> Path:
+    """The real kubelet's PodResources API socket (under its --root-dir)."""
+    return cluster.paths.kubelet_root / "pod-resources" / "kubelet.sock"
+
+
 def kubelet_plugin_dir(info: dict[str, Any]) -> Path:
     """The directory holding the kubelet's ``kubelet.sock`` (see the node daemon's e2e)."""
     for d in (Path(str(info["devicePluginDir"])), Path("/var/lib/kubelet/device-plugins")):

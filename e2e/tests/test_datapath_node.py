@@ -33,6 +33,7 @@ from conspirator_e2e.datapath import (
     condition,
     gpunode,
     kubelet_plugin_dir,
+    pod_resources_socket,
     set_layout,
     worker_pod,
 )
@@ -75,6 +76,7 @@ def datapath(cluster: Cluster, cluster_info: dict[str, Any]) -> Iterator[DataPat
         "--node-name", node, "--backend", "simulated", "--spec-file", str(spec),
         "--state-file", str(d / "gpus.json"),
         "--kubelet-socket-dir", str(kubelet_plugin_dir(cluster_info)),
+        "--pod-resources-socket", str(pod_resources_socket(cluster)),
         "--registry-socket", str(d / "registry" / "registry.sock"),
         "--agent-socket", str(agent.publish), "--agent-token-file", str(d / "node-token"),
         "--dpu-agent-endpoint", "10.244.0.1:7470",

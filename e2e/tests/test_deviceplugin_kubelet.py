@@ -76,6 +76,8 @@ class RealNodeDaemon:
             "--node-name", self.node, "--backend", "simulated", "--spec-file", str(spec),
             "--state-file", str(self.dir / "gpus.json"),
             "--kubelet-socket-dir", str(kubelet_plugin_dir(info)),
+            "--pod-resources-socket",
+            str(cluster.paths.kubelet_root / "pod-resources" / "kubelet.sock"),
             "--registry-socket", str(self.registry),
             "--agent-socket", str(self.agent.socket_path),
             "--agent-token-file", str(self.dir / "token"),
@@ -230,10 +232,13 @@ def test_real_kubelet_allocates_mig_devices_to_a_worker(
     with mmap.mmap(got.fds[3], GEOMETRY.data_bytes) as mem:
         assert mem[:13] == b"hello from w0"
 
-    # The device in use is reported so; metrics say what was advertised and allocated.
+    # The device in use is reported so (the kubelet's PodResources API says who holds it);
+    # metrics say what was advertised and allocated.
     wait_for("the device to be reported in use", lambda: any(
         i["uuid"] == device and i.get("inUse") for i in (gpunode(api, node) or {}).get(
             "status", {}).get("gpus", [{}])[0].get("instances", [])), 30, on_timeout=hint)
+    log_text = daemon.process.log_file.read_text(errors="replace")
+    assert "device holders from the kubelet's PodResources API" in log_text, hint()
     metrics = daemon.metrics()
     assert (f'conspirator_node_devices_advertised{{health="healthy",node="{node}",'
             f'resource="{R1}"}} 7.0') in metrics

@@ -349,6 +349,15 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         for p in pods:
             limits = p["spec"]["containers"][0]["resources"]["limits"]
             assert limits == {f"conspirator.io/mig-{chart.DEMO_PROFILE}": "1"}, limits
+        # The daemon pod knows who holds which slice from the kubelet's PodResources API.
+        def daemon_log() -> str:
+            return cluster.kubectl("logs", "-n", NAMESPACE, "-l",
+                                   "app.kubernetes.io/component=node-daemon",
+                                   "--tail=-1").stdout
+
+        chart.wait("the daemon to read the PodResources API", lambda: (
+            "device holders from the kubelet's PodResources API" in daemon_log()), 30,
+            daemon_log)
         # The agent's token Secret holds the job's key (and loses it with the job below).
         key = f"{namespace}.{JOB}"
         tokens = json.loads(cluster.kubectl("get", "secret", f"{RELEASE}-agent-tokens", "-n",

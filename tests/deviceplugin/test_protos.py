@@ -47,3 +47,18 @@ def test_wire_names_are_the_kubelets() -> None:
                        "Allocate", "PreStartContainer"}
     fields = {f.name: f.number for f in api_pb2.ContainerAllocateResponse.DESCRIPTOR.fields}
     assert fields == {"envs": 1, "mounts": 2, "devices": 3, "annotations": 4, "cdi_devices": 5}
+
+
+def test_pod_resources_stubs_are_fresh_and_the_kubelets() -> None:
+    from conspirator.deviceplugin.podresources.v1 import api_pb2 as pr
+
+    assert protogen.stale(ROOT / "deviceplugin" / "podresources" / "v1") == [], (
+        "the PodResources stubs differ from api.proto: run `conspirator gen-protos`")
+    d = pr.DESCRIPTOR
+    assert d.package == "v1"
+    methods = {m.name for m in d.services_by_name["PodResourcesLister"].methods}
+    assert {"List", "GetAllocatableResources"} <= methods
+    numbers = {f.name: f.number for f in pr.ContainerDevices.DESCRIPTOR.fields}
+    assert numbers == {"resource_name": 1, "device_ids": 2, "topology": 3}
+    numbers = {f.name: f.number for f in pr.PodResources.DESCRIPTOR.fields}
+    assert numbers == {"name": 1, "namespace": 2, "containers": 3}

@@ -72,7 +72,7 @@ def registry(sockdir: Path, agent: TestAgent) -> Iterator[Registry]:
     me = os.getpid()
     r = Registry("node-1", sockdir / "reg" / "registry.sock", resolve=pods.get,
                  identify=lambda pid: UID if pid == me else None,
-                 devices_of=lambda uid: ["MIG-1234"] if uid == UID else [],
+                 devices_of=lambda pod: ["MIG-1234"] if pod.uid == UID else [],
                  publisher=AgentPublisher("node-1", agent.socket_path, TOKEN, retry=0.05),
                  metrics=Metrics("node-1"))
     r.listen()
