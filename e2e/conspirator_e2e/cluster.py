@@ -33,14 +33,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,77 +47,59 @@ from typing import Any
 import yaml
 
 from conspirator_e2e import oci
-
-E2E_DIR = Path(__file__).resolve().parent.parent
-REPO = E2E_DIR.parent
-DEFAULT_SPEC = E2E_DIR / "clusters" / "default.yaml"
-
-# Ports, all on loopback except the kubelet's, which must listen on the node IP.
-ETCD_CLIENT_PORT = 2379
-ETCD_PEER_PORT = 2380
-APISERVER_PORT = 6443
-CONTROLLER_MANAGER_PORT = 10257
-SCHEDULER_PORT = 10259
-KUBELET_PORT = 10250
-KUBELET_HEALTHZ_PORT = 10248
-KWOK_PORT = 10247
-
-# The real node's network: a bridge of our own carries the node IP (the kubelet refuses a
-# loopback node IP) and is the CNI bridge whose gateway the pods use.
-BRIDGE = "cnspr0"
-NODE_IP = "10.244.0.1"
-POD_SUBNET = "10.244.0.0/24"
-SERVICE_CIDR = "10.96.0.0/16"
-SERVICE_IP = "10.96.0.1"
-# Addresses kwok hands out to its simulated nodes and pods: never routed, never contacted.
-KWOK_POD_CIDR = "10.245.0.0/16"
-KWOK_NODE_IP = "10.246.0.1"
-# The kubelet's cgroup root in every cgroup v1 hierarchy (cgroupfs driver).
-CGROUP_ROOT = "conspirator-e2e"
-
-PAUSE_IMAGE = "conspirator.local/e2e/pause:v1"
-HELLO_IMAGE = "conspirator.local/e2e/hello:v1"
-
-GPU_TAINT_KEY = "conspirator.io/gpu"
-MIG_RESOURCE_PREFIX = "conspirator.io/mig-"
-KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-
-# (memory slices, compute slices) per MIG profile, for the GPU models in cluster specs
-# (DESIGN section 5's table).  Used only to refuse impossible layouts in a spec.
-MIG_PROFILES: dict[str, dict[str, tuple[int, int]]] = {
-    "A100-40GB": {
-        "1g.5gb": (1, 1), "1g.10gb": (2, 1), "2g.10gb": (2, 2), "3g.20gb": (4, 3),
-        "4g.20gb": (4, 4), "7g.40gb": (8, 7),
-    },
-    "A100-80GB": {
-        "1g.10gb": (1, 1), "1g.20gb": (2, 1), "2g.20gb": (2, 2), "3g.40gb": (4, 3),
-        "4g.40gb": (4, 4), "7g.80gb": (8, 7),
-    },
-    "H200-141GB": {
-        "1g.18gb": (1, 1), "1g.35gb": (2, 1), "2g.35gb": (2, 2), "3g.71gb": (4, 3),
-        "4g.71gb": (4, 4), "7g.141gb": (8, 7),
-    },
-}
-MIG_PROFILES["H100-80GB"] = MIG_PROFILES["A100-80GB"]
-
-COMPONENTS = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "containerd",
-    "kubelet",
-    "kwok",
+from conspirator_e2e.certs import Certs, write_kubeconfig
+from conspirator_e2e.constants import (
+    APISERVER_PORT,
+    BRIDGE,
+    CGROUP_ROOT,
+    COMPONENTS,
+    CONTROLLER_MANAGER_PORT,
+    DEFAULT_SPEC,
+    E2E_DIR,
+    ETCD_CLIENT_PORT,
+    ETCD_PEER_PORT,
+    GPU_TAINT_KEY,
+    HELLO_IMAGE,
+    KUBELET_HEALTHZ_PORT,
+    KUBELET_PORT,
+    KWOK_ANNOTATION,
+    KWOK_NODE_IP,
+    KWOK_POD_CIDR,
+    KWOK_PORT,
+    MIG_RESOURCE_PREFIX,
+    NODE_IP,
+    PAUSE_IMAGE,
+    POD_SUBNET,
+    REPO,
+    SCHEDULER_PORT,
+    SERVICE_CIDR,
+    SERVICE_IP,
 )
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not be started, stopped or queried."""
-
-
-def log(msg: str) -> None:
-    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
+from conspirator_e2e.host import (
+    ensure_cgroup_root,
+    ensure_node_packages,
+    kill_cgroup_processes,
+    read_sysctls,
+    remove_cgroup_root,
+    remove_empty_dirs,
+    restore_sysctls,
+    rss_kib,
+    setup_bridge,
+    teardown_bridge,
+    unmount_under,
+)
+from conspirator_e2e.kwokstages import KWOK_STAGES
+from conspirator_e2e.procs import (
+    ClusterError,
+    all_pids,
+    log,
+    pid_alive,
+    proc_cmdline,
+    run,
+    tail,
+    wait_for,
+)
+from conspirator_e2e.spec import ClusterSpec, GPUNodeSpec
 
 # --------------------------------------------------------------------------------------------
 # Paths and versions
@@ -214,178 +195,6 @@ class Paths:
 
     def component_kubeconfig(self, name: str) -> Path:
         return self.state / "kubeconfigs" / f"{name}.kubeconfig"
-
-
-# --------------------------------------------------------------------------------------------
-# Cluster spec (simulated GPU nodes)
-
-
-@dataclass(frozen=True)
-class GPUNodeSpec:
-    name: str
-    gpu_model: str
-    gpus: tuple[tuple[str, ...], ...]
-    cpu: str
-    memory: str
-
-    def mig_capacity(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for layout in self.gpus:
-            for profile in layout:
-                counts[profile] = counts.get(profile, 0) + 1
-        return dict(sorted(counts.items()))
-
-    def node_object(self) -> dict[str, Any]:
-        capacity: dict[str, str] = {"cpu": self.cpu, "memory": self.memory, "pods": "110"}
-        for profile, n in self.mig_capacity().items():
-            capacity[MIG_RESOURCE_PREFIX + profile] = str(n)
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": self.name,
-                "labels": {
-                    "type": "kwok",
-                    "kubernetes.io/hostname": self.name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "conspirator.io/simulated": "true",
-                    "conspirator.io/gpu-model": self.gpu_model,
-                    "conspirator.io/gpu-count": str(len(self.gpus)),
-                },
-                "annotations": {
-                    KWOK_ANNOTATION: "fake",
-                    "conspirator.io/mig-layout": json.dumps([list(g) for g in self.gpus]),
-                },
-            },
-            "spec": {
-                "taints": [{"key": GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
-            },
-            "status": {"capacity": capacity, "allocatable": dict(capacity)},
-        }
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    name: str
-    real_node: str
-    gpu_nodes: tuple[GPUNodeSpec, ...]
-
-    @classmethod
-    def load(cls, path: Path) -> ClusterSpec:
-        doc = yaml.safe_load(path.read_text()) or {}
-        nodes: list[GPUNodeSpec] = []
-        for group in doc.get("nodeGroups", []):
-            model = str(group["gpuModel"])
-            if model not in MIG_PROFILES:
-                raise ClusterError(f"{path}: unknown gpuModel {model!r}")
-            gpus = tuple(tuple(str(p) for p in layout) for layout in group.get("gpus", []))
-            for i, layout in enumerate(gpus):
-                _check_layout(model, layout, f"{path}: {group['namePrefix']} gpu {i}")
-            for i in range(int(group.get("count", 1))):
-                nodes.append(
-                    GPUNodeSpec(
-                        name=f"{group['namePrefix']}-{i}",
-                        gpu_model=model,
-                        gpus=gpus,
-                        cpu=str(group.get("cpu", "32")),
-                        memory=str(group.get("memory", "256Gi")),
-                    )
-                )
-        names = [n.name for n in nodes]
-        if len(set(names)) != len(names):
-            raise ClusterError(f"{path}: duplicate node names")
-        real = str((doc.get("realNode") or {}).get("name", "conspirator-e2e-node"))
-        return cls(name=str(doc.get("name", path.stem)), real_node=real, gpu_nodes=tuple(nodes))
-
-
-def _check_layout(model: str, layout: Sequence[str], where: str) -> None:
-    table = MIG_PROFILES[model]
-    unknown = [p for p in layout if p not in table]
-    if unknown:
-        raise ClusterError(f"{where}: {model} has no MIG profile {unknown}")
-    mem = sum(table[p][0] for p in layout)
-    sms = sum(table[p][1] for p in layout)
-    if mem > 8 or sms > 7:
-        raise ClusterError(
-            f"{where}: layout {list(layout)} needs {mem}/8 memory and {sms}/7 compute slices"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def run(
-    argv: Sequence[str | Path],
-    *,
-    check: bool = True,
-    capture: bool = True,
-    input: str | bytes | None = None,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    data = input.decode() if isinstance(input, bytes) else input
-    proc = subprocess.run(
-        [str(a) for a in argv],
-        input=data,
-        capture_output=capture,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        cmd = " ".join(str(a) for a in argv)
-        raise ClusterError(f"{cmd} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    return proc
-
-
-def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.5,
-             on_timeout: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except Exception as e:  # a probe may fail in any way until the thing is ready
-            last = e
-            value = None
-        else:
-            value = last
-        if value:
-            return value
-        time.sleep(interval)
-    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}{on_timeout}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # state is the field after the parenthesised command name
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def all_pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        data = path.read_bytes()[-200_000:].decode(errors="replace").splitlines()
-    except OSError:
-        return f"(no {path})"
-    return "\n".join(data[-lines:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -1076,360 +885,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 
 # --------------------------------------------------------------------------------------------
-# Certificates (openssl), kubeconfigs
-
-
-class Certs:
-    """A CA and the certificates it signs, made with the openssl command line (ECDSA P-256)."""
-
-    def __init__(self, d: Path) -> None:
-        self.d = d
-
-    def make_ca(self) -> None:
-        run(["openssl", "req", "-x509", "-new", "-nodes", "-newkey", "ec",
-             "-pkeyopt", "ec_paramgen_curve:prime256v1", "-keyout", self.d / "ca.key",
-             "-out", self.d / "ca.crt", "-days", "3650", "-subj", "/CN=conspirator-e2e-ca",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"])
-
-    def issue(self, name: str, cn: str, *, org: str | None = None, server: bool = False,
-              sans: Sequence[str] = ()) -> None:
-        subj = (f"/O={org}" if org else "") + f"/CN={cn}"
-        ext = self.d / f"{name}.ext"
-        usage = "serverAuth" if server else "clientAuth"
-        lines = ["basicConstraints=critical,CA:FALSE",
-                 "keyUsage=critical,digitalSignature,keyEncipherment",
-                 f"extendedKeyUsage={usage}"]
-        if sans:
-            lines.append("subjectAltName=" + ",".join(sans))
-        ext.write_text("\n".join(lines) + "\n")
-        csr = self.d / f"{name}.csr"
-        run(["openssl", "req", "-new", "-nodes", "-newkey", "ec",
-             "-pkeyopt", "ec_paramgen_curve:prime256v1", "-keyout", self.d / f"{name}.key",
-             "-out", csr, "-subj", subj])
-        run(["openssl", "x509", "-req", "-in", csr, "-CA", self.d / "ca.crt",
-             "-CAkey", self.d / "ca.key", "-CAcreateserial", "-days", "3650",
-             "-extfile", ext, "-out", self.d / f"{name}.crt"])
-        csr.unlink()
-        ext.unlink()
-
-    def service_account_keys(self) -> None:
-        run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
-             "-out", self.d / "sa.key"])
-        run(["openssl", "ec", "-in", self.d / "sa.key", "-pubout", "-out", self.d / "sa.pub"])
-
-
-def write_kubeconfig(path: Path, pki: Path, cert: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "conspirator-e2e", "cluster": {
-            "server": f"https://127.0.0.1:{APISERVER_PORT}",
-            "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": cert, "user": {
-            "client-certificate": str(pki / f"{cert}.crt"),
-            "client-key": str(pki / f"{cert}.key")}}],
-        "contexts": [{"name": "conspirator-e2e",
-                      "context": {"cluster": "conspirator-e2e", "user": cert}}],
-        "current-context": "conspirator-e2e",
-    }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    path.chmod(0o600)
-
-
-# --------------------------------------------------------------------------------------------
-# Host setup and teardown: packages, bridge, cgroups, mounts, sysctls
-
-NODE_PACKAGES = {"containerd": "containerd", "runc": "runc",
-                 "/usr/lib/cni/bridge": "containernetworking-plugins"}
-
-# What the kubelet sets at start (protectKernelDefaults: false); restored by `down`.
-KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
-                   "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
-                   "kernel/keys/root_maxbytes", "net/ipv4/ip_forward")
-
-
-def ensure_node_packages() -> None:
-    missing = sorted({pkg for what, pkg in NODE_PACKAGES.items()
-                      if not (Path(what).exists() if what.startswith("/") else shutil.which(what))})
-    for tool in ("gcc", "openssl", "ip", "umount"):
-        if not shutil.which(tool):
-            raise ClusterError(f"{tool} is required")
-    if not missing:
-        return
-    log(f"installing Debian packages {missing}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900,
-                              check=False)
-        if proc.returncode != 0:
-            raise ClusterError(f"{' '.join(argv)} failed: {proc.stderr[-2000:]}")
-
-
-def read_sysctls() -> dict[str, str]:
-    out = {}
-    for key in KUBELET_SYSCTLS:
-        with contextlib.suppress(OSError):
-            out[key] = Path("/proc/sys", key).read_text().strip()
-    return out
-
-
-def restore_sysctls(before: dict[str, str]) -> None:
-    for key, value in before.items():
-        p = Path("/proc/sys", key)
-        with contextlib.suppress(OSError):
-            if p.read_text().strip() != value:
-                p.write_text(value + "\n")
-
-
-def setup_bridge() -> None:
-    if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
-        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    addrs = run(["ip", "-o", "-4", "addr", "show", "dev", BRIDGE]).stdout
-    if f" {NODE_IP}/" not in addrs:
-        run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE])
-    run(["ip", "link", "set", BRIDGE, "up"])
-
-
-def teardown_bridge() -> None:
-    """Delete the bridge and any veth still attached to it (deleting one end deletes both)."""
-    if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
-        return
-    ports = run(["ip", "-o", "link", "show", "master", BRIDGE], check=False).stdout
-    for line in ports.splitlines():
-        dev = line.split(":", 2)[1].strip().split("@", 1)[0]
-        run(["ip", "link", "del", dev], check=False)
-    run(["ip", "link", "del", BRIDGE], check=False)
-
-
-def cgroup_hierarchies() -> list[Path]:
-    """Mount points of the cgroup v1 hierarchies (and the v2 one where present)."""
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fstype = right.split()[0] if right else ""
-        if fstype in ("cgroup", "cgroup2"):
-            out.append(Path(left.split()[4]))
-    return out
-
-
-def ensure_cgroup_root() -> None:
-    for h in cgroup_hierarchies():
-        d = h / CGROUP_ROOT
-        d.mkdir(exist_ok=True)
-        # A new cpuset cgroup starts empty, and nothing can join it until it has cpus and mems.
-        for f in ("cpuset.cpus", "cpuset.mems"):
-            if (d / f).exists() and not (d / f).read_text().strip():
-                (d / f).write_text((h / f).read_text())
-
-
-def _cgroup_dirs_deepest_first() -> list[Path]:
-    dirs: list[Path] = []
-    for h in cgroup_hierarchies():
-        root = h / CGROUP_ROOT
-        if root.is_dir():
-            dirs.extend(Path(p) for p, _, _ in os.walk(root))
-    return sorted(dirs, key=lambda p: len(p.parts), reverse=True)
-
-
-def kill_cgroup_processes() -> None:
-    """SIGKILL every process in the kubelet's cgroup tree (containers that outlived their pod)."""
-    for _ in range(50):
-        pids: set[int] = set()
-        for d in _cgroup_dirs_deepest_first():
-            with contextlib.suppress(OSError):
-                pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-
-
-def remove_cgroup_root() -> None:
-    for d in _cgroup_dirs_deepest_first():
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            log(f"could not remove cgroup {d}")
-
-
-def remove_empty_dirs(root: Path) -> None:
-    """Remove ``root`` and its subdirectories, bottom-up, as far as they are empty."""
-    if not root.is_dir():
-        return
-    for d, _, _ in sorted(os.walk(root), key=lambda w: len(Path(w[0]).parts), reverse=True):
-        with contextlib.suppress(OSError):
-            Path(d).rmdir()
-
-
-def mounts_under(root: Path) -> list[str]:
-    prefix = str(root).rstrip("/") + "/"
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = line.split()[4].replace("\\040", " ")
-        if mp == str(root) or mp.startswith(prefix):
-            out.append(mp)
-    return out
-
-
-def unmount_under(root: Path) -> None:
-    """Unmount everything below ``root``: overlay rootfs, sandbox shm, netns, pod volumes."""
-    for _ in range(5):
-        mps = mounts_under(root)
-        if not mps:
-            return
-        for mp in sorted(mps, key=lambda m: m.count("/"), reverse=True):
-            if run(["umount", mp], check=False).returncode != 0:
-                run(["umount", "-l", mp], check=False)
-    left = mounts_under(root)
-    if left:
-        log(f"mounts left under {root}: {left}")
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with contextlib.closing(socket.socket()) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-# --------------------------------------------------------------------------------------------
-# kwok stages: how kwok drives the simulated nodes and the pods bound to them.
-
-KWOK_STAGES = """\
-# Generated by e2e/cluster.py.  Node stage: a node kwok manages becomes Ready and keeps the
-# capacity it was created with.  Pod stages: a pod bound to a kwok node runs; one being
-# deleted goes away.  kwok renews the nodes' leases itself.
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: conspirator-node-ready
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Node
-  selector:
-    matchExpressions:
-    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
-      operator: NotIn
-      values: ['True']
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      {{ range NodeConditions }}
-      - type: {{ .type | Quote }}
-        status: {{ .status | Quote }}
-        reason: {{ .reason | Quote }}
-        message: {{ .message | Quote }}
-        lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      addresses:
-      - type: InternalIP
-        address: {{ NodeIP | Quote }}
-      - type: Hostname
-        address: {{ .metadata.name | Quote }}
-      {{ with .status.capacity }}
-      capacity:
-      {{ YAML . 1 }}
-      {{ end }}
-      {{ with .status.allocatable }}
-      allocatable:
-      {{ YAML . 1 }}
-      {{ end }}
-      nodeInfo:
-        architecture: amd64
-        operatingSystem: linux
-        kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
-        containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
-        kernelVersion: {{ printf "kwok-%s" Version | Quote }}
-        osImage: simulated GPU node
-      phase: Running
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: conspirator-pod-running
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: DoesNotExist
-    - key: '.status.phase'
-      operator: In
-      values: ['Pending']
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      phase: Running
-      startTime: {{ $now | Quote }}
-      conditions:
-      {{ range list "PodScheduled" "Initialized" "ContainersReady" "Ready" }}
-      - type: {{ . }}
-        status: "True"
-        lastTransitionTime: {{ $now | Quote }}
-      {{ end }}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: true
-        started: true
-        restartCount: 0
-        state:
-          running:
-            startedAt: {{ $now | Quote }}
-      {{ end }}
-      {{ with NodeIPsWith .spec.nodeName }}
-      hostIP: {{ index . 0 | Quote }}
-      {{ end }}
-      {{ $m := .metadata }}
-      {{ with PodIPsWith .spec.nodeName ( or .spec.hostNetwork false ) ( or $m.uid "" )
-              ( or $m.name "" ) ( or $m.namespace "" ) }}
-      podIP: {{ index . 0 | Quote }}
-      {{ end }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: conspirator-pod-delete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: Exists
-  next:
-    delete: true
-"""
-
-
-# --------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -1494,5 +949,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+# Names other modules import from here (the module was split; these stay importable).
+__all__ = [
+    "APISERVER_PORT",
+    "E2E_DIR",
+    "GPU_TAINT_KEY",
+    "HELLO_IMAGE",
+    "MIG_RESOURCE_PREFIX",
+    "NODE_IP",
+    "POD_SUBNET",
+    "REPO",
+    "Cluster",
+    "ClusterError",
+    "ClusterSpec",
+    "GPUNodeSpec",
+    "Paths",
+    "main",
+    "run",
+    "wait_for",
+]
+
+
 if __name__ == "__main__":
     sys.exit(main())
+
