@@ -69,6 +69,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="write {tcp_port, pid} here once listening")
     p.add_argument("--stats-file", type=Path,
                    help="write the counters here as JSON on SIGUSR1 and on exit")
+    p.add_argument("--metrics-port", type=int,
+                   default=int(os.environ.get("CONSPIRATOR_METRICS_PORT", "0") or 0),
+                   help="serve Prometheus /metrics (conspirator_agent_*) on this port; 0: none "
+                        "(env CONSPIRATOR_METRICS_PORT)")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="address of the metrics endpoint (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=main)
 
@@ -118,6 +124,10 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig, tokens: TokenStore,
                   local_path=args.local_socket, publish_path=args.publish_socket,
                   rdma_device=args.rdma)
     await agent.start()
+    if args.metrics_port:
+        from .metrics import serve
+
+        serve(agent, node, args.metrics_port, args.metrics_address)
     registry = None
     if args.local_registry:
         from .localregistry import LocalRegistry

@@ -31,6 +31,7 @@ REAL_NODE_LABEL = {"conspirator.io/real-node": "true"}
 OPERATOR_PORTS = (18080, 18081)
 NODE_METRICS_PORT = 19402
 AGENT_PORT = 17470
+AGENT_METRICS_PORT = 19403
 
 
 def helm_env(cluster: Cluster, home: Path) -> dict[str, str]:
@@ -86,7 +87,8 @@ def local_values(cluster: Cluster, images: Mapping[str, str], *,
             "image": {"name": refs["node-daemon"].rsplit("/", 1)[1].split(":")[0]},
         },
         "dpuAgent": {
-            "nodeSelector": dpu_node, "port": AGENT_PORT, "requestTimeout": 20,
+            "nodeSelector": dpu_node, "port": AGENT_PORT, "metricsPort": AGENT_METRICS_PORT,
+            "requestTimeout": 20,
             "image": {"name": refs["dpu-agent"].rsplit("/", 1)[1].split(":")[0]},
         },
     }
@@ -254,6 +256,30 @@ def loadgen(endpoint: str, job: str, token_file: Path, out: Path, requests: int,
     if proc.returncode != 0:
         return None, proc.stdout + proc.stderr
     return dict(json.loads(out.read_text())), proc.stdout
+
+
+def agent_metrics(port: int = AGENT_METRICS_PORT) -> dict[str, float]:
+    """The chart's agent's metrics (it listens on the node's network), sample -> value."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def agent_replicas(job: str) -> int:
+    """Replicas the chart's agent dispatches to for ``job`` (``namespace/name``)."""
+    try:
+        metrics = agent_metrics()
+    except OSError:
+        return 0
+    return int(sum(v for k, v in metrics.items()
+                   if k.startswith("conspirator_agent_replicas{") and f'job="{job}"' in k))
 
 
 def serve_through_agent(cluster: Cluster, ns: str, name: str, work: Path, requests: int,

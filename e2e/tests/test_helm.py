@@ -272,6 +272,10 @@ JOB = "chart-e2e"
 
 
 def _check_served(cluster: Cluster, ns: str, tmp: Path) -> dict[str, Any]:
+    chart.wait_serving(cluster, ns, JOB)
+    # Both workers' buffers at the agent (its metrics say so) before the load starts.
+    chart.wait("both replicas at the agent", lambda: chart.agent_replicas(f"{ns}/{JOB}") == 2,
+               120, lambda: _describe(cluster))
     job, summary, text = chart.serve_through_agent(cluster, ns, JOB, tmp, 2000)
     assert len(job["status"]["replicas"]) == 2, job["status"]
     assert job["status"]["clientEndpoints"][0]["endpoint"].endswith(f":{chart.AGENT_PORT}")
@@ -358,6 +362,11 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         chart.wait("the daemon to read the PodResources API", lambda: (
             "device holders from the kubelet's PodResources API" in daemon_log()), 30,
             daemon_log)
+        # The agent pod's metrics count what it served (host network: the node's port).
+        metrics = chart.agent_metrics()
+        served = [v for k, v in metrics.items()
+                  if k.startswith("conspirator_agent_responses_total{")]
+        assert served and served[0] >= 2000, metrics
         # The agent's token Secret holds the job's key (and loses it with the job below).
         key = f"{namespace}.{JOB}"
         tokens = json.loads(cluster.kubectl("get", "secret", f"{RELEASE}-agent-tokens", "-n",

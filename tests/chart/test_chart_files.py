@@ -55,12 +55,28 @@ def _metric_names(registry: CollectorRegistry) -> set[str]:
     return names
 
 
+def _agent_registry() -> CollectorRegistry:
+    """The DPU agent's metrics over a real (idle) agent core and staging pool."""
+    from conspirator.dpu_agent.core import AgentConfig, AgentCore
+    from conspirator.dpu_agent.metrics import registry_for
+    from conspirator.dpu_agent.staging import StagingPool
+
+    class Idle:
+        def __init__(self) -> None:
+            cfg = AgentConfig()
+            self.core = AgentCore(cfg)
+            self.pool = StagingPool(cfg.staging_budget, cfg.max_payload)
+
+    return registry_for(Idle(), "n")
+
+
 def test_dashboard_queries_only_metrics_that_exist() -> None:
     op = Metrics()
     node = NodeMetrics("n")
     # Counters and histograms only show their samples once touched.
     node.devices_advertised.labels(node="n", resource="r", health="Healthy").set(1)
-    known = _metric_names(op.registry) | _metric_names(node.registry)
+    agent = _agent_registry()
+    known = _metric_names(op.registry) | _metric_names(node.registry) | _metric_names(agent)
     known |= {f"{n}_total" for n in known} | {f"{n}_bucket" for n in known}
     dash = json.loads((CHART / "files" / "dashboards" / "conspirator.json").read_text())
     used: set[str] = set()
@@ -71,7 +87,8 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     missing = sorted(used - known)
     assert not missing, f"the dashboard queries metrics no component exports: {missing}"
     # Every metric of the operator and the node daemon has a panel.
-    families = {f.name for f in op.registry.collect()} | {f.name for f in node.registry.collect()}
+    families = ({f.name for f in op.registry.collect()} | {f.name for f in node.registry.collect()}
+                | {f.name for f in agent.collect()})
     unused = sorted(f for f in families
                     if not any(u == f or u.startswith(f + "_") for u in used))
     assert not unused, f"metrics without a dashboard panel: {unused}"
