@@ -252,7 +252,10 @@ def _build_os(stage: Path) -> oci.Layer:
     root = stage / "rootfs"
     if shutil.which("debootstrap") is None:
         log("installing debootstrap (apt-get)")
-        _sh(["apt-get", "install", "-y", "-q", "debootstrap"], timeout=600)
+        # A fresh machine may have no package lists yet (CI): update first, as host.py does.
+        _sh(["apt-get", "update", "-qq"], timeout=600)
+        _sh(["apt-get", "install", "-y", "-q", "--no-install-recommends", "debootstrap"],
+            timeout=600)
     log(f"debootstrap --variant=minbase {SUITE} (+ {len(RUNTIME_PACKAGES)} runtime packages)")
     _sh(["debootstrap", "--variant=minbase", f"--include={','.join(RUNTIME_PACKAGES)}",
          SUITE, root, MIRROR], timeout=1800)
