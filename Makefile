@@ -58,7 +58,7 @@ lint:
 typecheck:
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml -p conspirator
 	cd $(VENV) && bin/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests $(CURDIR)/benchmarks \
-		$(CURDIR)/charts/chart_docs.py
+		$(CURDIR)/charts/chart_docs.py $(CURDIR)/images/lock.py
 	cd $(VENV) && MYPYPATH=$(CURDIR)/e2e bin/mypy --config-file $(CURDIR)/pyproject.toml \
 		$(CURDIR)/e2e/conspirator_e2e $(CURDIR)/e2e/tests $(CURDIR)/e2e/demo.py $(CURDIR)/e2e/demo_operator.py
 

@@ -75,7 +75,9 @@ ENV: tuple[str, ...] = (
 # What the Dockerfile's builder stage copies (and .dockerignore admits) from the repository.
 SOURCE_PATHS: tuple[str, ...] = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md",
                                  "conspirator", "operator", "deviceplugin", "dpu-agent",
-                                 "native")
+                                 "native", "images/constraints.txt")
+CONSTRAINTS = REPO / "images" / "constraints.txt"
+"""The dependencies' pinned versions (images/lock.py), used by both builds."""
 # The Python runtime's shared libraries (found with ldd, as the official image finds them),
 # the CA bundle, /etc/services and protocols, time zones.
 RUNTIME_PACKAGES: tuple[str, ...] = (
@@ -275,7 +277,7 @@ def _build_os(stage: Path) -> oci.Layer:
 
 def _python_key(os_key: str) -> str:
     return _hash("python", BUILDER_VERSION, os_key, sys.version, sys.base_prefix,
-                 "\n".join(dependencies()), ",".join(PYTHON_EXCLUDE))
+                 "\n".join(dependencies()), CONSTRAINTS.read_text(), ",".join(PYTHON_EXCLUDE))
 
 
 def _copy_python(root: Path) -> None:
@@ -369,7 +371,7 @@ def _build_python(stage: Path, os_stage: Path) -> oci.Layer:
     wheels = stage / "wheels"
     log("pip wheel: the dependencies of pyproject.toml")
     _sh([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-         "--wheel-dir", wheels, *dependencies()], timeout=1800)
+         "--wheel-dir", wheels, "-c", CONSTRAINTS, *dependencies()], timeout=1800)
     _pip_install(root, sorted(wheels.glob("*.whl")))
     site = f"usr/local/lib/{_python_tag()}/site-packages"
     _strip_tests(root / site)

@@ -321,3 +321,26 @@ def test_local_images_config(tmp_path: Path) -> None:
     assert images.image_ref("operator") == \
         f"conspirator.local/conspirator-operator:{images.project_version()}"
 
+
+
+def test_image_dependency_pins_satisfy_pyproject() -> None:
+    """images/constraints.txt (images/lock.py) pins every runtime dependency, within
+    pyproject's ranges, once; both image builds install with it."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in images.CONSTRAINTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, line
+            assert canonicalize_name(name) not in pins, f"{name} pinned twice"
+            pins[canonicalize_name(name)] = version
+    for dep in images.dependencies():
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in images/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"{req.name}=={pins[name]} breaks pyproject's {req.specifier}")
+    dockerfile = (REPO / "images" / "Dockerfile").read_text()
+    assert "-c images/constraints.txt" in dockerfile
