@@ -425,3 +425,48 @@ def test_uninstall_leaves_no_orphans(release: Release, core: client.CoreV1Api) -
     # The CRDs stay (helm never deletes crds/), so users' InferenceJobs survive uninstall.
     assert cluster.kubectl("get", "crd", "inferencejobs.conspirator.io",
                            check=False).returncode == 0
+
+
+def test_standbys_with_a_namespace_list_are_refused(cluster: Cluster, tmp_path: Path) -> None:
+    proc = chart.helm(cluster, "template", "x", str(CHART), "--kube-version",
+                      cluster.paths.versions["KUBERNETES_VERSION"], "--set",
+                      "operator.replicas=2", "--set", "operator.namespaces={team-a}",
+                      home=tmp_path)
+    assert proc.returncode != 0 and "operator.namespaces with operator.replicas > 1" in (
+        proc.stderr), proc.stderr
+
+
+def test_a_namespaced_operator_serves_its_namespaces_only(
+        release: Release, namespace: str, core: client.CoreV1Api) -> None:
+    """``operator.namespaces``: the operator (standalone, one replica) places the job of its
+    namespace and leaves another namespace's job alone."""
+    cluster = release.cluster
+    if chart.installed(cluster):
+        chart.uninstall(cluster)
+    other = f"{namespace}-other"
+    cluster.kubectl("create", "namespace", other)
+    profile, job = chart.demo_objects(JOB, release.worker_image)
+    try:
+        proc = chart.install(cluster, release.values,
+                             extra=["--set", f"operator.namespaces={{{namespace}}}"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr + _describe(cluster)
+        chart.wait("the chart's pods", lambda: chart.components_ready(cluster), 180,
+                   lambda: _describe(cluster))
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
+        for ns in (namespace, other):
+            cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(job))
+        served = chart.wait_serving(cluster, namespace, JOB)
+        assert len(served["status"]["replicas"]) == 2
+        time.sleep(5)
+        assert not chart.get_job(cluster, other, JOB).get("status"), "served outside its list"
+    finally:
+        for ns in (namespace, other):
+            cluster.kubectl("delete", "ij", JOB, "-n", ns, "--wait=false", check=False)
+        # The other namespace's job carries no finalizer (never served): it goes at once.
+        cluster.kubectl("delete", "ij", JOB, "-n", namespace, "--wait=true", "--timeout=90s",
+                        check=False)
+        cluster.kubectl("delete", "modelprofile", chart.DEMO_MODEL, "--ignore-not-found",
+                        check=False)
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+        if chart.installed(cluster):
+            chart.uninstall(cluster)
