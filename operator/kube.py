@@ -64,8 +64,12 @@ def _wrap(e: client.ApiException) -> Exception:
 class Kube:
     """Async facade over the synchronous client (one thread pool per operator)."""
 
-    def __init__(self, api: client.ApiClient, concurrency: int = 8) -> None:
+    def __init__(self, api: client.ApiClient, concurrency: int = 8,
+                 namespaces: tuple[str, ...] = ()) -> None:
         self.api = api
+        # Served namespaces (empty: all).  A namespace-scoped operator lists only these, so
+        # its RBAC can be Roles in them instead of cluster-wide rules.
+        self.namespaces = namespaces
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -93,7 +97,14 @@ class Kube:
         return list(r["items"])
 
     async def list_jobs(self) -> list[dict[str, Any]]:
-        return await self._list_custom(JOBS)
+        if not self.namespaces:
+            return await self._list_custom(JOBS)
+        items: list[dict[str, Any]] = []
+        for ns in self.namespaces:
+            r = cast(dict[str, Any], await self._run(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, JOBS))
+            items.extend(r["items"])
+        return items
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         return await self._list_custom(NODES)
@@ -102,10 +113,18 @@ class Kube:
         return await self._list_custom(PROFILES)
 
     async def list_workers(self) -> list[dict[str, Any]]:
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
         def call() -> list[dict[str, Any]]:
-            r: Any = self.apps.list_deployment_for_all_namespaces(
-                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}", _preload_content=False)
-            items: list[dict[str, Any]] = json.loads(r.data)["items"]
+            items: list[dict[str, Any]] = []
+            if not self.namespaces:
+                r: Any = self.apps.list_deployment_for_all_namespaces(
+                    label_selector=selector, _preload_content=False)
+                items = json.loads(r.data)["items"]
+            for ns in self.namespaces:
+                r = self.apps.list_namespaced_deployment(ns, label_selector=selector,
+                                                         _preload_content=False)
+                items.extend(json.loads(r.data)["items"])
             for d in items:  # list items carry no kind
                 d.setdefault("apiVersion", "apps/v1")
                 d.setdefault("kind", "Deployment")

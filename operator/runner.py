@@ -51,7 +51,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGINT/SIGTERM in the main thread)."""
     limit_malloc_arenas()
     api = load_client(settings.kubeconfig, settings.api_concurrency)
-    kube = Kube(api, settings.api_concurrency)
+    kube = Kube(api, settings.api_concurrency, settings.namespaces)
     metrics = Metrics()
     if settings.metrics_port:
         serve(metrics, settings.metrics_port, settings.bind_address)

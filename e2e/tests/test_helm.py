@@ -72,9 +72,19 @@ def test_chart_lints_renders_and_is_accepted(cluster: Cluster, tmp_path: Path, n
     _apply_crds(cluster, docs)
     rest = [d for d in docs if d.get("kind") not in ("CustomResourceDefinition",
                                                       "ServiceMonitor")]
-    # Cluster-scoped objects are named after the release; a dry run checks them all.
-    proc = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                           input=yaml.safe_dump_all(rest), check=False)
+    # Objects in other namespaces (a namespace-scoped operator's Roles) need those to exist.
+    others = {d["metadata"]["namespace"] for d in rest
+              if d["metadata"].get("namespace") not in (None, namespace)}
+    for ns in sorted(others):
+        cluster.kubectl("create", "namespace", ns, check=False)
+    try:
+        # Cluster-scoped objects are named after the release; a dry run checks them all.
+        # (every namespaced object of the chart names its namespace: no -n here)
+        proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-",
+                               input=yaml.safe_dump_all(rest), check=False)
+    finally:
+        for ns in sorted(others):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     assert proc.returncode == 0, proc.stderr
     kinds = {d["kind"] for d in rest}
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
@@ -459,6 +469,22 @@ def test_a_namespaced_operator_serves_its_namespaces_only(
         assert len(served["status"]["replicas"]) == 2
         time.sleep(5)
         assert not chart.get_job(cluster, other, JOB).get("status"), "served outside its list"
+        # Its RBAC: the jobs' objects only in its namespaces (Roles), nothing cluster-wide.
+        sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-operator"
+        checks: list[tuple[str, str, str | None, bool]] = [
+                ("create", "secrets", namespace, True), ("create", "secrets", other, False),
+                ("create", "deployments.apps", namespace, True),
+                ("create", "deployments.apps", other, False),
+                ("list", "inferencejobs.conspirator.io", namespace, True),
+                ("list", "inferencejobs.conspirator.io", other, False),
+                ("list", "secrets", namespace, False),
+                ("patch", "clusterkopfpeerings.kopf.dev", None, False),
+                ("patch", "gpunodes.conspirator.io", None, True)]
+        for verb, resource, scope, allowed in checks:
+            where = ["-n", scope] if scope else ["--all-namespaces"]
+            got = cluster.kubectl("auth", "can-i", verb, resource, *where, "--as", sa,
+                                  check=False).stdout.strip()
+            assert got == ("yes" if allowed else "no"), (verb, resource, scope, got)
     finally:
         for ns in (namespace, other):
             cluster.kubectl("delete", "ij", JOB, "-n", ns, "--wait=false", check=False)

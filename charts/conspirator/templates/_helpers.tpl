@@ -116,3 +116,20 @@ imagePullSecrets:
 {{- define "conspirator.agentPort" -}}
 {{- .Values.dpuAgent.port | int -}}
 {{- end -}}
+
+{{/* The operator's rules on the jobs' own objects: cluster-wide in a ClusterRole, or in a Role
+     per served namespace (operator.namespaces). */}}
+{{- define "conspirator.operatorJobRules" -}}
+- apiGroups: [conspirator.io]
+  resources: [inferencejobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [conspirator.io]
+  resources: [inferencejobs/status]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create]
+{{- end -}}
