@@ -242,6 +242,37 @@ class AgentCore:
         self.stats = Stats()
         self.shutting_down = False
         self._to_ring: set[str] = set()
+        # A batch (the frames of one read, the completions of one wake-up): doorbells are
+        # rung and answers written once, when it ends, without a trip through the loop.
+        self._batch_depth = 0
+        self._batch_ring: set[str] = set()
+        self._batch_flush: list[Any] = []
+
+    @property
+    def batching(self) -> bool:
+        return self._batch_depth > 0
+
+    def begin_batch(self) -> None:
+        self._batch_depth += 1
+
+    def end_batch(self) -> None:
+        self._batch_depth -= 1
+        if self._batch_depth:
+            return
+        if self._batch_ring:
+            names, self._batch_ring = self._batch_ring, set()
+            for name in names:
+                job = self.jobs.get(name)
+                if job is not None:
+                    self._ring_all(job)
+        if self._batch_flush:
+            sessions, self._batch_flush = self._batch_flush, []
+            for s in sessions:
+                s.flush()
+
+    def flush_later(self, session: Any) -> None:
+        """``session.flush()`` when the current batch ends (its answers leave together)."""
+        self._batch_flush.append(session)
 
     # ------------------------------------------------------------------ replicas
 
@@ -403,7 +434,9 @@ class AgentCore:
 
     def _ring_soon(self, job: JobState) -> None:
         """Doorbells rung in one event-loop iteration are rung once per replica."""
-        if self.loop is None:
+        if self._batch_depth:
+            self._batch_ring.add(job.name)
+        elif self.loop is None:
             self._ring_all(job)
         elif job.name not in self._to_ring:
             if not self._to_ring:
@@ -428,10 +461,14 @@ class AgentCore:
     def _on_completion(self, rep: ReplicaHandle) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.eventfd_read(rep.completion_fd)
-        self._reap(rep)
-        job = self.jobs.get(rep.job)
-        if job is not None and not rep.closed:
-            self._pump(job)
+        self.begin_batch()
+        try:
+            self._reap(rep)
+            job = self.jobs.get(rep.job)
+            if job is not None and not rep.closed:
+                self._pump(job)
+        finally:
+            self.end_batch()
 
     def _reap(self, rep: ReplicaHandle) -> None:
         try:

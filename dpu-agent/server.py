@@ -28,7 +28,8 @@ import mmap
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from conspirator.wire import auth
 from conspirator.wire.frames import (
@@ -53,6 +54,7 @@ from conspirator.wire.frames import (
     encode_error,
     pack_header,
     parse_header,
+    parse_staged_frames,
 )
 from conspirator.wire.native import Impl
 from conspirator.wire.registration import (
@@ -92,13 +94,16 @@ class ConnSession(Session):
         self._out: list[bytes] = []
 
     def _queue(self, frame: bytes) -> None:
-        loop = self.agent.core.loop
-        if loop is None:  # not serving (driven directly by tests)
-            self._out.append(frame)
-            self.flush()
-            return
+        core = self.agent.core
         if not self._out:
-            loop.call_soon(self.flush)
+            if core.batching:  # leaves when the batch ends
+                core.flush_later(self)
+            elif core.loop is None:  # not serving (driven directly by tests)
+                self._out.append(frame)
+                self.flush()
+                return
+            else:
+                core.loop.call_soon(self.flush)
         self._out.append(frame)
 
     def flush(self) -> None:
@@ -148,8 +153,8 @@ class _BaseProtocol:
     session: ConnSession
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.session.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.session.transport = cast(asyncio.Transport, transport)
 
     def pause_writing(self) -> None:
         self.session.pause("write")
@@ -357,15 +362,25 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
         self._on_close = on_close
 
     def data_received(self, data: bytes) -> None:
+        core = self.agent.core
+        core.begin_batch()  # doorbells and answers leave once, at the end
         try:
-            for f in self._decoder.feed(data):
-                self._frame(f)
+            # The steady state: whole STAGED frames, handled without the decoder.
+            batch = None if self._decoder.mid_frame else parse_staged_frames(data)
+            if batch is not None:
+                for request_id, aux, slot, length in batch:
+                    self._staged(request_id, aux, slot, length)
+            else:
+                for f in self._decoder.feed(data):
+                    self._frame(f)
         except ProtocolError as e:
             self.session.fatal(e.code, e.message)
             self._decoder = FrameDecoder(frozenset(), CONTROL_MAX)
         except Exception as e:
             log.exception("internal error on a connection of %s", self.session.job)
             self.session.fatal(ErrorCode.INTERNAL, type(e).__name__)
+        finally:
+            core.end_batch()
 
     def _frame(self, f: Frame) -> None:
         if self.session.transport is None or self.session.transport.is_closing():
@@ -375,24 +390,30 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
             self._control(h, f.body)
             return
         slot, length = decode_staged(f.body)
-        s, core = self.session, self.agent.core
+        self._staged(h.request_id, h.aux, slot, length)
+
+    def _staged(self, request_id: int, aux: int, slot: int, length: int) -> None:
+        s = self.session
+        if s.transport is None or s.transport.is_closing():
+            return
+        core = self.agent.core
         if slot >= self.slots or length > self.slot_bytes:
             raise ProtocolError(ErrorCode.BAD_FRAME,
                                 f"staging slot {slot} / {length} bytes outside the region "
                                 f"({self.slots} x {self.slot_bytes})")
-        if slot in self.busy:
-            s.send_error(h.request_id, ErrorCode.WINDOW_EXCEEDED,
+        busy = self.busy
+        if slot in busy:
+            s.send_error(request_id, ErrorCode.WINDOW_EXCEEDED,
                          f"staging slot {slot} is still in use")
             return
-        refusal = core.check(s, h.request_id, h.aux, length)
+        refusal = core.check(s, request_id, aux, length)
         if refusal is not None:
             core.stats.errors += 1
-            s.send_error(h.request_id, *refusal)
+            s.send_error(request_id, *refusal)
             return
-        self.busy.add(slot)
-        busy = self.busy
-        p = Pending(s, h.request_id, h.aux, length, src=self.region,
-                    src_off=slot * self.slot_bytes, release=lambda: busy.discard(slot))
+        busy.add(slot)
+        p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes,
+                    partial(busy.discard, slot))
         core.admit(p)
         s.admitted()
         core.submit(p)

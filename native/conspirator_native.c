@@ -240,14 +240,13 @@ static PyTypeObject RingType = {
 
 /* ------------------------------------------------------------------ copy engine */
 
-/* With CONSPIRATOR_COPY=rep-movsb, large copies (LARGE_COPY_MIN and up) use `rep movsb` on
- * x86-64 CPUs with ERMS (enhanced REP MOVSB, CPUID.7.0:EBX bit 9).  glibc's memcpy stops
+/* Large copies (LARGE_COPY_MIN and up) use `rep movsb` on x86-64 CPUs with ERMS (enhanced
+ * REP MOVSB, CPUID.7.0:EBX bit 9), as the kernel's own copies do.  glibc's memcpy stops
  * using it at about the L2 size on AMD and runs a vector loop instead; on the development
  * machine (AMD EPYC, Zen 5) that moves a 1 MiB request from staging into a slot at about
- * 58 GB/s where `rep movsb` moves it at about 80 (benchmarks/datapath: the memcpy ceiling
- * records both).  Off by default: it also speeds up an agent on a loaded host core, which
- * erodes the reserved core's latency advantage the benchmark's p50 target measures (see
- * docs/datapath.md).  Overlapping ranges, small copies and other CPUs use memmove. */
+ * 51 GB/s where `rep movsb` moves it at 58-62 (benchmarks/datapath records both the
+ * ceilings and the agent's copy rate).  CONSPIRATOR_COPY=memmove turns it off; overlapping
+ * ranges, small copies and other CPUs use memmove. */
 #define LARGE_COPY_MIN (512 * 1024)
 
 static int use_movsb = 0;
@@ -261,7 +260,7 @@ static void detect_large_copy(void) {
         use_movsb = (b >> 9) & 1;
     }
     const char *env = getenv("CONSPIRATOR_COPY");
-    if (!env || strcmp(env, "rep-movsb") != 0) use_movsb = 0;
+    if (env && strcmp(env, "memmove") == 0) use_movsb = 0;
 }
 
 static void large_copy(char *d, const char *s, size_t n) {

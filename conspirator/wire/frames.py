@@ -369,6 +369,32 @@ class Welcome:
 STAGED = struct.Struct("<II")
 
 
+#: A whole STAGED frame: header and body (the one-sided transports' steady state).
+STAGED_FRAME = struct.Struct("<4sBBHQIIII")
+
+
+def parse_staged_frames(data: bytes | bytearray | memoryview
+                        ) -> list[tuple[int, int, int, int]] | None:
+    """``data`` as whole, well-formed STAGED frames: ``(request_id, aux, slot, length)``
+    each; None when it is anything else (a partial frame, another type, a bad field), for
+    :class:`FrameDecoder` to handle (and refuse) frame by frame.
+
+    The checks are exactly those :func:`parse_header` and :func:`decode_staged` make on a
+    STAGED frame, so the fast path accepts nothing the decoder would refuse.
+    """
+    if not data or len(data) % STAGED_FRAME.size:
+        return None
+    out = []
+    for magic, version, mtype, flags, request_id, length, aux, slot, n in \
+            STAGED_FRAME.iter_unpack(data):
+        if (magic != MAGIC or not MIN_VERSION <= version <= MAX_VERSION
+                or mtype != MsgType.STAGED or flags or length != STAGED.size
+                or request_id == 0):
+            return None
+        out.append((request_id, aux, slot, n))
+    return out
+
+
 def encode_staged(slot: int, length: int) -> bytes:
     return STAGED.pack(slot, length)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from conspirator.dpu_agent.cli import event_loop
 from conspirator.dpu_agent.core import AgentConfig
 from conspirator.dpu_agent.localregistry import LocalRegistry
 from conspirator.dpu_agent.server import Agent
@@ -33,10 +34,11 @@ NODE_TOKEN = "node-secret"
 
 
 class LoopThread:
-    """An asyncio event loop running in a daemon thread."""
+    """The agent's event loop (``--event-loop``: uvloop where installed, or asyncio's)
+    running in a daemon thread."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, kind: str = "auto") -> None:
+        self.loop = event_loop(kind)[0]()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                        name="test-loop")
         self.thread.start()
@@ -120,9 +122,10 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 @contextmanager
 def node(jobs: dict[str, str], config: AgentConfig | None = None,
-         with_registry: bool = True, native: Impl | None = None) -> Iterator[Node]:
+         with_registry: bool = True, native: Impl | None = None,
+         loop: str = "auto") -> Iterator[Node]:
     d = short_dir()
-    lt = LoopThread()
+    lt = LoopThread(loop)
     cfg = config or AgentConfig(window=8, staging_budget=64 << 20, max_payload=4 << 20,
                                 local_slot_bytes=1 << 20, no_replica_timeout=2.0)
     agent = Agent(cfg, StaticTokens(jobs, {NODE: NODE_TOKEN}), tcp=("127.0.0.1", 0),

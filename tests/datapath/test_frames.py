@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conspirator.wire import auth
 from conspirator.wire.frames import (
@@ -30,6 +32,7 @@ from conspirator.wire.frames import (
     encode_staged,
     pack_header,
     parse_header,
+    parse_staged_frames,
     valid_job,
 )
 
@@ -129,3 +132,56 @@ def test_auth_binds_token_job_mode_and_nonces() -> None:
                            b"a" * 16, 1, mac)
     assert not auth.verify("secret", Hello("team-a/job", Mode.LOCAL, b"c" * 16),
                            b"a" * 16, 1, mac)
+
+
+STAGED_CHANNEL = frozenset({MsgType.STAGED, MsgType.PING, MsgType.PONG, MsgType.BYE,
+                            MsgType.ERROR})
+
+
+def _decoded(data: bytes) -> list[tuple[int, int, int, int]] | None:
+    """What the frame-by-frame decoder makes of ``data``, None unless it is only whole
+    STAGED frames the decoder accepts."""
+    d = FrameDecoder(STAGED_CHANNEL, CONTROL_MAX)
+    try:
+        frames = d.feed(data)
+        out = [(f.header.request_id, f.header.aux, *decode_staged(f.body)) for f in frames
+               if f.header.type is MsgType.STAGED]
+    except ProtocolError:
+        return None
+    if d.mid_frame or len(out) != len(frames) or not frames:
+        return None
+    return out
+
+
+def test_staged_fast_path_accepts_exactly_whole_valid_staged_frames() -> None:
+    good = b"".join(encode(MsgType.STAGED, encode_staged(i, 4096 * i), 7 + i, i)
+                    for i in range(5))
+    assert parse_staged_frames(good) == [(7 + i, i, i, 4096 * i) for i in range(5)]
+    assert parse_staged_frames(good) == _decoded(good)
+    assert parse_staged_frames(b"") is None
+    assert parse_staged_frames(good[:-1]) is None  # partial frame
+    ping = encode(MsgType.PING, b"", 1)
+    assert parse_staged_frames(good + ping + ping[:8]) is None  # another type
+    for pos, value in ((0, 0), (4, 2), (5, MsgType.REQUEST), (6, 1), (16, 9)):
+        bad = bytearray(good)
+        bad[32 + pos] = value  # second frame: magic, version, type, flags, length
+        assert parse_staged_frames(bytes(bad)) is None
+    zero_id = encode(MsgType.STAGED, encode_staged(0, 1), 0)
+    assert parse_staged_frames(zero_id) is None and _decoded(zero_id) is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 31), st.integers(0, 255)), max_size=4),
+       st.integers(1, 4), st.binary(max_size=40))
+def test_staged_fast_path_agrees_with_the_decoder(flips: list[tuple[int, int]], n: int,
+                                                  tail: bytes) -> None:
+    data = bytearray(b"".join(encode(MsgType.STAGED, encode_staged(i, i * 3), i + 1, i)
+                              for i in range(n)))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    for chunk in (bytes(data), bytes(data) + tail):
+        fast = parse_staged_frames(chunk)
+        # Whatever the fast path takes, the decoder takes the same way; what it leaves,
+        # the decoder handles (and refuses where it must).
+        if fast is not None:
+            assert fast == _decoded(chunk)

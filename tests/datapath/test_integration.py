@@ -23,9 +23,14 @@ from .harness import conspirator, node, stop_process, worker_process
 JOB, TOKEN = "team-a/echo", "job-token"
 
 
-@pytest.mark.parametrize(("transport", "mode"), [("tcp", "closed"), ("local", "open")])
-def test_two_worker_processes_serve_loadgen(tmp_path: Path, transport: str, mode: str) -> None:
-    with node({JOB: TOKEN}) as n:
+@pytest.mark.parametrize(("transport", "mode", "loop"),
+                         [("tcp", "closed", "uvloop"), ("local", "open", "uvloop"),
+                          ("tcp", "open", "asyncio"), ("local", "closed", "asyncio")])
+def test_two_worker_processes_serve_loadgen(tmp_path: Path, transport: str, mode: str,
+                                            loop: str) -> None:
+    # The agent's default loop is uvloop; the standard asyncio loop (--event-loop asyncio,
+    # or where uvloop is missing) serves the same flow.
+    with node({JOB: TOKEN}, loop=loop) as n:
         workers = [worker_process(n.registry_path, JOB, f"replica-{i}", size=8192, slots=2,
                                   delay=0.0005) for i in range(2)]
         try:
@@ -53,10 +58,12 @@ def test_two_worker_processes_serve_loadgen(tmp_path: Path, transport: str, mode
                 stop_process(w)
 
 
-def test_bytes_arrive_intact_in_both_replicas() -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_bytes_arrive_intact_in_both_replicas(loop: str) -> None:
     """Random payloads of every size up to the slot reach a worker unchanged (CRC-32
-    computed by the worker over its input tensor), over both transports."""
-    with node({JOB: TOKEN}) as n:
+    computed by the worker over its input tensor), over both transports (the large ones
+    through the `rep movsb` copy where the CPU has it)."""
+    with node({JOB: TOKEN}, loop=loop) as n:
         workers = [worker_process(n.registry_path, JOB, f"replica-{i}", model="checksum",
                                   size=1 << 20, slots=2) for i in range(2)]
         try:

@@ -178,17 +178,21 @@ def _check_large_copy(nat: Impl, n: int) -> None:
 
 
 @pytest.mark.skipif(native.C_MODULE is None, reason="needs the C module")
-def test_rep_movsb_copies_when_asked() -> None:
-    # CONSPIRATOR_COPY=rep-movsb turns the C engine's `rep movsb` on (where the CPU has
-    # ERMS); the same checks then run on that path, in a fresh interpreter.
+@pytest.mark.parametrize("setting", [None, "rep-movsb", "memmove"])
+def test_large_copy_engine_choice(setting: str | None) -> None:
+    # `rep movsb` is the C engine's default for large copies where the CPU has ERMS;
+    # CONSPIRATOR_COPY=memmove turns it off.  The same checks run on the path chosen, in a
+    # fresh interpreter.
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_native as t; "
             "from conspirator.wire import native; "
             "print(native.C_MODULE.LARGE_COPY); "
             "[t._check_large_copy(native.C_MODULE, n) for n in (512 << 10, (1 << 20) + 3)]")
-    env = {**os.environ, "CONSPIRATOR_COPY": "rep-movsb"}
+    env = {k: v for k, v in os.environ.items() if k != "CONSPIRATOR_COPY"}
+    if setting is not None:
+        env["CONSPIRATOR_COPY"] = setting
     r = subprocess.run([sys.executable, "-P", "-c", code, os.path.dirname(__file__)],
                        env=env, capture_output=True, text=True, timeout=60, check=True)
     with open("/proc/cpuinfo") as f:
         erms = "erms" in f.read().split()
-    assert r.stdout.split()[0] == ("rep-movsb" if erms and platform.machine() == "x86_64"
-                                   else "memmove")
+    movsb = erms and platform.machine() == "x86_64" and setting != "memmove"
+    assert r.stdout.split()[0] == ("rep-movsb" if movsb else "memmove")
