@@ -288,9 +288,9 @@ class MixPackHeuristic:
                migration_budget: int | None = None) -> Decision:
         """Plan every job of ``state`` plus ``jobs`` afresh; adopt it if within the budget.
 
-        The fresh plan is taken when its migrations fit ``migration_budget`` and it
-        scores better than keeping what runs and placing only the new jobs;
-        otherwise the latter is kept.  ``Decision.placed`` lists the whole plan.
+        The fresh plan is taken when its migrations fit ``migration_budget``, it
+        serves every job that runs now and it scores better than keeping what runs
+        and placing only the new jobs; otherwise the latter is kept.  ``Decision.placed`` lists the whole plan.
         """
         if migration_budget is not None and migration_budget < 0:
             raise ValueError("migration_budget must be >= 0")
@@ -309,7 +309,10 @@ class MixPackHeuristic:
             b.release(jid)
         dec_b = self._plan(b, everything, table)
         moves_b = count_migrations(before, replica_map(b))
+        # A fresh plan that leaves a running job unplaced is not taken, whatever it saves.
+        running = {jid for jid in state.jobs if state.served_rps(jid) > 0}
         pick_b = (migration_budget is None or moves_b <= migration_budget) and (
+            running.isdisjoint(dec_b.unplaced_ids())) and (
             score(b, everything).value < score(a, everything).value)
         chosen, dec = (b, dec_b) if pick_b else (a, dec_a)
         state.__dict__.update(chosen.__dict__)

@@ -11,6 +11,7 @@ from conspirator.operator.placement.lpdive import LpDiveHeuristic
 from conspirator.operator.placement.milp import MilpPolicy
 from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.policy import PlacementPolicy
+from conspirator.operator.placement.submip import SubMipHeuristic
 
 MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
     "conspirator": ConspiratorPolicy,
@@ -18,6 +19,7 @@ MIG_POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
     "milp": MilpPolicy,
     "mixpack": MixPackHeuristic,
     "lpdive": LpDiveHeuristic,
+    "submip": SubMipHeuristic,
     "whole-gpu": WholeGpu,
     "naive-sharing": NaiveSharing,
     "bestfit": BestFit,

@@ -70,7 +70,7 @@ def check_plan(state: ClusterState, jobs: list[Job], unplaced: set[str]) -> None
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(instances(), st.sampled_from(["conspirator", "mixpack", "lpdive", "bestfit",
+@given(instances(), st.sampled_from(["conspirator", "mixpack", "lpdive", "submip", "bestfit",
                                      "naive-sharing", "gavel", "whole-gpu"]))
 def test_place_yields_valid_plan(inst: tuple[ClusterState, list[Job]], policy: str) -> None:
     state, jobs = inst
@@ -83,7 +83,7 @@ def test_place_yields_valid_plan(inst: tuple[ClusterState, list[Job]], policy: s
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances(), st.integers(0, 6), st.data(),
-       st.sampled_from(["greedy", "conspirator", "mixpack", "lpdive", "milp"]))
+       st.sampled_from(["greedy", "conspirator", "mixpack", "lpdive", "submip", "milp"]))
 def test_arrivals_departures_and_replan_stay_valid(
     inst: tuple[ClusterState, list[Job]], budget: int, data: st.DataObject, policy: str
 ) -> None:
