@@ -290,7 +290,8 @@ class MixPackHeuristic:
 
         The fresh plan is taken when its migrations fit ``migration_budget``, it
         serves every job that runs now and it scores better than keeping what runs
-        and placing only the new jobs; otherwise the latter is kept.  ``Decision.placed`` lists the whole plan.
+        and placing only the new jobs; otherwise the latter is kept.
+        ``Decision.placed`` lists the whole plan.
         """
         if migration_budget is not None and migration_budget < 0:
             raise ValueError("migration_budget must be >= 0")
