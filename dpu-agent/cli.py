@@ -66,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--rdma", nargs="?", const="", default=None, metavar="DEVICE",
                    help="serve RDMA clients (first device, or DEVICE)")
     p.add_argument("--cpu", help="pin the agent to these CPUs (the DPU's reserved cores)")
+    p.add_argument("--busy-poll-us", type=int,
+                   default=int(os.environ.get("CONSPIRATOR_BUSY_POLL_US", "0") or 0),
+                   help="on cores of its own (a DPU's, or reserved with --cpu): keep polling "
+                        "instead of sleeping while requests are in flight and for this many "
+                        "microseconds after the last event; 0 (default): sleep (an agent on "
+                        "shared host cores must not poll; env CONSPIRATOR_BUSY_POLL_US)")
     p.add_argument("--ready-file", type=Path,
                    help="write {tcp_port, pid} here once listening")
     p.add_argument("--stats-file", type=Path,
@@ -122,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
                       staging_budget=max(args.staging_budget, args.max_payload),
                       request_timeout=args.request_timeout,
                       no_replica_timeout=args.no_replica_timeout,
-                      local_slot_bytes=args.local_slot)
+                      local_slot_bytes=args.local_slot, busy_poll_us=args.busy_poll_us)
     loop_factory, loop_name = event_loop(args.event_loop)
     logging.getLogger("conspirator.dpu_agent").info("event loop: %s", loop_name)
     with asyncio.Runner(loop_factory=loop_factory) as runner:

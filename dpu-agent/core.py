@@ -54,6 +54,7 @@ class AgentConfig:
     no_replica_timeout: float = 5.0
     handshake_timeout: float = 5.0
     local_slot_bytes: int = 4 << 20  # staging slot of a one-sided (local/RDMA) client
+    busy_poll_us: int = 0  # poll instead of sleeping for this long after an event (0: off)
 
 
 class Session:
@@ -227,6 +228,7 @@ class Stats:
     auth_failures: int = 0
     copy_ns: int = 0  # time inside the copy engine (staging -> slot)
     copy_bytes: int = 0
+    idle_poll_ns: int = 0  # busy polling that found nothing (``poller.py``)
 
 
 class AgentCore:
@@ -242,6 +244,9 @@ class AgentCore:
         self.stats = Stats()
         self.shutting_down = False
         self._to_ring: set[str] = set()
+        # Called on every data-path event (the busy poller's hook; a no-op without it).
+        self.kick: Callable[[], None] = _no_kick
+        self._completion_wakeups = True
         # A batch (the frames of one read, the completions of one wake-up): doorbells are
         # rung and answers written once, when it ends, without a trip through the loop.
         self._batch_depth = 0
@@ -293,8 +298,8 @@ class AgentCore:
         rep.ctl.epoch = self.epoch
         self.replicas[rep.buffer_id] = rep
         self.job(rep.job).add(rep)
-        if self.loop is not None:
-            self.loop.add_reader(rep.completion_fd, self._on_completion, rep)
+        if self.loop is not None and self._completion_wakeups:
+            self.loop.add_reader(rep.completion_fd, self.on_completion, rep)
         log.info("replica %s of %s published as buffer %d (%d x %d bytes, weight %g, %s)",
                  rep.name, rep.job, rep.buffer_id, rep.geometry.slots,
                  rep.geometry.slot_bytes, rep.weight, rep.target.kind)
@@ -458,9 +463,34 @@ class AgentCore:
 
     # ------------------------------------------------------------------ completions
 
-    def _on_completion(self, rep: ReplicaHandle) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.eventfd_read(rep.completion_fd)
+    def in_flight(self) -> bool:
+        """Whether any replica holds a request the agent waits for."""
+        return any(rep.inflight for rep in self.replicas.values())
+
+    def completion_wakeups(self, on: bool) -> None:
+        """Whether the replicas' completion eventfds wake the loop; off while the busy
+        poller reads the completion rings itself (an eventfd left unread is drained by the
+        first wake-up once they are back on)."""
+        if on == self._completion_wakeups:
+            return
+        self._completion_wakeups = on
+        if self.loop is None:
+            return
+        for rep in self.replicas.values():
+            if rep.closed:
+                continue
+            if on:
+                self.loop.add_reader(rep.completion_fd, self.on_completion, rep)
+            else:
+                self.loop.remove_reader(rep.completion_fd)
+
+    def on_completion(self, rep: ReplicaHandle, woken: bool = True) -> None:
+        """The replica's completion eventfd fired (``woken``), or the poller saw entries
+        on its completion ring."""
+        self.kick()
+        if woken:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.eventfd_read(rep.completion_fd)
         self.begin_batch()
         try:
             self._reap(rep)
@@ -606,3 +636,7 @@ class AgentCore:
         for job in self.jobs.values():
             job.replicas.clear()
             job.slot_max = 0
+
+
+def _no_kick() -> None:
+    return None

@@ -61,6 +61,11 @@ class AgentCollector(Collector):
                                 "Time inside the copy engine", labels=["node"])
         c.add_metric([self.node], stats.copy_ns / 1e9)
         yield c
+        c = CounterMetricFamily("conspirator_agent_idle_poll_seconds",
+                                "Busy polling that found nothing (--busy-poll-us): the agent's "
+                                "CPU time less this is its busy time", labels=["node"])
+        c.add_metric([self.node], stats.idle_poll_ns / 1e9)
+        yield c
         g = GaugeMetricFamily("conspirator_agent_replicas",
                               "Replicas (published input buffers) the agent dispatches to, "
                               "by job", labels=["node", "job"])

@@ -67,6 +67,7 @@ from conspirator.wire.registration import (
 from conspirator.wire.shm import LayoutError, new_memfd
 
 from .core import AgentConfig, AgentCore, Pending, Session
+from .poller import BusyPoller
 from .staging import StagingBuffer, StagingPool
 from .tokens import TokenStore
 
@@ -210,6 +211,7 @@ class InlineProtocol(_BaseProtocol, asyncio.BufferedProtocol):
         return self._dest[self._pos:self._need]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.agent.core.kick()
         self._pos += nbytes
         try:
             while self._pos >= self._need:
@@ -363,6 +365,7 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         core = self.agent.core
+        core.kick()
         core.begin_batch()  # doorbells and answers leave once, at the end
         try:
             # The steady state: whole STAGED frames, handled without the decoder.
@@ -454,12 +457,16 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tcp_port = 0
         self._closed = asyncio.Event()
+        self.poller: BusyPoller | None = None
 
     # -- lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.core.loop = loop
+        if self.config.busy_poll_us > 0:
+            self.poller = BusyPoller(self.core, self.config.busy_poll_us)
+            self.poller.start(loop)
         if self.tcp is not None:
             s = socket.create_server(self.tcp, reuse_port=False, backlog=128)
             s.setblocking(False)
@@ -526,6 +533,8 @@ class Agent:
         await self._closed.wait()
 
     async def close(self, reason: str = "the agent is shutting down") -> None:
+        if self.poller is not None:
+            self.poller.stop()
         self.core.shutdown(reason)
         for s in list(self.sessions):
             s.fatal(ErrorCode.SHUTTING_DOWN, reason)

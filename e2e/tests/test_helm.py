@@ -88,6 +88,14 @@ def test_chart_lints_renders_and_is_accepted(cluster: Cluster, tmp_path: Path, n
     assert proc.returncode == 0, proc.stderr
     kinds = {d["kind"] for d in rest}
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    # The agent polls only where the values say its cores are its own.
+    poll = (yaml.safe_load(values.read_text()) if values else {}) or {}
+    poll_us = (poll.get("dpuAgent") or {}).get("busyPollMicros", 0)
+    agents = [d for d in rest if d["kind"] == "DaemonSet"
+              and d["metadata"]["name"].endswith("dpu-agent")]
+    for ds in agents:
+        args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert (f"--busy-poll-us={poll_us}" in args) == (poll_us > 0), args
 
 
 BAD_VALUES: list[tuple[str, str]] = [

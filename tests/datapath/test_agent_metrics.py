@@ -54,6 +54,7 @@ def test_metrics_count_requests_replicas_and_staging() -> None:
     assert after[("conspirator_agent_replicas", (("job", JOB), ("node", "node-1")))] == 2
     assert after[("conspirator_agent_staging_budget_bytes", node_label)] == 64 << 20
     assert after[("conspirator_agent_copy_seconds_total", node_label)] > 0
+    assert after[("conspirator_agent_idle_poll_seconds_total", node_label)] == 0  # not polling
     names = {name for name, _ in after}
     assert {f"{m}_total" for m, _ in COUNTERS.values()} <= names
 
