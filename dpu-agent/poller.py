@@ -9,9 +9,9 @@ saves is the wake-up: the completion no longer waits for an idle core to be woke
 the client's next request finds the agent running.  An agent that shares host cores with
 tenants must not poll (it would take a core from them); the default is 0, off.
 
-The time the poller spends finding nothing is counted (``Stats.idle_poll_ns``): a polling
-core is always 100% busy, so the agent's capacity is its CPU time less that idle time (the
-way DPDK reports a polling core's busy cycles).
+The CPU time the poller spends finding nothing is counted (``Stats.idle_poll_ns``, the
+loop thread's CPU clock): a polling core is always 100% busy, so the agent's capacity is its
+CPU time less that idle time (the way DPDK reports a polling core's busy cycles).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class BusyPoller:
         self.rings_reaped = 0  # completion rings read without an eventfd wake-up
         self._seen = 0
         self._until = 0
-        self._last = 0
+        self._last_cpu = 0  # this thread's CPU time at the previous poll
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -52,7 +52,7 @@ class BusyPoller:
             self.parked = False
             self.core.completion_wakeups(False)
             self._seen = self.events - 1  # this event counts as activity
-            self._last = time.monotonic_ns()
+            self._last_cpu = time.thread_time_ns()
             self.loop.call_soon(self._poll)
 
     def _poll(self) -> None:
@@ -68,13 +68,16 @@ class BusyPoller:
         if self.events != self._seen:
             self._seen = self.events
             self._until = now + self.window_ns
+            self._last_cpu = time.thread_time_ns()
         else:
-            core.stats.idle_poll_ns += now - self._last
             # Nothing to do: whatever else is runnable on this core goes first (a no-op on
-            # a core of its own; where a client shares the core, it is not starved).
+            # a core of its own; where a client shares the core, it is not starved).  The
+            # yield is part of the idle polling and is counted with it, in this thread's
+            # CPU time (not wall time: while another process runs, the agent spends none).
             os.sched_yield()
-            now = time.monotonic_ns()
-        self._last = now
+            cpu = time.thread_time_ns()
+            core.stats.idle_poll_ns += cpu - self._last_cpu
+            self._last_cpu = cpu
         if now < self._until or core.in_flight():
             self.loop.call_soon(self._poll)
         else:
