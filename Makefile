@@ -90,9 +90,9 @@ bench-mig: install
 		--policy naive-sharing --policy bestfit --policy gavel --policy whole-gpu \
 		--seeds 10 --out benchmarks/results/mig
 	$(BIN)/python benchmarks/mig_gap.py --sizes 20 50 100 150 200 --seeds 4 \
-		--gpus-per-job 0.9 --name mig_gap_slack --out benchmarks/results/mig
+		--gpus-per-job 0.9 --name mig_gap_slack --out benchmarks/results/mig --check
 	$(BIN)/python benchmarks/mig_gap.py --sizes 20 50 100 150 200 --seeds 4 \
-		--gpus-per-job 0.45 --name mig_gap_tight --out benchmarks/results/mig
+		--gpus-per-job 0.45 --name mig_gap_tight --out benchmarks/results/mig --check
 
 bench-scale: install
 	$(BIN)/python benchmarks/fractional_scale.py
