@@ -54,9 +54,10 @@ from conspirator.wire.shm import ControlBlock, DataBuffer, Geometry
 
 HERE = Path(__file__).resolve().parent
 HOST_CPU, DPU_CPU, CLIENT_CPU = 0, 1, 1
-#: The reserved-core agent polls (it has the core to itself, as on a DPU); the host-core
-#: agent shares its core with the load and sleeps between events.
-BUSY_POLL_US = 200
+#: Polling window of the reserved-core agent (--busy-poll-us); 0: it sleeps between events
+#: like the host-core agent.  Off by default: on 2 cores the client shares the reserved core,
+#: and polling measured no better there (docs/datapath.md); with a third core, try 200.
+BUSY_POLL_US = 0
 JOB, TOKEN = "bench/datapath", "bench-token"
 SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20)
 #: name -> (percent of the host core, dp_load.py kind)
