@@ -83,12 +83,7 @@ class _Lp:
     """The relaxed MILP in HiGHS, with bound changes and warm re-solves."""
 
     def __init__(self, md: milp._Model, time_limit_s: float) -> None:
-        self.h = highspy.Highs()  # type: ignore[no-untyped-call]
-        self.h.silent()
-        self.h.setOptionValue("output_flag", False)
-        self.h.setOptionValue("threads", 1)
-        self.h.setOptionValue("random_seed", 0)
-        self.h.setOptionValue("time_limit", float(time_limit_s))
+        self.h = milp.new_highs(time_limit_s)
         self.h.passModel(md.to_highs(relax=True))
         self.lower = np.asarray(md.lower, dtype=np.float64)
         self.upper = np.asarray(md.upper, dtype=np.float64)

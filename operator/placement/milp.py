@@ -434,14 +434,20 @@ class _Solution:
     optimal: bool  # the solver's status
 
 
-def _solve(md: _Model, time_limit_s: float, relax: bool = False, mip_rel_gap: float = 0.0,
-           mip_abs_gap: float = 1e-6, start: list[float] | None = None) -> _Solution | None:
+def new_highs(time_limit_s: float) -> highspy.Highs:
+    """A silent, deterministic, single-threaded HiGHS with a time limit."""
     h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.silent()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("random_seed", 0)
     h.setOptionValue("threads", 1)
+    return h
+
+
+def _solve(md: _Model, time_limit_s: float, relax: bool = False, mip_rel_gap: float = 0.0,
+           mip_abs_gap: float = 1e-6, start: list[float] | None = None) -> _Solution | None:
+    h = new_highs(time_limit_s)
     if not relax:
         h.setOptionValue("mip_rel_gap", mip_rel_gap)
         h.setOptionValue("mip_abs_gap", mip_abs_gap)

@@ -145,19 +145,9 @@ def value_of(md: milp._Model, x: Sequence[float]) -> float:
     return md.offset + sum(c * val for c, val in zip(md.cost, x, strict=True) if c)
 
 
-def _highs(time_limit_s: float) -> highspy.Highs:
-    h = highspy.Highs()  # type: ignore[no-untyped-call]
-    h.silent()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", float(time_limit_s))
-    h.setOptionValue("random_seed", 0)
-    h.setOptionValue("threads", 1)
-    return h
-
-
 def root_lp(md: milp._Model, time_limit_s: float) -> RootLp | None:
     """The LP relaxation of ``md`` (``None``: not solved to optimality in time)."""
-    h = _highs(time_limit_s)
+    h = milp.new_highs(time_limit_s)
     h.passModel(md.to_highs(relax=True))
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -182,7 +172,7 @@ def solve_restricted(pb: milp._Problem, x: Sequence[float], zero: Sequence[int],
                       row_lo=md.row_lo, row_hi=md.row_hi, row_start=md.row_start,
                       row_index=md.row_index, row_value=md.row_value, offset=md.offset)
     g = pb.granularity
-    h = _highs(time_limit_s)
+    h = milp.new_highs(time_limit_s)
     # With a granular objective a gap below one step is optimal (as in milp.py).
     h.setOptionValue("mip_abs_gap", 0.999 * g if g > 0 else 1e-6)
     h.setOptionValue("mip_rel_gap", 0.0)

@@ -16,7 +16,6 @@ import pytest
 from conspirator.operator.placement import milp
 from conspirator.operator.placement.bruteforce import brute_force
 from conspirator.operator.placement.cluster import ClusterState
-from conspirator.operator.placement.common import replica_map
 from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.lpdive import LpDiveHeuristic
@@ -139,35 +138,6 @@ def test_agrees_with_brute_force_on_tiny_instances() -> None:
         assert value >= best.objective - 1e-9, seed
         hits += value == pytest.approx(best.objective)
     assert hits >= 28  # a heuristic, so not asserted exactly
-
-
-def test_deterministic_and_places_around_running_jobs() -> None:
-    state, jobs = make_instance(2, 50)
-    GreedyHeuristic().place(state, jobs[:25], TABLE)
-    before = replica_map(state)
-    a, b = state.copy(), state.copy()
-    dec = SubMipHeuristic().place(a, jobs[25:], TABLE)
-    SubMipHeuristic().place(b, jobs[25:], TABLE)
-    assert replica_map(a) == replica_map(b)
-    after = replica_map(a)
-    for jid, reps in before.items():
-        assert after[jid] == reps
-    new_ids = {j.id for j in jobs[25:]}
-    assert {r.job_id for r in dec.placed} <= new_ids
-    check_plan(a, [j for j in jobs if j.id in before or j.id in new_ids], dec.unplaced_ids())
-
-
-def test_replan_respects_the_budget() -> None:
-    state, jobs = make_instance(3, 30)
-    greedy = GreedyHeuristic()
-    for j in jobs:
-        greedy.place(state, [j], TABLE)
-    kept = score(state, jobs).value
-    served = {j.id for j in jobs if state.served_rps(j.id)}
-    dec = SubMipHeuristic().replan(state, [], TABLE, migration_budget=4)
-    assert dec.migrations <= 4
-    assert score(state, jobs).value <= kept
-    assert served.isdisjoint(dec.unplaced_ids())
 
 
 def test_rejects_a_non_positive_sub_limit() -> None:
