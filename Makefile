@@ -45,7 +45,7 @@ test: install lint typecheck unit e2e
 generate: install
 	$(BIN)/conspirator crdgen --out crds/ --docs docs/api.md
 	cp crds/*.yaml charts/conspirator/crds/
-	cp operator/deploy/peering.yaml charts/conspirator/crds/clusterkopfpeerings.kopf.dev.yaml
+	cp operator/deploy/peering.yaml charts/conspirator/crds/peerings.kopf.dev.yaml
 	$(BIN)/conspirator default-profiles --out charts/conspirator/files/modelprofiles.yaml
 	$(BIN)/conspirator gen-protos
 	$(BIN)/python -P charts/chart_docs.py

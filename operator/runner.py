@@ -61,12 +61,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     registry = build_registry(controller, datapath)
 
     standalone = settings.standalone
-    if not standalone and not await asyncio.to_thread(peering.crd_installed, api):
+    namespaces = tuple(settings.namespaces)
+    if not standalone and not await asyncio.to_thread(peering.crd_installed, api, namespaces):
         log.warning("the kopf peering CRD (%s) is not installed: running standalone; apply "
-                    "operator/deploy/peering.yaml to run several replicas", peering.CRD_NAME)
+                    "operator/deploy/peering.yaml to run several replicas",
+                    peering.crd_name(namespaces))
         standalone = True
     if not standalone:
-        await asyncio.to_thread(peering.ensure_object, api, settings.peering)
+        await asyncio.to_thread(peering.ensure_object, api, settings.peering, namespaces)
     priority = settings.priority if settings.priority is not None else \
         peering.default_priority()
     identity = f"{socket.gethostname()}@{os.getpid()}/{int(time.time())}"
@@ -75,7 +77,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if standalone:
             return True
         return await asyncio.to_thread(peering.is_active, api, settings.peering, identity,
-                                       priority)
+                                       priority, namespaces)
 
     tasks = []
     if settings.replan_interval > 0:

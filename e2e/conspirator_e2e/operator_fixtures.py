@@ -39,7 +39,8 @@ def operator_crds(cluster: Cluster, api: client.ApiClient) -> None:
         cluster.kubectl("apply", "--server-side", "--force-conflicts",
                         "--field-manager=conspirator-e2e", "-f", str(f))
     for name in ("inferencejobs.conspirator.io", "gpunodes.conspirator.io",
-                 "modelprofiles.conspirator.io", "clusterkopfpeerings.kopf.dev"):
+                 "modelprofiles.conspirator.io", "clusterkopfpeerings.kopf.dev",
+                 "kopfpeerings.kopf.dev"):
         def established(name: str = name) -> bool:
             status = ext.read_custom_resource_definition(name).status
             conds = (status.conditions if status else None) or []
