@@ -112,6 +112,9 @@ long run_stream(int fd, int staged, const unsigned char *payload, uint32_t size,
             }
             sent++;
         }
+        /* The deadline can pass between the loop's test and the sends' test: then nothing
+         * is outstanding and there is no answer to wait for. */
+        if (done == sent) break;
         if (read_all(fd, rh, 24) < 0) return -1;
         uint64_t id;
         uint32_t len;
@@ -185,6 +188,7 @@ long run_direct(unsigned char *ctl, uint64_t sq_off, uint64_t cq_off, uint64_t c
             if (write(bell, &one, 8) < 0 && errno != EAGAIN) return -1;
             sent++;
         }
+        if (done == sent) break; /* the deadline passed between the two tests */
         uint64_t tag;
         uint32_t slot;
         while (!pop(ctl + cq_off, cap, &tag, &slot)) {
