@@ -67,7 +67,7 @@ class Session:
         self.closed = False
         self.answered = 0
 
-    def send_response(self, request_id: int, buffer_id: int, data: memoryview) -> None:
+    def send_response(self, request_id: int, buffer_id: int, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
     def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
@@ -91,10 +91,20 @@ class Pending:
     replica: ReplicaHandle | None = None
     slot: int = -1
     done: bool = False
+    # A one-sided request's staging slot: ``held`` is the connection's set of busy slots
+    # (cheaper than a ``release`` closure per request on the hot path).
+    held: set[int] | None = None
+    held_slot: int = 0
 
     def free_source(self) -> None:
-        rel, self.release, self.src = self.release, None, None
+        self.src = None
+        held = self.held
+        if held is not None:
+            self.held = None
+            held.discard(self.held_slot)
+        rel = self.release
         if rel is not None:
+            self.release = None
             rel()
 
 
@@ -135,6 +145,10 @@ class ReplicaHandle:
         # The shared-memory target's hot path: one bounds-checked native copy per request.
         self._shm_mm = self.target._mm if isinstance(self.target, ShmTarget) else None
         self._slot_off = [g.slot_offset(s) for s in range(g.slots)]
+        # The completion path reads results straight from the control mapping.
+        self._ctl_mm = self.ctl.mm
+        self.result_off = [g.result_offset(s) for s in range(g.slots)]
+        self.slot_bytes = g.slot_bytes
         # Slots a previous agent left in flight stay busy until their completion arrives.
         self.orphans = {s for s in range(g.slots) if self.ctl.tags[s] != 0}
         self.free_slots = [s for s in reversed(range(g.slots)) if s not in self.orphans]
@@ -169,7 +183,10 @@ class ReplicaHandle:
             self.free_slots.append(slot)
             raise
         copy_ns = time.perf_counter_ns() - t0
-        p.free_source()
+        if p.held is not None or p.release is not None:
+            p.free_source()
+        else:
+            p.src = None
         p.replica, p.slot = self, slot
         self.ctl.tags[slot] = tag
         self.inflight[slot] = p
@@ -188,6 +205,7 @@ class ReplicaHandle:
     def close(self) -> None:
         self.closed = True
         self._shm_mm = None
+        self._ctl_mm = None
         self.target.close()
         self.ctl.close()
         for fd in self._fds:
@@ -203,14 +221,20 @@ class JobState:
     queue: deque[Pending] = field(default_factory=deque)
     turn: int = 0
     slot_max: int = 0  # the largest slot of the job's replicas (kept by add/remove)
+    single: ReplicaHandle | None = None  # the replica, when the job has exactly one
 
     def add(self, rep: ReplicaHandle) -> None:
         self.replicas[rep.buffer_id] = rep
         self.slot_max = max(self.slot_max, rep.geometry.slot_bytes)
+        self._single()
 
     def remove(self, buffer_id: int) -> None:
         self.replicas.pop(buffer_id, None)
         self.slot_max = max((r.geometry.slot_bytes for r in self.replicas.values()), default=0)
+        self._single()
+
+    def _single(self) -> None:
+        self.single = next(iter(self.replicas.values())) if len(self.replicas) == 1 else None
 
     def max_slot(self) -> int:
         return self.slot_max
@@ -245,7 +269,7 @@ class AgentCore:
         self.shutting_down = False
         self._to_ring: set[str] = set()
         # Called on every data-path event (the busy poller's hook; a no-op without it).
-        self.kick: Callable[[], None] = _no_kick
+        self.kick: Callable[[], None] = no_kick
         self._completion_wakeups = True
         # A batch (the frames of one read, the completions of one wake-up): doorbells are
         # rung and answers written once, when it ends, without a trip through the loop.
@@ -262,8 +286,11 @@ class AgentCore:
 
     def end_batch(self) -> None:
         self._batch_depth -= 1
-        if self._batch_depth:
-            return
+        if not self._batch_depth and (self._batch_ring or self._batch_flush):
+            self.drain_batch()
+
+    def drain_batch(self) -> None:
+        """The end of the outermost batch: ring the doorbells, write the answers."""
         if self._batch_ring:
             names, self._batch_ring = self._batch_ring, set()
             for name in names:
@@ -387,13 +414,19 @@ class AgentCore:
     def submit(self, p: Pending) -> None:
         """The request's bytes are in staging: dispatch it or queue it."""
         self.stats.bytes_in += p.length
-        job = self.job(p.session.job)
+        job = self.jobs.get(p.session.job) or self.job(p.session.job)
         if job.queue or not self._dispatch(job, p):
             job.queue.append(p)
             self._pump(job)
-        self._ring_soon(job)
+        if self._batch_depth:
+            self._batch_ring.add(job.name)
+        else:
+            self._ring_soon(job)
 
     def _pick(self, job: JobState, p: Pending) -> ReplicaHandle | None:
+        rep = job.single
+        if rep is not None and not p.target:
+            return rep if rep.free_slots and rep.slot_bytes >= p.length else None
         if p.target:
             rep = job.replicas.get(p.target)
             return rep if rep is not None and rep.free_slots else None
@@ -487,18 +520,24 @@ class AgentCore:
     def on_completion(self, rep: ReplicaHandle, woken: bool = True) -> None:
         """The replica's completion eventfd fired (``woken``), or the poller saw entries
         on its completion ring."""
-        self.kick()
+        if self.kick is not no_kick:
+            self.kick()
         if woken:
-            with contextlib.suppress(BlockingIOError, OSError):
+            try:  # noqa: SIM105 - contextlib.suppress costs a context manager per wake-up
                 os.eventfd_read(rep.completion_fd)
-        self.begin_batch()
+            except OSError:  # BlockingIOError: nothing to read (a spurious wake-up)
+                pass
+        self._batch_depth += 1
         try:
             self._reap(rep)
-            job = self.jobs.get(rep.job)
-            if job is not None and not rep.closed:
-                self._pump(job)
+            if not rep.closed:
+                job = self.jobs.get(rep.job)
+                if job is not None and job.queue:
+                    self._pump(job)
         finally:
-            self.end_batch()
+            self._batch_depth -= 1
+            if not self._batch_depth and (self._batch_ring or self._batch_flush):
+                self.drain_batch()
 
     def _reap(self, rep: ReplicaHandle) -> None:
         try:
@@ -507,8 +546,10 @@ class AgentCore:
             self.withdraw(rep.buffer_id, f"completion ring corrupted: {e}")
             return
         g = rep.geometry
+        nslots, result_bytes, max_result = g.slots, g.result_bytes, self.config.max_result
+        tags, free, inflight, stats = rep.ctl.tags, rep.free_slots, rep.inflight, self.stats
         for tag, slot, n, status, _micros in entries:
-            if not 0 <= slot < g.slots or tag == 0 or rep.ctl.tags[slot] != tag:
+            if not 0 <= slot < nslots or tag == 0 or tags[slot] != tag:
                 rep.bad_completions += 1
                 log.warning("buffer %d: completion for slot %d with an unknown tag",
                             rep.buffer_id, slot)
@@ -516,16 +557,33 @@ class AgentCore:
                     self.withdraw(rep.buffer_id, "too many bogus completions")
                     return
                 continue
-            rep.ctl.tags[slot] = 0
-            rep.free_slots.append(slot)
+            tags[slot] = 0
+            free.append(slot)
             if rep.orphans:
                 rep.orphans.discard(slot)
-            p = rep.inflight.pop(slot, None)
+            p = inflight.pop(slot, None)
             if p is None:
                 continue  # left by a previous agent
             rep.outstanding_bytes -= p.length
             rep.completed += 1
-            self._deliver(rep, p, n, status)
+            mm = rep._ctl_mm
+            if status or p.done or n > result_bytes or n > max_result or mm is None:
+                self._deliver(rep, p, n, status)
+                continue
+            # The common ending, inline (what _deliver, _finish_ok and _end do for it).
+            if p.held is not None or p.release is not None:
+                p.free_source()
+            p.done = True
+            s = p.session
+            s.inflight.pop(p.request_id, None)
+            s.on_request_done()
+            if s.closed:
+                stats.dropped_no_session += 1
+                continue
+            stats.responses += 1
+            s.answered += 1
+            off = rep.result_off[slot]
+            s.send_response(p.request_id, rep.buffer_id, mm[off:off + n])
 
     def _deliver(self, rep: ReplicaHandle, p: Pending, n: int, status: int) -> None:
         g = rep.geometry
@@ -638,5 +696,6 @@ class AgentCore:
             job.slot_max = 0
 
 
-def _no_kick() -> None:
+def no_kick() -> None:
+    """``AgentCore.kick`` without a poller (the hot paths test for it and skip the call)."""
     return None

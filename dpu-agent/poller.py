@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 
-from .core import AgentCore
+from .core import AgentCore, no_kick
 
 
 class BusyPoller:
@@ -42,7 +42,7 @@ class BusyPoller:
 
     def stop(self) -> None:
         self.loop = None
-        self.core.kick = _no_kick
+        self.core.kick = no_kick
         self.core.completion_wakeups(True)
 
     def kick(self) -> None:
@@ -84,6 +84,3 @@ class BusyPoller:
             self.parked = True
             core.completion_wakeups(True)
 
-
-def _no_kick() -> None:
-    return None

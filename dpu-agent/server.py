@@ -28,16 +28,18 @@ import mmap
 import os
 import socket
 from collections.abc import Callable
-from functools import partial
 from typing import Any, cast
 
 from conspirator.wire import auth
 from conspirator.wire.frames import (
     CONTROL_MAX,
+    HEADER,
     HEADER_SIZE,
+    MAGIC,
     MAX_VERSION,
     MIN_VERSION,
     PUBLISHER_TO_AGENT,
+    VERSION,
     Challenge,
     ErrorCode,
     Frame,
@@ -52,7 +54,6 @@ from conspirator.wire.frames import (
     decode_staged,
     encode,
     encode_error,
-    pack_header,
     parse_header,
     parse_staged_frames,
 )
@@ -66,7 +67,7 @@ from conspirator.wire.registration import (
 )
 from conspirator.wire.shm import LayoutError, new_memfd
 
-from .core import AgentConfig, AgentCore, Pending, Session
+from .core import AgentConfig, AgentCore, Pending, Session, no_kick
 from .poller import BusyPoller
 from .staging import StagingBuffer, StagingPool
 from .tokens import TokenStore
@@ -80,6 +81,8 @@ INLINE_TYPES = frozenset({MsgType.REQUEST, MsgType.PING, MsgType.PONG, MsgType.B
 STAGED_TYPES = frozenset({MsgType.STAGED, MsgType.PING, MsgType.PONG, MsgType.BYE,
                           MsgType.ERROR})
 SWEEP_EVERY = 0.25
+_RESPONSE_HEADER = HEADER.pack
+_RESPONSE = int(MsgType.RESPONSE)
 
 
 class ConnSession(Session):
@@ -113,8 +116,13 @@ class ConnSession(Session):
         if out and t is not None and not t.is_closing():
             t.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def send_response(self, request_id: int, buffer_id: int, data: memoryview) -> None:
-        self._queue(pack_header(MsgType.RESPONSE, request_id, len(data), buffer_id) + data)
+    def send_response(self, request_id: int, buffer_id: int, data: bytes | memoryview) -> None:
+        frame = _RESPONSE_HEADER(MAGIC, VERSION, _RESPONSE, 0, request_id, len(data),
+                                 buffer_id) + data
+        if self._out and self.agent.core.batching:  # the common case: a batch is open
+            self._out.append(frame)
+        else:
+            self._queue(frame)
 
     def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
         self._queue(encode(MsgType.ERROR, encode_error(message), request_id, int(code)))
@@ -211,7 +219,9 @@ class InlineProtocol(_BaseProtocol, asyncio.BufferedProtocol):
         return self._dest[self._pos:self._need]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.agent.core.kick()
+        core = self.agent.core
+        if core.kick is not no_kick:
+            core.kick()
         self._pos += nbytes
         try:
             while self._pos >= self._need:
@@ -365,14 +375,16 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         core = self.agent.core
-        core.kick()
+        if core.kick is not no_kick:
+            core.kick()
         core.begin_batch()  # doorbells and answers leave once, at the end
         try:
             # The steady state: whole STAGED frames, handled without the decoder.
             batch = None if self._decoder.mid_frame else parse_staged_frames(data)
             if batch is not None:
+                staged = self._staged
                 for request_id, aux, slot, length in batch:
-                    self._staged(request_id, aux, slot, length)
+                    staged(request_id, aux, slot, length)
             else:
                 for f in self._decoder.feed(data):
                     self._frame(f)
@@ -409,16 +421,21 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
             s.send_error(request_id, ErrorCode.WINDOW_EXCEEDED,
                          f"staging slot {slot} is still in use")
             return
-        refusal = core.check(s, request_id, aux, length)
-        if refusal is not None:
-            core.stats.errors += 1
-            s.send_error(request_id, *refusal)
-            return
+        job = core.jobs.get(s.job)
+        # core.check's fast path inline: any replica, a new id, a size some slot takes.
+        if (aux or request_id in s.inflight or core.shutting_down or job is None
+                or (job.slot_max and length > job.slot_max)):
+            refusal = core.check(s, request_id, aux, length)
+            if refusal is not None:
+                core.stats.errors += 1
+                s.send_error(request_id, *refusal)
+                return
         busy.add(slot)
-        p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes,
-                    partial(busy.discard, slot))
+        p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes)
+        p.held, p.held_slot = busy, slot
         core.admit(p)
-        s.admitted()
+        if len(s.inflight) >= s.window:
+            s.admitted()
         core.submit(p)
 
     def eof_received(self) -> bool | None:
