@@ -171,28 +171,32 @@ class ReplicaHandle:
         """Copy ``p`` into a free slot and hand it to the worker; returns the nanoseconds
         the copy engine took."""
         slot = self.free_slots.pop()
-        t0 = time.perf_counter_ns()
+        # The tag goes first: an agent restarted after the push still finds the slot busy.
+        self.ctl.tags[slot] = tag
         try:
-            if p.length:
-                if self._shm_mm is not None:
-                    self.native.copy(self._shm_mm, self._slot_off[slot], p.src, p.src_off,
-                                     p.length)
-                else:
+            if self._shm_mm is not None:  # the hot path: copy and push in one native call
+                copy_ns = self.ctl.sq.submit(self._shm_mm, self._slot_off[slot], p.src,
+                                             p.src_off, p.length, tag, slot)
+            else:
+                t0 = time.perf_counter_ns()
+                if p.length:
                     self.target.write(slot, p.src, p.src_off, p.length)
+                copy_ns = time.perf_counter_ns() - t0
+                if not self.ctl.sq.push(tag, slot, p.length, 0, 0):
+                    copy_ns = -1
+            if copy_ns < 0:  # cannot happen: the ring holds twice the slots
+                raise LayoutError("submission ring full")
         except BaseException:
+            self.ctl.tags[slot] = 0
             self.free_slots.append(slot)
             raise
-        copy_ns = time.perf_counter_ns() - t0
         if p.held is not None or p.release is not None:
             p.free_source()
         else:
             p.src = None
         p.replica, p.slot = self, slot
-        self.ctl.tags[slot] = tag
         self.inflight[slot] = p
         self.outstanding_bytes += p.length
-        if not self.ctl.sq.push(tag, slot, p.length, 0, 0):  # cannot happen: sq >= 2 * slots
-            raise LayoutError("submission ring full")
         self.submitted += 1
         self.needs_ring = True
         return copy_ns

@@ -55,7 +55,6 @@ from conspirator.wire.frames import (
     encode,
     encode_error,
     parse_header,
-    parse_staged_frames,
 )
 from conspirator.wire.native import Impl
 from conspirator.wire.registration import (
@@ -380,7 +379,7 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
         core.begin_batch()  # doorbells and answers leave once, at the end
         try:
             # The steady state: whole STAGED frames, handled without the decoder.
-            batch = None if self._decoder.mid_frame else parse_staged_frames(data)
+            batch = None if self._decoder.mid_frame else core.native.parse_staged(data)
             if batch is not None:
                 staged = self._staged
                 for request_id, aux, slot, length in batch:

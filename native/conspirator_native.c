@@ -7,7 +7,13 @@
  *   copy(dst, dst_off, src, src_off, n)   the copy engine: bounds-checked memcpy with the
  *                                  GIL released (large copies: `rep movsb` where the CPU
  *                                  has ERMS, see large_copy below)
+ *   Ring.submit(dst, dst_off, src, src_off, n, tag, slot)   the agent's submission in one
+ *                                  call: the copy engine, then push (tag, slot, n); returns
+ *                                  the copy's nanoseconds, -1 (nothing copied) when full
  *   doorbell_ring(fd) / doorbell_wait(fd, timeout_ms)   eventfd doorbells, GIL released
+ *   parse_staged(data)             whole, well-formed STAGED frames -> [(request_id, aux,
+ *                                  slot, length)], None for anything else (the agent's
+ *                                  one-sided fast path; the frame decoder handles the rest)
  *
  * conspirator/wire/_native_py.py is the pure-Python fallback with the same behaviour
  * (same layout, same errors); tests run both.
@@ -25,6 +31,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RING_HEAD 0
@@ -33,6 +40,11 @@
 #define ENTRY_SIZE 32
 
 static PyObject *RingCorrupted;
+
+#define LARGE_COPY_MIN (512 * 1024)
+static void large_copy(char *d, const char *s, size_t n);
+static int copy_checked(PyObject *dst_obj, Py_ssize_t dst_off, PyObject *src_obj,
+                        Py_ssize_t src_off, Py_ssize_t n);
 
 typedef struct {
     PyObject_HEAD
@@ -140,6 +152,46 @@ static PyObject *Ring_push(RingObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+static uint64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* The agent's submission: copy, then publish (tag, slot, n, 0, 0).  The ring is checked
+ * for room first, so a full ring copies nothing. */
+static PyObject *Ring_submit(RingObject *self, PyObject *args) {
+    PyObject *dst_obj, *src_obj, *o_tag, *o_slot;
+    Py_ssize_t dst_off, src_off, n;
+    unsigned long long tag, slot;
+    if (!PyArg_ParseTuple(args, "OnOnnOO", &dst_obj, &dst_off, &src_obj, &src_off, &n, &o_tag,
+                          &o_slot))
+        return NULL;
+    if (as_u64(o_tag, 0xFFFFFFFFFFFFFFFFULL, &tag) < 0 || as_u64(o_slot, 0xFFFFFFFFULL, &slot) < 0)
+        return NULL;
+    if (n < 0 || (unsigned long long)n > 0xFFFFFFFFULL) {
+        PyErr_SetString(PyExc_ValueError, "copy out of bounds");
+        return NULL;
+    }
+    if (ring_check_open(self) < 0) return NULL;
+    uint64_t head = __atomic_load_n(idx(self, RING_HEAD), __ATOMIC_RELAXED);
+    uint64_t tail = __atomic_load_n(idx(self, RING_TAIL), __ATOMIC_ACQUIRE);
+    if (ring_sane(self, head, tail) < 0) return NULL;
+    if (head - tail == self->capacity) return PyLong_FromLong(-1);
+    uint64_t t0 = mono_ns();
+    if (n && copy_checked(dst_obj, dst_off, src_obj, src_off, n) < 0) return NULL;
+    uint64_t took = mono_ns() - t0;
+    if (ring_check_open(self) < 0) return NULL; /* closed while the GIL was released */
+    unsigned char *e = self->mem + RING_ENTRIES + (head & (self->capacity - 1)) * ENTRY_SIZE;
+    uint32_t f[4] = {(uint32_t)slot, (uint32_t)n, 0, 0};
+    uint64_t zero = 0;
+    memcpy(e, &tag, 8);
+    memcpy(e + 8, f, 16);
+    memcpy(e + 24, &zero, 8);
+    __atomic_store_n(idx(self, RING_HEAD), head + 1, __ATOMIC_RELEASE);
+    return PyLong_FromUnsignedLongLong(took);
+}
+
 static PyObject *entry_tuple(const unsigned char *e) {
     uint64_t tag;
     uint32_t f[4];
@@ -211,6 +263,9 @@ static PyObject *Ring_get_capacity(RingObject *self, void *closure) {
 static PyMethodDef Ring_methods[] = {
     {"push", (PyCFunction)Ring_push, METH_VARARGS,
      "push(tag, slot, length, status=0, aux=0) -> bool: False when full"},
+    {"submit", (PyCFunction)Ring_submit, METH_VARARGS,
+     "submit(dst, dst_off, src, src_off, n, tag, slot) -> copy nanoseconds, -1 when full: "
+     "copy n bytes, then push (tag, slot, n)"},
     {"pop", (PyCFunction)Ring_pop, METH_NOARGS,
      "pop() -> (tag, slot, length, status, aux) or None when empty"},
     {"pop_many", (PyCFunction)Ring_pop_many, METH_VARARGS,
@@ -247,8 +302,6 @@ static PyTypeObject RingType = {
  * 51 GB/s where `rep movsb` moves it at 58-62 (benchmarks/datapath records both the
  * ceilings and the agent's copy rate).  CONSPIRATOR_COPY=memmove turns it off; overlapping
  * ranges, small copies and other CPUs use memmove. */
-#define LARGE_COPY_MIN (512 * 1024)
-
 static int use_movsb = 0;
 
 #if defined(__x86_64__)
@@ -275,17 +328,17 @@ static void detect_large_copy(void) {}
 static void large_copy(char *d, const char *s, size_t n) { memmove(d, s, n); }
 #endif
 
-static PyObject *native_copy(PyObject *mod, PyObject *args) {
-    PyObject *dst_obj, *src_obj;
-    Py_ssize_t dst_off, src_off, n;
-    if (!PyArg_ParseTuple(args, "OnOnn", &dst_obj, &dst_off, &src_obj, &src_off, &n)) return NULL;
+/* The copy engine: bounds-checked, the GIL released from 64 KiB.  0, or -1 with an
+ * exception set. */
+static int copy_checked(PyObject *dst_obj, Py_ssize_t dst_off, PyObject *src_obj,
+                        Py_ssize_t src_off, Py_ssize_t n) {
     Py_buffer dst, src;
-    if (PyObject_GetBuffer(dst_obj, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(dst_obj, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
     if (PyObject_GetBuffer(src_obj, &src, PyBUF_C_CONTIGUOUS) < 0) {
         PyBuffer_Release(&dst);
-        return NULL;
+        return -1;
     }
-    PyObject *ret = NULL;
+    int ret = -1;
     if (n < 0 || dst_off < 0 || src_off < 0 || dst_off > dst.len - n || src_off > src.len - n ||
         n > dst.len || n > src.len) {
         PyErr_SetString(PyExc_ValueError, "copy out of bounds");
@@ -304,11 +357,73 @@ static PyObject *native_copy(PyObject *mod, PyObject *args) {
     } else {
         memmove(d, s, (size_t)n);
     }
-    ret = PyLong_FromSsize_t(n);
+    ret = 0;
 done:
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
     return ret;
+}
+
+static PyObject *native_copy(PyObject *mod, PyObject *args) {
+    PyObject *dst_obj, *src_obj;
+    Py_ssize_t dst_off, src_off, n;
+    if (!PyArg_ParseTuple(args, "OnOnn", &dst_obj, &dst_off, &src_obj, &src_off, &n)) return NULL;
+    if (copy_checked(dst_obj, dst_off, src_obj, src_off, n) < 0) return NULL;
+    return PyLong_FromSsize_t(n);
+}
+
+/* ------------------------------------------------------------------ STAGED frames */
+
+/* The wire format of conspirator/wire/frames.py: a 24-byte header "CNSP", version, type,
+ * u16 flags, u64 request id, u32 length, u32 aux; a STAGED body is u32 slot, u32 length. */
+#define FRAME_MIN_VERSION 1
+#define FRAME_MAX_VERSION 1
+#define T_STAGED 11
+#define STAGED_FRAME 32
+
+static PyObject *native_parse_staged(PyObject *mod, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    PyObject *out = NULL;
+    if (b.len == 0 || b.len % STAGED_FRAME) goto none;
+    const unsigned char *p = b.buf;
+    Py_ssize_t count = b.len / STAGED_FRAME;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *f = p + i * STAGED_FRAME;
+        uint16_t flags;
+        uint64_t id;
+        uint32_t len;
+        memcpy(&flags, f + 6, 2);
+        memcpy(&id, f + 8, 8);
+        memcpy(&len, f + 16, 4);
+        if (memcmp(f, "CNSP", 4) != 0 || f[4] < FRAME_MIN_VERSION || f[4] > FRAME_MAX_VERSION ||
+            f[5] != T_STAGED || flags != 0 || len != 8 || id == 0)
+            goto none;
+    }
+    out = PyList_New(count);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const unsigned char *f = p + i * STAGED_FRAME;
+        uint64_t id;
+        uint32_t aux, slot, n;
+        memcpy(&id, f + 8, 8);
+        memcpy(&aux, f + 20, 4);
+        memcpy(&slot, f + 24, 4);
+        memcpy(&n, f + 28, 4);
+        PyObject *t = Py_BuildValue("(KIII)", (unsigned long long)id, aux, slot, n);
+        if (!t) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    goto done;
+none:
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    PyBuffer_Release(&b);
+    return out;
 }
 
 /* ------------------------------------------------------------------ doorbells */
@@ -354,6 +469,9 @@ static PyMethodDef module_methods[] = {
     {"copy", native_copy, METH_VARARGS,
      "copy(dst, dst_off, src, src_off, n) -> n: bounds-checked memcpy, GIL released"},
     {"doorbell_ring", native_doorbell_ring, METH_VARARGS, "doorbell_ring(fd): add 1 to an eventfd"},
+    {"parse_staged", native_parse_staged, METH_O,
+     "parse_staged(data) -> [(request_id, aux, slot, length)] for whole well-formed STAGED "
+     "frames, else None"},
     {"doorbell_wait", native_doorbell_wait, METH_VARARGS,
      "doorbell_wait(fd, timeout_ms) -> count (0 on timeout): wait for and drain an eventfd"},
     {NULL, NULL, 0, NULL},

@@ -17,7 +17,10 @@ import errno
 import os
 import select
 import struct
+import time
 from typing import TYPE_CHECKING
+
+from conspirator.wire.frames import parse_staged_frames
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -95,6 +98,24 @@ class Ring:
         self._head[0] = (head + 1) & _U64
         return True
 
+    def submit(self, dst: Buffer, dst_off: int, src: Buffer, src_off: int, n: int, tag: int,
+               slot: int) -> int:
+        """Copy ``n`` bytes (the copy engine), then push ``(tag, slot, n)``; the copy's
+        nanoseconds, or -1 (nothing copied) when the ring is full."""
+        _u(tag, _U64)
+        _u(slot, _U32)
+        if not 0 <= n <= _U32:
+            raise ValueError("copy out of bounds")
+        self._check()
+        if self._sane(self._head[0], self._tail[0]) == self._cap:
+            return -1
+        t0 = time.perf_counter_ns()
+        if n:
+            copy(dst, dst_off, src, src_off, n)
+        took = time.perf_counter_ns() - t0
+        self.push(tag, slot, n)
+        return took
+
     def pop(self) -> Entry | None:
         self._check()
         tail = self._tail[0]
@@ -141,6 +162,12 @@ def copy(dst: Buffer, dst_off: int, src: Buffer, src_off: int, n: int) -> int:
         raise ValueError("copy out of bounds")
     d[dst_off:dst_off + n] = s[src_off:src_off + n]
     return n
+
+
+def parse_staged(data: Buffer) -> list[tuple[int, int, int, int]] | None:
+    """Whole, well-formed STAGED frames as ``(request_id, aux, slot, length)``; None for
+    anything else (:func:`conspirator.wire.frames.parse_staged_frames`)."""
+    return parse_staged_frames(memoryview(data))
 
 
 def doorbell_ring(fd: int) -> None:

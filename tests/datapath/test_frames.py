@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conspirator.wire import auth
+from conspirator.wire import auth, native
 from conspirator.wire.frames import (
     AGENT_TO_CLIENT,
     CLIENT_TO_AGENT,
@@ -185,3 +185,21 @@ def test_staged_fast_path_agrees_with_the_decoder(flips: list[tuple[int, int]], 
         # the decoder handles (and refuses where it must).
         if fast is not None:
             assert fast == _decoded(chunk)
+
+
+@pytest.mark.skipif(native.C_MODULE is None, reason="conspirator._native was not built")
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 31 * 4), st.integers(0, 255)), max_size=4),
+       st.integers(0, 4), st.binary(max_size=40), st.booleans())
+def test_native_staged_parser_agrees_with_the_python_one(
+        flips: list[tuple[int, int]], n: int, tail: bytes, with_tail: bool) -> None:
+    assert native.C_MODULE is not None
+    data = bytearray(b"".join(encode(MsgType.STAGED, encode_staged(i * 7, (i << 20) + 1),
+                                     (1 << 40) + i, i) for i in range(n)))
+    for pos, value in flips:
+        if data:
+            data[pos % len(data)] = value
+    chunk = bytes(data) + (tail if with_tail else b"")
+    assert native.C_MODULE.parse_staged(chunk) == parse_staged_frames(chunk)
+    assert native.C_MODULE.parse_staged(memoryview(chunk)) == parse_staged_frames(chunk)
+    assert native.PY.parse_staged(chunk) == parse_staged_frames(chunk)

@@ -102,6 +102,35 @@ def test_copy_bounds(nat: Impl) -> None:
         nat.copy(b"readonly", 0, src, 0, 1)
 
 
+def test_submit_copies_then_pushes_and_a_full_ring_copies_nothing(nat: Impl) -> None:
+    ctl = shared()
+    r = nat.Ring(ctl, 0, 2)
+    dst = shared(1 << 20)
+    src = os.urandom(1 << 20)
+    took = r.submit(dst, 4096, src, 100, 5000, 7, 1)
+    assert took >= 0
+    assert dst[4096:4096 + 5000] == src[100:5100]
+    assert r.submit(dst, 0, src, 0, 0, 8, 0) >= 0  # an empty request copies nothing
+    dst[:16] = bytes(16)
+    assert r.submit(dst, 0, src, 0, 16, 9, 0) == -1  # full: nothing copied, nothing pushed
+    assert dst[:16] == bytes(16)
+    assert r.pop_many(8) == [(7, 1, 5000, 0, 0), (8, 0, 0, 0, 0)]
+    for args in ((dst, len(dst) - 4, src, 0, 8, 1, 0), (dst, 0, src, -1, 8, 1, 0),
+                 (dst, 0, src, 0, -1, 1, 0)):
+        with pytest.raises(ValueError):
+            r.submit(*args)
+    with pytest.raises(OverflowError):
+        r.submit(dst, 0, src, 0, 8, -1, 0)
+    with pytest.raises(OverflowError):
+        r.submit(dst, 0, src, 0, 8, 1, 1 << 32)
+    assert r.pending() == 0  # refused submissions pushed nothing
+    with pytest.raises((BufferError, TypeError)):
+        r.submit(b"readonly", 0, src, 0, 1, 1, 0)
+    r.close()
+    with pytest.raises(ValueError):
+        r.submit(dst, 0, src, 0, 8, 1, 0)
+
+
 def test_doorbell(nat: Impl) -> None:
     fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     try:
