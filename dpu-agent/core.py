@@ -190,10 +190,13 @@ class ReplicaHandle:
             self.ctl.tags[slot] = 0
             self.free_slots.append(slot)
             raise
-        if p.held is not None or p.release is not None:
+        p.src = None
+        held = p.held  # free_source, inline
+        if held is not None:
+            p.held = None
+            held.discard(p.held_slot)
+        if p.release is not None:
             p.free_source()
-        else:
-            p.src = None
         p.replica, p.slot = self, slot
         self.inflight[slot] = p
         self.outstanding_bytes += p.length
@@ -297,10 +300,14 @@ class AgentCore:
         """The end of the outermost batch: ring the doorbells, write the answers."""
         if self._batch_ring:
             names, self._batch_ring = self._batch_ring, set()
+            ring = self.native.doorbell_ring
             for name in names:
                 job = self.jobs.get(name)
                 if job is not None:
-                    self._ring_all(job)
+                    for rep in job.replicas.values():  # _ring_all, inline
+                        if rep.needs_ring and not rep.closed:
+                            rep.needs_ring = False
+                            ring(rep.doorbell_fd)
         if self._batch_flush:
             sessions, self._batch_flush = self._batch_flush, []
             for s in sessions:
@@ -415,11 +422,31 @@ class AgentCore:
         p.session.inflight[p.request_id] = p
         self.stats.requests += 1
 
+    def accept(self, p: Pending) -> None:
+        """``admit`` then ``submit`` (admit's body inline: the one-sided hot path)."""
+        now = time.monotonic()
+        p.enqueued = now
+        p.deadline = now + self.config.request_timeout
+        p.session.inflight[p.request_id] = p
+        self.stats.requests += 1
+        self.submit(p)
+
     def submit(self, p: Pending) -> None:
         """The request's bytes are in staging: dispatch it or queue it."""
-        self.stats.bytes_in += p.length
+        stats = self.stats
+        stats.bytes_in += p.length
         job = self.jobs.get(p.session.job) or self.job(p.session.job)
-        if job.queue or not self._dispatch(job, p):
+        rep = job.single
+        if (rep is not None and not job.queue and not p.target and rep.free_slots
+                and rep.slot_bytes >= p.length):
+            # _dispatch, _pick and next_tag inline for a job with one replica.
+            self._tag = t = (self._tag + 1) & _TAG_MASK or 1
+            try:
+                stats.copy_ns += rep.submit(p, (self.epoch << _TAG_BITS) | t)
+                stats.copy_bytes += p.length
+            except (LayoutError, OSError, ValueError) as e:
+                self._copy_failed(rep, p, e)
+        elif job.queue or not self._dispatch(job, p):
             job.queue.append(p)
             self._pump(job)
         if self._batch_depth:
@@ -458,10 +485,13 @@ class AgentCore:
             self.stats.copy_ns += rep.submit(p, self.next_tag())
             self.stats.copy_bytes += p.length
         except (LayoutError, OSError, ValueError) as e:
-            log.error("copy into buffer %d failed: %s", rep.buffer_id, e)
-            self._finish_error(p, ErrorCode.REPLICA_FAILED, f"copy into the replica failed: {e}")
-            self.withdraw(rep.buffer_id, f"copy failed: {e}")
+            self._copy_failed(rep, p, e)
         return True
+
+    def _copy_failed(self, rep: ReplicaHandle, p: Pending, e: Exception) -> None:
+        log.error("copy into buffer %d failed: %s", rep.buffer_id, e)
+        self._finish_error(p, ErrorCode.REPLICA_FAILED, f"copy into the replica failed: {e}")
+        self.withdraw(rep.buffer_id, f"copy failed: {e}")
 
     def _pump(self, job: JobState) -> None:
         if not job.queue:

@@ -432,10 +432,9 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
         busy.add(slot)
         p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes)
         p.held, p.held_slot = busy, slot
-        core.admit(p)
+        core.accept(p)
         if len(s.inflight) >= s.window:
             s.admitted()
-        core.submit(p)
 
     def eof_received(self) -> bool | None:
         return False
