@@ -280,26 +280,27 @@ class AgentCore:
         self._completion_wakeups = True
         # A batch (the frames of one read, the completions of one wake-up): doorbells are
         # rung and answers written once, when it ends, without a trip through the loop.
-        self._batch_depth = 0
-        self._batch_ring: set[str] = set()
-        self._batch_flush: list[Any] = []
+        # (Public: the transports' hot paths open and close batches inline.)
+        self.batch_depth = 0
+        self.batch_ring: set[str] = set()
+        self.batch_flush: list[Any] = []
 
     @property
     def batching(self) -> bool:
-        return self._batch_depth > 0
+        return self.batch_depth > 0
 
     def begin_batch(self) -> None:
-        self._batch_depth += 1
+        self.batch_depth += 1
 
     def end_batch(self) -> None:
-        self._batch_depth -= 1
-        if not self._batch_depth and (self._batch_ring or self._batch_flush):
+        self.batch_depth -= 1
+        if not self.batch_depth and (self.batch_ring or self.batch_flush):
             self.drain_batch()
 
     def drain_batch(self) -> None:
         """The end of the outermost batch: ring the doorbells, write the answers."""
-        if self._batch_ring:
-            names, self._batch_ring = self._batch_ring, set()
+        if self.batch_ring:
+            names, self.batch_ring = self.batch_ring, set()
             ring = self.native.doorbell_ring
             for name in names:
                 job = self.jobs.get(name)
@@ -308,14 +309,14 @@ class AgentCore:
                         if rep.needs_ring and not rep.closed:
                             rep.needs_ring = False
                             ring(rep.doorbell_fd)
-        if self._batch_flush:
-            sessions, self._batch_flush = self._batch_flush, []
+        if self.batch_flush:
+            sessions, self.batch_flush = self.batch_flush, []
             for s in sessions:
                 s.flush()
 
     def flush_later(self, session: Any) -> None:
         """``session.flush()`` when the current batch ends (its answers leave together)."""
-        self._batch_flush.append(session)
+        self.batch_flush.append(session)
 
     # ------------------------------------------------------------------ replicas
 
@@ -422,18 +423,16 @@ class AgentCore:
         p.session.inflight[p.request_id] = p
         self.stats.requests += 1
 
-    def accept(self, p: Pending) -> None:
-        """``admit`` then ``submit`` (admit's body inline: the one-sided hot path)."""
-        now = time.monotonic()
-        p.enqueued = now
-        p.deadline = now + self.config.request_timeout
-        p.session.inflight[p.request_id] = p
-        self.stats.requests += 1
-        self.submit(p)
-
-    def submit(self, p: Pending) -> None:
-        """The request's bytes are in staging: dispatch it or queue it."""
+    def submit(self, p: Pending, admit: bool = False) -> None:
+        """The request's bytes are in staging: dispatch it or queue it (``admit``: admit
+        it first, in the same call, as the one-sided path does)."""
         stats = self.stats
+        if admit:  # admit's body, inline
+            now = time.monotonic()
+            p.enqueued = now
+            p.deadline = now + self.config.request_timeout
+            p.session.inflight[p.request_id] = p
+            stats.requests += 1
         stats.bytes_in += p.length
         job = self.jobs.get(p.session.job) or self.job(p.session.job)
         rep = job.single
@@ -449,8 +448,8 @@ class AgentCore:
         elif job.queue or not self._dispatch(job, p):
             job.queue.append(p)
             self._pump(job)
-        if self._batch_depth:
-            self._batch_ring.add(job.name)
+        if self.batch_depth:
+            self.batch_ring.add(job.name)
         else:
             self._ring_soon(job)
 
@@ -506,8 +505,8 @@ class AgentCore:
 
     def _ring_soon(self, job: JobState) -> None:
         """Doorbells rung in one event-loop iteration are rung once per replica."""
-        if self._batch_depth:
-            self._batch_ring.add(job.name)
+        if self.batch_depth:
+            self.batch_ring.add(job.name)
         elif self.loop is None:
             self._ring_all(job)
         elif job.name not in self._to_ring:
@@ -561,7 +560,7 @@ class AgentCore:
                 os.eventfd_read(rep.completion_fd)
             except OSError:  # BlockingIOError: nothing to read (a spurious wake-up)
                 pass
-        self._batch_depth += 1
+        self.batch_depth += 1
         try:
             self._reap(rep)
             if not rep.closed:
@@ -569,8 +568,8 @@ class AgentCore:
                 if job is not None and job.queue:
                     self._pump(job)
         finally:
-            self._batch_depth -= 1
-            if not self._batch_depth and (self._batch_ring or self._batch_flush):
+            self.batch_depth -= 1
+            if not self.batch_depth and (self.batch_ring or self.batch_flush):
                 self.drain_batch()
 
     def _reap(self, rep: ReplicaHandle) -> None:

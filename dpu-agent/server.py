@@ -118,7 +118,7 @@ class ConnSession(Session):
     def send_response(self, request_id: int, buffer_id: int, data: bytes | memoryview) -> None:
         frame = _RESPONSE_HEADER(MAGIC, VERSION, _RESPONSE, 0, request_id, len(data),
                                  buffer_id) + data
-        if self._out and self.agent.core.batching:  # the common case: a batch is open
+        if self._out and self.agent.core.batch_depth:  # the common case: a batch is open
             self._out.append(frame)
         else:
             self._queue(frame)
@@ -153,7 +153,7 @@ class ConnSession(Session):
             self.pause("window")
 
     def on_request_done(self) -> None:
-        if len(self.inflight) < self.window:
+        if self._paused and len(self.inflight) < self.window:
             self.resume("window")
 
 
@@ -370,16 +370,17 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
         self.slot_bytes = slot_bytes
         self.busy: set[int] = set()
         self._decoder = FrameDecoder(STAGED_TYPES, CONTROL_MAX)
+        self._mid_frame = False  # the decoder holds part of a frame
         self._on_close = on_close
 
     def data_received(self, data: bytes) -> None:
         core = self.agent.core
         if core.kick is not no_kick:
             core.kick()
-        core.begin_batch()  # doorbells and answers leave once, at the end
+        core.batch_depth += 1  # doorbells and answers leave once, at the end of the batch
         try:
             # The steady state: whole STAGED frames, handled without the decoder.
-            batch = None if self._decoder.mid_frame else core.native.parse_staged(data)
+            batch = None if self._mid_frame else core.native.parse_staged(data)
             if batch is not None:
                 staged = self._staged
                 for request_id, aux, slot, length in batch:
@@ -387,14 +388,18 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
             else:
                 for f in self._decoder.feed(data):
                     self._frame(f)
+                self._mid_frame = self._decoder.mid_frame
         except ProtocolError as e:
             self.session.fatal(e.code, e.message)
             self._decoder = FrameDecoder(frozenset(), CONTROL_MAX)
+            self._mid_frame = False
         except Exception as e:
             log.exception("internal error on a connection of %s", self.session.job)
             self.session.fatal(ErrorCode.INTERNAL, type(e).__name__)
-        finally:
-            core.end_batch()
+        finally:  # end_batch, inline
+            core.batch_depth -= 1
+            if not core.batch_depth and (core.batch_ring or core.batch_flush):
+                core.drain_batch()
 
     def _frame(self, f: Frame) -> None:
         if self.session.transport is None or self.session.transport.is_closing():
@@ -432,7 +437,7 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
         busy.add(slot)
         p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes)
         p.held, p.held_slot = busy, slot
-        core.accept(p)
+        core.submit(p, True)
         if len(s.inflight) >= s.window:
             s.admitted()
 
@@ -440,7 +445,7 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._decoder.mid_frame:
+        if self._mid_frame:
             log.info("a client of %s disconnected mid-frame", self.session.job)
         self.agent.core.drop_session(self.session)
         self.session.transport = None
