@@ -727,6 +727,7 @@ class AgentCore:
         for job in self.jobs.values():
             job.replicas.clear()
             job.slot_max = 0
+            job.single = None
 
 
 def no_kick() -> None:
