@@ -134,7 +134,11 @@ class GreedyHeuristic:
         if self.consolidate:
             self._drain(b_state, table, budget=None)
         moves_b = count_migrations(before, replica_map(b_state))
+        # A fresh plan that leaves a running job unplaced is not taken, whatever it saves
+        # (as in mixpack; found by the property test: B dropped a job for a new one).
+        running = {jid for jid in state.jobs if state.served_rps(jid) > 0}
         pick_b = (migration_budget is None or moves_b <= migration_budget) and (
+            running.isdisjoint(dec_b.unplaced_ids())) and (
             score(b_state, everything).value < score(a, everything).value
         )
         chosen, dec, moves = (b_state, dec_b, moves_b) if pick_b else (a, dec_a, moves_a)

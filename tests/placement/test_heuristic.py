@@ -108,6 +108,26 @@ def test_replan_consolidates_fragmented_gpus_within_budget() -> None:
     assert dec.migrations <= 2 and state.gpus_used() == 1
 
 
+def test_replan_never_drops_a_running_job_for_a_new_one() -> None:
+    # Found by the property test: a fresh plan placed a waiting 1-rps job on a freed GPU
+    # and left a running job short by 1 rps; it scored better and was taken.
+    state = ClusterState.from_nodes([("n0", gpu_model("A100-40GB"), 2),
+                                     ("n1", gpu_model("A100-80GB"), 2)])
+
+    def bert(k: int, rps: float, slo: float, mem: float) -> Job:
+        return Job(f"j{k}", "bert-base", rps, slo, mem, tenant="a")
+
+    jobs = [bert(0, 1601.0, 5.0, 2.0), bert(1, 1009.0, 20.0, 45.0)]
+    jobs += [bert(k, 1.0, 5.0, 2.0) for k in range(2, 7)]
+    h = GreedyHeuristic()
+    h.place(state, jobs, TABLE)
+    assert state.served_rps("j1") >= 1009.0
+    state.release("j0")
+    live = [j for j in jobs if j.id != "j0"]
+    dec = h.replan(state, live, TABLE, migration_budget=0)
+    assert "j1" not in dec.unplaced_ids() and state.served_rps("j1") >= 1009.0
+
+
 @pytest.mark.parametrize("name", sorted(MIG_POLICIES))
 def test_every_policy_is_registered_and_named(name: str) -> None:
     assert mig_policy(name).name == name
