@@ -17,6 +17,8 @@ themselves are paused by kopf.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -41,6 +43,18 @@ ActiveCheck = Callable[[], Awaitable[bool]]
 def kopf_identity(text: str) -> Identity:
     """kopf's type for a peer's identity (a ``NewType`` of ``str``)."""
     return Identity(text)
+
+
+def own_identity(env: Mapping[str, str], now: float | None = None) -> str:
+    """This replica's name among its peers: its pod's name in a cluster (the chart sets
+    ``POD_NAME`` from the downward API), so ``kubectl get kopfpeering -o yaml`` says which
+    pod is active; elsewhere ``host@pid/start``.  (Under host network every pod's hostname
+    is the node's, so the hostname alone would not tell the replicas apart.)"""
+    pod = env.get("POD_NAME", "").strip()
+    if pod:
+        return pod
+    started = int(time.time() if now is None else now)
+    return f"{socket.gethostname()}@{os.getpid()}/{started}"
 
 
 def default_priority(now: float | None = None) -> int:

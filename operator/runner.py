@@ -6,8 +6,6 @@ import asyncio
 import ctypes
 import logging
 import os
-import socket
-import time
 
 import kopf
 
@@ -71,7 +69,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await asyncio.to_thread(peering.ensure_object, api, settings.peering, namespaces)
     priority = settings.priority if settings.priority is not None else \
         peering.default_priority()
-    identity = f"{socket.gethostname()}@{os.getpid()}/{int(time.time())}"
+    identity = peering.own_identity(os.environ)
 
     async def active() -> bool:
         if standalone:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from conspirator.operator.peering import default_priority, is_active_in
+from conspirator.operator.peering import default_priority, is_active_in, own_identity
 from conspirator.operator.views import JobView, newer
 
 from .builders import job_body, node
@@ -50,3 +50,12 @@ def test_peering_one_active_replica() -> None:
     assert not is_active_in({**status, "twin": {"priority": 10, "lifetime": 60,
                                                 "lastseen": seen}}, "me", 10, now)
     assert default_priority(1000.0) > default_priority(2000.0)  # earlier start wins
+
+
+def test_peer_identity_is_the_pod_name_in_a_cluster() -> None:
+    assert own_identity({"POD_NAME": "conspirator-operator-7d9f-abcde"}) == \
+        "conspirator-operator-7d9f-abcde"
+    outside = own_identity({}, now=1700000000)
+    host, rest = outside.split("@")
+    assert host and rest.endswith("/1700000000") and rest.split("/")[0].isdigit()
+    assert own_identity({"POD_NAME": " "}, now=1) != " "
