@@ -66,6 +66,7 @@ class Session:
         self.inflight: dict[int, Pending] = {}
         self.closed = False
         self.answered = 0
+        self.paused: set[str] = set()  # why the transport stopped reading (if it did)
 
     def send_response(self, request_id: int, buffer_id: int, data: bytes | memoryview) -> None:
         raise NotImplementedError
@@ -609,7 +610,8 @@ class AgentCore:
             p.done = True
             s = p.session
             s.inflight.pop(p.request_id, None)
-            s.on_request_done()
+            if s.paused:  # on_request_done only has work for a paused session
+                s.on_request_done()
             if s.closed:
                 stats.dropped_no_session += 1
                 continue

@@ -27,7 +27,7 @@ import logging
 import mmap
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from conspirator.wire import auth
@@ -92,7 +92,6 @@ class ConnSession(Session):
         self.agent = agent
         self.mode = mode
         self.transport: asyncio.Transport | None = None
-        self._paused: set[str] = set()
         # Answers produced in one event-loop iteration leave in one write (one syscall).
         self._out: list[bytes] = []
 
@@ -137,14 +136,14 @@ class ConnSession(Session):
             self.transport.close()
 
     def pause(self, reason: str) -> None:
-        if not self._paused and self.transport is not None and not self.transport.is_closing():
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
-        self._paused.add(reason)
+        self.paused.add(reason)
 
     def resume(self, reason: str) -> None:
-        if reason in self._paused:
-            self._paused.discard(reason)
-            if (not self._paused and self.transport is not None
+        if reason in self.paused:
+            self.paused.discard(reason)
+            if (not self.paused and self.transport is not None
                     and not self.transport.is_closing()):
                 self.transport.resume_reading()
 
@@ -153,7 +152,7 @@ class ConnSession(Session):
             self.pause("window")
 
     def on_request_done(self) -> None:
-        if self._paused and len(self.inflight) < self.window:
+        if self.paused and len(self.inflight) < self.window:
             self.resume("window")
 
 
@@ -382,9 +381,7 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
             # The steady state: whole STAGED frames, handled without the decoder.
             batch = None if self._mid_frame else core.native.parse_staged(data)
             if batch is not None:
-                staged = self._staged
-                for request_id, aux, slot, length in batch:
-                    staged(request_id, aux, slot, length)
+                self._staged(batch)
             else:
                 for f in self._decoder.feed(data):
                     self._frame(f)
@@ -409,37 +406,40 @@ class StagedProtocol(_BaseProtocol, asyncio.Protocol):
             self._control(h, f.body)
             return
         slot, length = decode_staged(f.body)
-        self._staged(h.request_id, h.aux, slot, length)
+        self._staged(((h.request_id, h.aux, slot, length),))
 
-    def _staged(self, request_id: int, aux: int, slot: int, length: int) -> None:
+    def _staged(self, frames: Iterable[tuple[int, int, int, int]]) -> None:
+        """STAGED frames ``(request_id, aux, slot, length)``: admit and submit each (one
+        call for a whole read, the one-sided hot path)."""
         s = self.session
-        if s.transport is None or s.transport.is_closing():
-            return
         core = self.agent.core
-        if slot >= self.slots or length > self.slot_bytes:
-            raise ProtocolError(ErrorCode.BAD_FRAME,
-                                f"staging slot {slot} / {length} bytes outside the region "
-                                f"({self.slots} x {self.slot_bytes})")
         busy = self.busy
-        if slot in busy:
-            s.send_error(request_id, ErrorCode.WINDOW_EXCEEDED,
-                         f"staging slot {slot} is still in use")
-            return
-        job = core.jobs.get(s.job)
-        # core.check's fast path inline: any replica, a new id, a size some slot takes.
-        if (aux or request_id in s.inflight or core.shutting_down or job is None
-                or (job.slot_max and length > job.slot_max)):
-            refusal = core.check(s, request_id, aux, length)
-            if refusal is not None:
-                core.stats.errors += 1
-                s.send_error(request_id, *refusal)
+        for request_id, aux, slot, length in frames:
+            if s.transport is None or s.transport.is_closing():
                 return
-        busy.add(slot)
-        p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes)
-        p.held, p.held_slot = busy, slot
-        core.submit(p, True)
-        if len(s.inflight) >= s.window:
-            s.admitted()
+            if slot >= self.slots or length > self.slot_bytes:
+                raise ProtocolError(ErrorCode.BAD_FRAME,
+                                    f"staging slot {slot} / {length} bytes outside the region "
+                                    f"({self.slots} x {self.slot_bytes})")
+            if slot in busy:
+                s.send_error(request_id, ErrorCode.WINDOW_EXCEEDED,
+                             f"staging slot {slot} is still in use")
+                continue
+            job = core.jobs.get(s.job)
+            # core.check's fast path inline: any replica, a new id, a size some slot takes.
+            if (aux or request_id in s.inflight or core.shutting_down or job is None
+                    or (job.slot_max and length > job.slot_max)):
+                refusal = core.check(s, request_id, aux, length)
+                if refusal is not None:
+                    core.stats.errors += 1
+                    s.send_error(request_id, *refusal)
+                    continue
+            busy.add(slot)
+            p = Pending(s, request_id, aux, length, self.region, slot * self.slot_bytes)
+            p.held, p.held_slot = busy, slot
+            core.submit(p, True)
+            if len(s.inflight) >= s.window:
+                s.admitted()
 
     def eof_received(self) -> bool | None:
         return False
