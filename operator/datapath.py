@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from conspirator.operator.kube import ConflictError, NotFoundError
+from conspirator.operator.kubeapi import ConflictError, NotFoundError, SecretsAPI
 from conspirator.operator.manifests import label_value, owner_reference
 from conspirator.operator.views import LABEL_JOB, LABEL_MANAGED_BY, JobView
 
@@ -139,14 +139,6 @@ def aggregate_secret(namespace: str, name: str, tokens: Mapping[str, str],
         meta["resourceVersion"] = resource_version
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
             "data": {k: _b64(v) for k, v in sorted(tokens.items())}}
-
-
-class SecretsAPI(Protocol):
-    """What :class:`DataPath` needs of :class:`~conspirator.operator.kube.Kube`."""
-
-    async def read_secret(self, namespace: str, name: str) -> dict[str, Any]: ...
-    async def create_secret(self, body: dict[str, Any]) -> dict[str, Any]: ...
-    async def replace_secret(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class JobSource(Protocol):

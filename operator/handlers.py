@@ -5,7 +5,7 @@
 * InferenceJob delete (finalizer ``conspirator.io/release``): return once the job's
   instances and workers are released and its key is out of the agents' token Secret;
 * before a job is decided its token Secret is made (:mod:`~conspirator.operator.datapath`),
-  so its first status already names it;
+  so its first status already names it (:meth:`Controller.job_changed` does both);
 * GPUNode, ModelProfile and worker Deployment watch events: update the controller's
   view and ask for a pass;
 * the global re-plan is not a kopf timer: kopf timers are per object and put a
@@ -24,19 +24,11 @@ import kopf
 
 from conspirator.api.v1alpha1 import GROUP, VERSION
 from conspirator.operator.controller import Controller, PassError
-from conspirator.operator.datapath import DataPath, TokenUnusableError
 from conspirator.operator.views import FINALIZER, LABEL_MANAGED_BY, MANAGED_BY
 
 JOBS = "inferencejobs"
 NODES = "gpunodes"
 PROFILES = "modelprofiles"
-RETRY_DELAY = 2.0
-PENDING_DELAY = 10.0
-"""Retry delay while a job's token Secret is unusable (an earlier job's, or no token)."""
-TOKEN_DELETE_RETRIES = 3
-"""A job being deleted waits at most this many retries for its key to leave the agents'
-Secret (a stale key is harmless: the job has no replica left to reach, and the next write
-drops it); then it goes anyway."""
 
 
 def _meta(body: kopf.Body) -> tuple[str, str]:
@@ -77,15 +69,56 @@ def configure(settings: kopf.OperatorSettings, controller: Controller) -> None:
     settings.queueing.idle_timeout = 1.0
 
 
-def build_registry(controller: Controller, datapath: DataPath | None = None
-                   ) -> kopf.OperatorRegistry:
-    """A kopf registry with every handler bound to ``controller`` (and ``datapath``)."""
+async def on_job_changed(controller: Controller, body: kopf.Body) -> None:
+    """InferenceJob create / update / resume."""
+    ns, _name = _meta(body)
+    if not controller.in_scope(ns):
+        return
+    try:
+        await controller.job_changed(body)
+    except PassError as e:
+        raise kopf.TemporaryError(str(e), delay=e.delay) from e
+
+
+async def on_job_deleted(controller: Controller, body: kopf.Body, retry: int) -> None:
+    """InferenceJob deletion (the finalizer)."""
+    ns, _name = _meta(body)
+    if not controller.in_scope(ns):
+        return
+    try:
+        await controller.job_deleted(body, retry)
+    except PassError as e:
+        raise kopf.TemporaryError(str(e), delay=e.delay) from e
+
+
+def on_watch_event(controller: Controller, kind: str, event: kopf.RawEvent,
+                   body: kopf.Body) -> None:
+    """Any watch event: the cache learns of it, then a pass soon."""
+    ns, name = _meta(body)
+    cache = controller.cache
+    gone = event["type"] == "DELETED"
+    if kind == JOBS:
+        if gone:
+            controller.job_gone(ns, name)
+        return
+    if kind == NODES:
+        cache.forget_node(name) if gone else cache.observe_node(body)
+    elif kind == PROFILES:
+        cache.forget_profile(name) if gone else cache.observe_profile(body)
+    else:
+        cache.forget_worker(ns, name) if gone else cache.observe_worker(body)
+    controller.nudge()
+
+
+def build_registry(controller: Controller, kube_config: Any) -> kopf.OperatorRegistry:
+    """A kopf registry with every handler bound to ``controller``; kopf logs in with
+    ``kube_config`` (the operator's own ``kubernetes.client.Configuration``)."""
     reg = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=reg)
     def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
         # The same credentials as the operator's own client (--kubeconfig or in-cluster).
-        return connection_info(controller.kube.api.configuration, settings)
+        return connection_info(kube_config, settings)
 
     @kopf.on.startup(registry=reg)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -95,83 +128,28 @@ def build_registry(controller: Controller, datapath: DataPath | None = None
     @kopf.on.update(GROUP, VERSION, JOBS, registry=reg, id="place")
     @kopf.on.resume(GROUP, VERSION, JOBS, registry=reg, id="place")
     async def job_changed(body: kopf.Body, **_: Any) -> None:
-        ns, _name = _meta(body)
-        if not controller.in_scope(ns):
-            return
-        token_error: Exception | None = None
-        if datapath is not None:
-            # Seen first, so that the agents' Secret counts the job as live.
-            key = controller.observe_job(body)
-            view = controller.snap.jobs.get(key) if key is not None else None
-            if view is not None:
-                try:
-                    await datapath.ensure(view)
-                except Exception as e:  # placing the job need not wait for its token
-                    token_error = e
-        try:
-            await controller.job_changed(body)
-        except PassError as e:
-            raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
-        if token_error is not None:
-            raise kopf.TemporaryError(
-                f"token Secret: {token_error}",
-                delay=PENDING_DELAY if isinstance(token_error, TokenUnusableError) else RETRY_DELAY,
-            ) from token_error
+        await on_job_changed(controller, body)
 
     @kopf.on.delete(GROUP, VERSION, JOBS, registry=reg, id="release")
     async def job_deleted(body: kopf.Body, retry: int = 0, **_: Any) -> None:
-        ns, name = _meta(body)
-        if not controller.in_scope(ns):
-            return
-        try:
-            await controller.job_deleted(body)
-        except PassError as e:
-            raise kopf.TemporaryError(str(e), delay=RETRY_DELAY) from e
-        if datapath is not None:
-            datapath.forget(f"{ns}/{name}")
-            try:
-                await datapath.sync()
-            except Exception as e:
-                if retry < TOKEN_DELETE_RETRIES:
-                    raise kopf.TemporaryError(f"agent tokens Secret not updated: {e}",
-                                              delay=RETRY_DELAY) from e
-                logging.getLogger("conspirator.operator").warning(
-                    "%s/%s released; its key stays in the agent tokens Secret until the next "
-                    "write: %s", ns, name, e)
+        await on_job_deleted(controller, body, retry)
 
     @kopf.on.event(GROUP, VERSION, JOBS, registry=reg)
     async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event["type"] == "DELETED":
-            controller.forget_job(*_meta(body))
-            controller.nudge()
-            if datapath is not None:
-                datapath.forget("/".join(_meta(body)))
-                datapath.request()
+        on_watch_event(controller, JOBS, event, body)
 
     @kopf.on.event(GROUP, VERSION, NODES, registry=reg)
     async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event["type"] == "DELETED":
-            controller.forget_node(_meta(body)[1])
-        else:
-            controller.observe_node(body)
-        controller.nudge()
+        on_watch_event(controller, NODES, event, body)
 
     @kopf.on.event(GROUP, VERSION, PROFILES, registry=reg)
     async def profile_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event["type"] == "DELETED":
-            controller.forget_profile(_meta(body)[1])
-        else:
-            controller.observe_profile(body)
-        controller.nudge()
+        on_watch_event(controller, PROFILES, event, body)
 
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY},
                    registry=reg)
     async def worker_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event["type"] == "DELETED":
-            controller.forget_worker(*_meta(body))
-        else:
-            controller.observe_worker(body)
-        controller.nudge()
+        on_watch_event(controller, "deployments", event, body)
 
     @kopf.on.probe(registry=reg, id="planner")
     async def planner_probe(**_: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 from kubernetes import client, config
 
 from conspirator.api.v1alpha1 import GROUP, VERSION
+from conspirator.operator.kubeapi import ConflictError, NotFoundError
 from conspirator.operator.views import LABEL_MANAGED_BY, MANAGED_BY
 
 log = logging.getLogger("conspirator.operator.kube")
@@ -26,14 +27,6 @@ T = TypeVar("T")
 JOBS = "inferencejobs"
 NODES = "gpunodes"
 PROFILES = "modelprofiles"
-
-
-class NotFoundError(Exception):
-    """The object is gone."""
-
-
-class ConflictError(Exception):
-    """The object exists already, or changed since it was read."""
 
 
 def load_client(kubeconfig: str | None, pool_size: int) -> client.ApiClient:
@@ -62,7 +55,8 @@ def _wrap(e: client.ApiException) -> Exception:
 
 
 class Kube:
-    """Async facade over the synchronous client (one thread pool per operator)."""
+    """Async facade over the synchronous client (one thread pool per operator); the real
+    :class:`~conspirator.operator.kubeapi.KubeAPI`."""
 
     def __init__(self, api: client.ApiClient, concurrency: int = 8,
                  namespaces: tuple[str, ...] = ()) -> None:

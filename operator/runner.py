@@ -56,7 +56,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     controller = Controller(settings, kube, metrics)
     own_namespace = operator_namespace(settings, os.environ)
     datapath = DataPath(kube, controller, own_namespace, settings.agent_tokens_secret)
-    registry = build_registry(controller, datapath)
+    controller.tokens = datapath
+    registry = build_registry(controller, api.configuration)
 
     standalone = settings.standalone
     namespaces = tuple(settings.namespaces)

@@ -4,6 +4,8 @@
   built-in defaults) to a :class:`ThroughputTable`;
 * :func:`engine_job`: an InferenceJob to the engine's :class:`Job`;
 * :func:`build_cluster`: GPUNode inventories to the engine's :class:`ClusterState`;
+* :func:`rebuild_engine`: both of them and :func:`block_in_use`, the one way the operator
+  (re)builds the engine's state;
 * :func:`restore`: the reservations recorded in InferenceJob statuses back into that
   state, in arrival order, refusing any replica that would double-book a slice;
 * :func:`place`: one arrival through the policy, as :class:`Replica` values;
@@ -129,7 +131,7 @@ def engine_job(view: JobView) -> Job:
 # --- the cluster ------------------------------------------------------------------------
 
 @dataclass(slots=True)
-class Cluster:
+class EngineCluster:
     """The engine's state of the cluster plus the maps back to the API's names."""
 
     state: ClusterState
@@ -152,13 +154,13 @@ class Cluster:
         return self.state.gpus_used()
 
 
-def build_cluster(nodes: Iterable[NodeView]) -> Cluster:
+def build_cluster(nodes: Iterable[NodeView]) -> EngineCluster:
     """The engine's cluster from GPUNode inventories, in a deterministic order.
 
     GPUs are added by node name, then GPU index.  A GPU whose model the engine does not
     know, or whose UUID another GPU already reported, is left out (``skipped``).
     """
-    cluster = Cluster(ClusterState())
+    cluster = EngineCluster(ClusterState())
     for node in sorted(nodes, key=lambda n: n.name):
         for info in node.gpus:
             try:
@@ -203,7 +205,7 @@ class Restored:
         self.dropped.setdefault(key, []).append(why)
 
 
-def restore(cluster: Cluster, jobs: Sequence[tuple[Job, Sequence[ReplicaStatus]]],
+def restore(cluster: EngineCluster, jobs: Sequence[tuple[Job, Sequence[ReplicaStatus]]],
             table: ThroughputTable) -> Restored:
     """Put the recorded reservations back into ``cluster.state``, in the order given.
 
@@ -228,7 +230,7 @@ def restore(cluster: Cluster, jobs: Sequence[tuple[Job, Sequence[ReplicaStatus]]
     return out
 
 
-def _restore_one(cluster: Cluster, job: Job, rs: ReplicaStatus, table: ThroughputTable,
+def _restore_one(cluster: EngineCluster, job: Job, rs: ReplicaStatus, table: ThroughputTable,
                  kept: list[tuple[GpuState, Instance]]) -> str | None:
     where = cluster.by_uuid.get(rs.gpu_uuid or "")
     if where is None or where[0] != rs.node:
@@ -268,7 +270,7 @@ def _trim(state: ClusterState, job: Job, kept: list[tuple[GpuState, Instance]]) 
     return n
 
 
-def block_in_use(cluster: Cluster) -> list[str]:
+def block_in_use(cluster: EngineCluster) -> list[str]:
     """Mark instances in use that no reservation covers as taken (not plannable).
 
     Something the operator did not place holds them (a pod of a job that moved away, or
@@ -296,6 +298,26 @@ def block_in_use(cluster: Cluster) -> list[str]:
     return blocked
 
 
+@dataclass(slots=True)
+class Rebuilt:
+    """The engine's state rebuilt by :func:`rebuild_engine`."""
+
+    cluster: EngineCluster
+    restored: Restored
+    blocked: list[str]
+    """Instances in use outside any reservation (see :func:`block_in_use`)."""
+
+
+def rebuild_engine(nodes: Iterable[NodeView],
+                   reservations: Sequence[tuple[Job, Sequence[ReplicaStatus]]],
+                   table: ThroughputTable) -> Rebuilt:
+    """A fresh engine state: the GPUs of ``nodes``, the ``reservations`` put back in the
+    order given (:func:`restore`), then the instances in use that nothing reserved blocked."""
+    cluster = build_cluster(nodes)
+    restored = restore(cluster, reservations, table)
+    return Rebuilt(cluster, restored, block_in_use(cluster))
+
+
 # --- decisions --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +333,8 @@ class Placed:
         return self.reason is None
 
 
-def place(policy: PlacementPolicy, cluster: Cluster, job: Job, table: ThroughputTable) -> Placed:
+def place(policy: PlacementPolicy, cluster: EngineCluster, job: Job,
+          table: ThroughputTable) -> Placed:
     """Place (or top up) one job with ``policy.place``; ``cluster.state`` keeps the result."""
     dec = policy.place(cluster.state, [job], table)
     reasons = [u.reason for u in dec.unplaced if u.job_id == job.id]
@@ -357,7 +380,10 @@ def _mig_capable(g: GpuInfo) -> bool:
         return g.mig_capable
 
 
-def spec_key(spec: GPUNodeSpec) -> list[tuple[int, str, bool, tuple[tuple[str, int], ...]]]:
+SpecKey = list[tuple[int, str, bool, tuple[tuple[str, int], ...]]]
+
+
+def spec_key(spec: GPUNodeSpec) -> SpecKey:
     """A comparable form of a GPUNode spec (order of lists and defaults do not matter)."""
     return sorted(
         (g.index, g.uuid or "", g.mig_enabled,

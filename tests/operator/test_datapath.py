@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -20,82 +19,15 @@ from conspirator.operator.datapath import (
     DataPath,
     TokenUnusableError,
     aggregate_key,
-    decode_data,
     read_token,
     token_secret_name,
 )
-from conspirator.operator.kube import ConflictError, NotFoundError
 from conspirator.operator.views import JobView
 
 from .builders import job, job_body
+from .fakes import AGG, OP_NS, FakeSecrets
 
-OP_NS = "conspirator-system"
-AGG = "conspirator-agent-tokens"
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-class FakeSecrets:
-    """Secrets as the API server keeps them (resourceVersion checks, 404, 409)."""
-
-    def __init__(self, namespaces: tuple[str, ...] = ("ns", OP_NS)) -> None:
-        self.namespaces = set(namespaces)
-        self.store: dict[tuple[str, str], dict[str, Any]] = {}
-        self.rv = 100
-        self.calls: list[tuple[str, str]] = []
-        self.before_replace: Callable[[dict[str, Any]], object] | None = None
-
-    def _bump(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.rv += 1
-        body = copy.deepcopy(body)
-        body["metadata"]["resourceVersion"] = str(self.rv)
-        body["metadata"].setdefault("uid", f"secret-{self.rv}")
-        self.store[(body["metadata"]["namespace"], body["metadata"]["name"])] = body
-        return copy.deepcopy(body)
-
-    async def read_secret(self, namespace: str, name: str) -> dict[str, Any]:
-        self.calls.append(("get", name))
-        await asyncio.sleep(0)
-        if (namespace, name) not in self.store:
-            raise NotFoundError(name)
-        return copy.deepcopy(self.store[(namespace, name)])
-
-    async def create_secret(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("create", body["metadata"]["name"]))
-        await asyncio.sleep(0)
-        meta = body["metadata"]
-        if meta["namespace"] not in self.namespaces:
-            raise NotFoundError(meta["namespace"])
-        if (meta["namespace"], meta["name"]) in self.store:
-            raise ConflictError(meta["name"])
-        return self._bump(body)
-
-    async def replace_secret(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("update", body["metadata"]["name"]))
-        await asyncio.sleep(0)
-        if self.before_replace is not None:
-            hook, self.before_replace = self.before_replace, None
-            hook(body)
-        meta = body["metadata"]
-        cur = self.store.get((meta["namespace"], meta["name"]))
-        if cur is None:
-            raise NotFoundError(meta["name"])
-        if meta.get("resourceVersion") != cur["metadata"]["resourceVersion"]:
-            raise ConflictError(meta["name"])
-        return self._bump(body)
-
-    # test helpers
-    def put(self, namespace: str, name: str, data: Mapping[str, str],
-            **meta: Any) -> dict[str, Any]:
-        return self._bump({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                           "metadata": {"name": name, "namespace": namespace, **meta},
-                           "data": {k: base64.b64encode(v.encode()).decode()
-                                    for k, v in data.items()}})
-
-    def data(self, namespace: str, name: str) -> dict[str, str]:
-        return decode_data(self.store.get((namespace, name)))
-
-    def writes(self) -> int:
-        return sum(1 for verb, _ in self.calls if verb in ("create", "update"))
 
 
 class FakeJobs:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from conspirator.api.v1alpha1 import ReplicaStatus
+from conspirator.operator.global_replan import frozen_gpus, replan
 from conspirator.operator.placement.conspirator import ConspiratorPolicy
-from conspirator.operator.replan import frozen_gpus, replan
-from conspirator.operator.translate import Cluster, build_cluster, build_table, engine_job, restore
+from conspirator.operator.translate import (
+    EngineCluster,
+    build_cluster,
+    build_table,
+    engine_job,
+    restore,
+)
 
 from .builders import RESNET, job, node
 
@@ -18,7 +24,7 @@ def rs(i: int, p: str, s: int, n: str = "a") -> ReplicaStatus:
                          start_slice=s)
 
 
-def spread(gpus: int, **jobs_spec: dict[str, object]) -> Cluster:
+def spread(gpus: int, **jobs_spec: dict[str, object]) -> EngineCluster:
     """One small job per GPU (1g.10gb at slice 6): consolidation moves them together."""
     c = build_cluster([node("a", gpus=gpus)])
     entries = []

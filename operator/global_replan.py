@@ -28,7 +28,7 @@ from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.objective import demand_met, score
 from conspirator.operator.placement.policy import PlacementPolicy
 from conspirator.operator.placement.throughput import ThroughputTable
-from conspirator.operator.translate import Cluster
+from conspirator.operator.translate import EngineCluster
 from conspirator.operator.views import Replica, sort_replicas
 
 Slot = tuple[str, int, str, int]
@@ -71,7 +71,7 @@ def frozen_gpus(state: ClusterState, movable: Mapping[str, int]) -> set[int]:
     return frozen
 
 
-def _sub_state(cluster: Cluster, frozen: set[int]) -> ClusterState:
+def _sub_state(cluster: EngineCluster, frozen: set[int]) -> ClusterState:
     sub = ClusterState()
     for g in cluster.state.gpus:
         if g.uid in frozen:
@@ -104,7 +104,7 @@ def _moves(before: Mapping[str, list[Slot]], after: Mapping[str, list[Slot]]) ->
     return out
 
 
-def replan(cluster: Cluster, movable: Mapping[str, int], pending: Sequence[Job],
+def replan(cluster: EngineCluster, movable: Mapping[str, int], pending: Sequence[Job],
            policy: PlacementPolicy, table: ThroughputTable, max_migrations: int
            ) -> ReplanResult:
     """Re-plan the movable part of ``cluster`` plus ``pending`` jobs; see the module doc.

@@ -1,0 +1,398 @@
+"""The planner: one decision over a :class:`~conspirator.operator.cache.Work` value.
+
+:func:`decide` is pure in the sense that matters to the controller: no I/O, no controller
+state, no metrics object; it reads the work and the current :class:`Plan` and returns a
+:class:`Decision` (the new plan, what changed, what to count).  The controller runs it off
+the event loop and swaps the new plan in.  The one thing it mutates is the engine state
+(``plan.engine``), which moves into the new plan: the old plan is not decided again (a pass
+that fails resyncs, and the resync rebuilds the engine state from the API server).
+
+The phases, in order (Kueue's scheduling cycle is the model):
+
+1. :func:`phase_rebuild`: when the inventory, the profiles or a resync ask for it, a fresh
+   engine state from the GPUNodes and the recorded reservations, in arrival order;
+2. :func:`phase_release`: deleted jobs give their instances back;
+3. :func:`phase_revalidate`: changed jobs keep what still fits their spec;
+4. :func:`phase_place`: waiting jobs, one at a time, in arrival order;
+5. :func:`phase_replan`: the periodic global re-plan under each job's migration policy;
+6. :func:`phase_diff`: which reservations changed (they are written first), and Events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from conspirator.api.v1alpha1 import ReplicaStatus
+from conspirator.operator.cache import Work
+from conspirator.operator.global_replan import ReplanResult, replan
+from conspirator.operator.placement.objective import demand_met
+from conspirator.operator.placement.policy import PlacementPolicy
+from conspirator.operator.translate import (
+    EngineCluster,
+    TableInfo,
+    build_table,
+    engine_job,
+    place,
+    rebuild_engine,
+    restore,
+    unknown_model_message,
+)
+from conspirator.operator.views import JobView, ProfileView, Replica
+
+log = logging.getLogger("conspirator.operator")
+
+JobEvent = tuple[str, str, str, bool]
+"""(job key, reason, message, warning)."""
+ProfilesKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class Plan:
+    """The operator's decisions: the reservations and why jobs wait."""
+
+    reserved: dict[str, list[Replica]] = field(default_factory=dict)
+    """Job key -> its replicas (jobs with none are absent)."""
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Job key -> why (part of) its demand is not placed."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Job key -> why it cannot be planned at all (an unknown model)."""
+    announced: dict[str, str] = field(default_factory=dict)
+    """Job key -> the last Unplaceable/UnknownModel message posted (posted once each)."""
+    engine: EngineCluster | None = None
+    """The engine's state of the cluster; None: rebuild it."""
+    recorded: dict[str, list[ReplicaStatus]] | None = None
+    """After a resync: the reservations as the statuses list them; the rebuild starts there."""
+    table: TableInfo | None = None
+    table_key: ProfilesKey | None = None
+
+    @classmethod
+    def from_statuses(cls, jobs: Mapping[str, JobView]) -> Plan:
+        """The plan right after a resync: nothing decided, the statuses to rebuild from."""
+        return cls(recorded={k: list(v.replicas) for k, v in jobs.items()})
+
+    def successor(self) -> Plan:
+        """A new plan with copies of the maps (the engine state moves over)."""
+        return Plan(dict(self.reserved), dict(self.reasons), dict(self.failures),
+                    dict(self.announced), self.engine, self.recorded, self.table,
+                    self.table_key)
+
+    def served(self, view: JobView) -> bool:
+        reps = self.reserved.get(view.key)
+        return bool(reps) and demand_met(sum(r.throughput_rps for r in reps or []),
+                                         view.job.spec.demand.requests_per_second)
+
+    def jobs_on_node(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for k, reps in self.reserved.items():
+            for r in reps:
+                out.setdefault(r.node, set()).add(k)
+        return out
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a decision counts, for the controller to hand to the metrics."""
+
+    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(kind, result) -> placement decisions."""
+    durations: list[tuple[str, float]] = field(default_factory=list)
+    """(kind, seconds) per engine call."""
+    replans: Counter[str] = field(default_factory=Counter)
+    migrations: int = 0
+    gpus_in_use: int = 0
+    gpus_total: int = 0
+    pending: int = 0
+
+
+@dataclass(slots=True)
+class Changes:
+    """What the decision changed, for the writer."""
+
+    reserved: dict[str, list[Replica]] = field(default_factory=dict)
+    """Job key -> new reservation (empty list: released), for jobs whose replicas change."""
+    old_nodes: set[str] = field(default_factory=set)
+    """Nodes that held a changed reservation before (their layouts shrink)."""
+    events: list[JobEvent] = field(default_factory=list)
+    replan: ReplanResult | None = None
+    render: set[str] = field(default_factory=set)
+    """Jobs whose status must be re-rendered."""
+    rebuilt: bool = False
+
+
+@dataclass(slots=True)
+class Decision:
+    plan: Plan
+    changes: Changes
+    tally: Tally
+
+
+@dataclass(slots=True)
+class Inputs:
+    """What a decision needs besides the work and the plan."""
+
+    policy: PlacementPolicy
+    use_default_profiles: bool = True
+    max_migrations: int = 0
+
+
+def profiles_key(profiles: Mapping[str, ProfileView], use_defaults: bool) -> ProfilesKey:
+    return (*sorted((p.name, p.resource_version) for p in profiles.values()),
+            ("~defaults", str(use_defaults)))
+
+
+@dataclass(slots=True)
+class Cycle:
+    """One decision in progress: what every phase reads and writes."""
+
+    work: Work
+    plan: Plan
+    """The new plan (phases change it; the input plan's maps stay as they were)."""
+    inputs: Inputs
+    info: TableInfo
+    live: dict[str, JobView]
+    ordered: list[JobView]
+    """Live jobs in arrival order (higher priority first, then older)."""
+    before: dict[str, list[Replica]]
+    """The reservations as they stand in the API server before this decision."""
+    capacity: bool
+    """Something freed or added capacity: every waiting job is tried again."""
+    changes: Changes = field(default_factory=Changes)
+    tally: Tally = field(default_factory=Tally)
+
+    @property
+    def engine(self) -> EngineCluster:
+        assert self.plan.engine is not None, "phase_rebuild runs first"
+        return self.plan.engine
+
+
+def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
+    """The phases of the module docstring, in order."""
+    new = plan.successor()
+    info, table_changed = phase_table(work, new, inputs)
+    live = work.live
+    c = Cycle(work, new, inputs, info, live, sorted(live.values(), key=lambda v: v.order),
+              {k: list(v) for k, v in new.reserved.items()},
+              capacity=work.capacity or table_changed)
+    if work.rebuild or table_changed or new.engine is None:
+        phase_rebuild(c)
+    phase_release(c)
+    if not c.changes.rebuilt:
+        phase_revalidate(c)
+    phase_place(c)
+    if work.replan:
+        phase_replan(c)
+    phase_diff(c)
+    c.tally.gpus_in_use = c.engine.gpus_in_use()
+    c.tally.gpus_total = len(c.engine.state.gpus)
+    c.tally.pending = sum(1 for v in live.values() if not new.served(v))
+    return Decision(new, c.changes, c.tally)
+
+
+def phase_table(work: Work, plan: Plan, inputs: Inputs) -> tuple[TableInfo, bool]:
+    """0. The throughput table, rebuilt only when the ModelProfiles changed (then the
+    engine state is rebuilt too: throughputs and what jobs may use changed)."""
+    key = profiles_key(work.profiles, inputs.use_default_profiles)
+    if plan.table is not None and key == plan.table_key:
+        return plan.table, False
+    plan.table = build_table(work.profiles.values(), use_defaults=inputs.use_default_profiles)
+    plan.table_key = key
+    for conflict in plan.table.conflicts:
+        log.warning("%s", conflict)
+    return plan.table, True
+
+
+def phase_rebuild(c: Cycle) -> None:
+    """1. A fresh engine state from the GPUNodes and the reservations, in arrival order:
+    those listed at a resync, else the plan's own."""
+    plan, ch = c.plan, c.changes
+    recorded, plan.recorded = plan.recorded, None
+    entries = []
+    for v in c.ordered:
+        statuses = (recorded.get(v.key, []) if recorded is not None
+                    else [r.to_status() for r in plan.reserved.get(v.key, [])])
+        if statuses:
+            entries.append((engine_job(v), statuses))
+    built = rebuild_engine(c.work.nodes.values(), entries, c.info.table)
+    for msg in built.cluster.skipped:
+        log.warning("GPU left out of planning: %s", msg)
+    if built.blocked:
+        log.info("%d instance(s) in use outside any reservation are not planned over",
+                 len(built.blocked))
+        log.debug("in use outside reservations: %s", "; ".join(built.blocked))
+    restored = built.restored
+    plan.reserved = restored.kept
+    if recorded is not None:
+        # What the statuses said is what stands (same slots: unchanged).
+        c.before = {k: [] for k in recorded}
+        for k, statuses in recorded.items():
+            if k in plan.reserved and sorted(_status_slot(x) for x in statuses) == \
+                    sorted(_replica_slot(r) for r in plan.reserved[k]):
+                c.before[k] = list(plan.reserved[k])
+    for k, whys in restored.dropped.items():
+        ch.events.append((k, "ReplicasReleased",
+                          f"released {len(whys)} replica(s): {'; '.join(whys)}", True))
+    for k, n in restored.trimmed.items():
+        ch.events.append((k, "ReplicasReleased", (
+            f"released {n} replica(s) the demand no longer needs "
+            f"({profile_counts(plan.reserved.get(k, []))} kept)"), False))
+    plan.engine = built.cluster
+    ch.render |= set(c.live)
+    ch.rebuilt = True
+    c.capacity = True
+
+
+def phase_release(c: Cycle) -> None:
+    """2. Deleted jobs give their instances back; what was said about them goes."""
+    plan = c.plan
+    for k in [k for k in plan.reserved if k not in c.live]:
+        c.engine.state.release(k)
+        del plan.reserved[k]
+        c.capacity = True
+    for m in (plan.failures, plan.reasons):
+        for k in [k for k in m if k not in c.live]:
+            del m[k]
+
+
+def phase_revalidate(c: Cycle) -> None:
+    """3. Changed jobs: keep what still fits their spec, give back the surplus."""
+    plan, live = c.plan, c.live
+    for k in sorted(c.work.spec_dirty, key=lambda k: live[k].order if k in live else ()):
+        if k not in live or k not in plan.reserved:
+            continue
+        old = plan.reserved.pop(k)
+        c.engine.state.release(k)
+        job = engine_job(live[k])
+        if not c.info.knows(job.model):
+            c.capacity = True
+            continue
+        res = restore(c.engine, [(job, [r.to_status() for r in old])], c.info.table)
+        if res.kept.get(k):
+            plan.reserved[k] = res.kept[k]
+        if res.dropped.get(k):
+            c.changes.events.append((k, "ReplicasReleased",
+                                     f"released {len(res.dropped[k])} replica(s): "
+                                     f"{'; '.join(res.dropped[k])}", True))
+        if plan.reserved.get(k) != old:
+            c.capacity = True
+
+
+def phase_place(c: Cycle) -> None:
+    """4. Waiting jobs, one at a time, in arrival order (the policy's arrival path)."""
+    plan, ch, tally, spec_dirty = c.plan, c.changes, c.tally, c.work.spec_dirty
+    for v in c.ordered:
+        if not (c.capacity or v.key in spec_dirty or v.key not in plan.reserved):
+            continue
+        if plan.served(v):
+            continue
+        job = engine_job(v)
+        if not c.info.knows(job.model):
+            message = unknown_model_message(job.model, c.info)
+            plan.failures[v.key] = message
+            plan.reasons.pop(v.key, None)
+            _announce(plan, ch, v.key, "UnknownModel", message, memo=message)
+            tally.attempts["arrival", "failed"] += 1
+            ch.render.add(v.key)
+            continue
+        plan.failures.pop(v.key, None)
+        if v.key not in spec_dirty and not c.capacity and v.key in plan.reasons:
+            continue  # nothing it could use changed since it was last refused
+        placed = place(c.inputs.policy, c.engine, job, c.info.table)
+        tally.durations.append(("arrival", placed.seconds))
+        tally.attempts["arrival", "placed" if placed.ok else "unplaced"] += 1
+        if placed.replicas:
+            plan.reserved[v.key] = placed.replicas
+        if placed.ok:
+            plan.reasons.pop(v.key, None)
+            plan.announced.pop(v.key, None)
+        else:
+            reason = placed.reason or "not placed"
+            plan.reasons[v.key] = reason
+            _announce(plan, ch, v.key, "Unplaceable", f"cannot be placed: {reason}",
+                      memo=reason)
+        ch.render.add(v.key)
+
+
+def phase_replan(c: Cycle) -> None:
+    """5. The global re-plan; an accepted one rebuilds the engine state from its result."""
+    plan, ch = c.plan, c.changes
+    movable = {v.key: v.job.spec.migration.disruption_budget or 1
+               for v in c.ordered if v.job.spec.migration.allowed}
+    pending = [engine_job(v) for v in c.ordered
+               if not plan.served(v) and v.key not in plan.failures]
+    result = replan(c.engine, movable, pending, c.inputs.policy, c.info.table,
+                    c.inputs.max_migrations)
+    ch.replan = result
+    c.tally.durations.append(("replan", result.seconds))
+    c.tally.replans["accepted" if result.accepted else "kept"] += 1
+    log.info("global re-plan (%.2f s): %s", result.seconds, result.note)
+    if not result.accepted:
+        return
+    for k, reps in result.changed.items():
+        if reps:
+            plan.reserved[k] = reps
+            plan.reasons.pop(k, None)
+        else:
+            plan.reserved.pop(k, None)
+    c.tally.migrations += result.migrations
+    for k, n in result.moved.items():
+        ch.events.append((k, "Migrating", move_text(c.before.get(k, []),
+                                                    plan.reserved.get(k, []), n, result), False))
+    order = sorted(plan.reserved, key=lambda k: c.live[k].order)
+    plan.engine = rebuild_engine(
+        c.work.nodes.values(),
+        [(engine_job(c.live[k]), [r.to_status() for r in plan.reserved[k]]) for k in order],
+        c.info.table).cluster
+
+
+def phase_diff(c: Cycle) -> None:
+    """6. The reservations that changed, and a Placed Event for each new one (moves have
+    their Migrating Event)."""
+    plan, ch, before = c.plan, c.changes, c.before
+    moved = ch.replan.moved if ch.replan is not None and ch.replan.accepted else {}
+    for k in set(before) | set(plan.reserved):
+        if before.get(k, []) == plan.reserved.get(k, []):
+            continue
+        ch.reserved[k] = list(plan.reserved.get(k, []))
+        ch.old_nodes |= {r.node for r in before.get(k, [])}
+        ch.render.add(k)
+        reps = plan.reserved.get(k)
+        if reps and k in c.live and k not in moved:
+            total = sum(r.throughput_rps for r in reps)
+            ch.events.append((k, "Placed", (
+                f"placed {len(reps)} replica(s) ({profile_counts(reps)}) on "
+                f"{', '.join(sorted({r.node for r in reps}))}: {total:.0f} of "
+                f"{c.live[k].job.spec.demand.requests_per_second:g} requests/s"), False))
+
+
+def _announce(plan: Plan, ch: Changes, key: str, reason: str, message: str, memo: str) -> None:
+    """An Event for a job that cannot be placed, once per distinct ``memo``."""
+    if plan.announced.get(key) != memo:
+        ch.events.append((key, reason, message, True))
+        plan.announced[key] = memo
+
+
+def profile_counts(reps: Iterable[Replica]) -> str:
+    """``2x1g.10gb,1x3g.40gb``: most frequent first."""
+    counts: Counter[str] = Counter(r.profile for r in reps)
+    return ",".join(f"{n}x{p}" for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def move_text(old: list[Replica], new: list[Replica], n: int, res: ReplanResult) -> str:
+    gone = [r for r in old if r.slot not in {x.slot for x in new}]
+    came = [r for r in new if r.slot not in {x.slot for x in old}]
+
+    def fmt(rs: list[Replica]) -> str:
+        return ", ".join(f"{r.profile}@{r.start} on {r.node}/GPU {r.gpu_index}"
+                         for r in rs) or "-"
+    return f"global re-plan moves {n} replica(s): {fmt(gone)} -> {fmt(came)} ({res.note})"
+
+
+def _status_slot(rs: ReplicaStatus) -> tuple[str, str, str, int]:
+    return (rs.node, rs.gpu_uuid or "", rs.mig_profile, rs.start_slice or 0)
+
+
+def _replica_slot(r: Replica) -> tuple[str, str, str, int]:
+    return (r.node, r.gpu_uuid, r.profile, r.start)

@@ -1,0 +1,278 @@
+"""The writer: a decision's changes to the API server, in the order the docs promise.
+
+1. the statuses whose reservation changed (a reservation is durable before anything
+   depends on it);
+2. the GPUNode specs (layouts) of the nodes concerned;
+3. the worker Deployments, only for jobs whose nodes report their instances;
+4. the other statuses (phase, conditions);
+5. Events, in the background (nothing waits for them).
+
+Every write's answer is fed back to the :class:`~conspirator.operator.cache.ObservationCache`
+so that the next pass sees what was written.  A failed write raises (after the other
+writes of the same step finished); the controller then resyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from conspirator.api.v1alpha1 import InferenceJobStatus, JobPhase
+from conspirator.operator import manifests
+from conspirator.operator.cache import ObservationCache, Work
+from conspirator.operator.kubeapi import ConflictError, KubeAPI, NotFoundError
+from conspirator.operator.metrics import Metrics
+from conspirator.operator.planner import Changes, Plan
+from conspirator.operator.status import Outcome, render, same_status
+from conspirator.operator.translate import desired_spec, layout_applied, layout_diff, spec_key
+from conspirator.operator.views import (
+    ANNOTATION_NODE,
+    ANNOTATION_TEMPLATE_HASH,
+    JobView,
+    WorkerView,
+)
+
+
+class Writer:
+    """See the module docstring."""
+
+    def __init__(self, kube: KubeAPI, cache: ObservationCache, metrics: Metrics) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.metrics = metrics
+        self.errors: dict[str, str] = {}
+        """Job key -> why its status could not be written in the last pass."""
+        self._posting: set[asyncio.Task[None]] = set()
+
+    async def write(self, work: Work, plan: Plan, ch: Changes, now: datetime) -> None:
+        """The steps of the module docstring, in order."""
+        self.errors = {}
+        jobs = work.jobs
+        live = work.live
+        on_node = plan.jobs_on_node()
+
+        # 1. Reservations first: a layout or a worker never exists for an unrecorded one.
+        await self._statuses([k for k in sorted(ch.reserved) if k in live], work, plan, now)
+
+        # 2. Layouts.
+        nodes = set(work.nodes_dirty) | ch.old_nodes | {
+            r.node for reps in ch.reserved.values() for r in reps}
+        if ch.rebuilt:
+            nodes |= set(work.nodes)
+        await gather(self._layout(name, work, plan, on_node, ch, now) for name in sorted(nodes))
+
+        # 3. Workers, for jobs whose nodes show their instances.
+        check = set(ch.reserved) | work.status_dirty | work.spec_dirty | ch.render
+        for name in work.nodes_dirty:
+            check |= on_node.get(name, set())
+        if ch.rebuilt:
+            check |= set(jobs)
+        await self._workers(sorted(check), jobs, plan, ch)
+
+        # 4. Statuses that changed (phase, conditions).
+        await self._statuses(sorted(k for k in check if k in live), work, plan, now)
+
+        # 5. Events.
+        self.post([manifests.job_event(jobs[k], reason, message, warning, now)
+                   for k, reason, message, warning in ch.events if k in jobs])
+        self._gauges()
+
+    # --- 1 and 4: statuses ----------------------------------------------------------------
+
+    async def _statuses(self, keys: list[str], work: Work, plan: Plan, now: datetime) -> None:
+        snap = self.cache.snap
+        index = worker_index(snap.workers.values())
+
+        async def one(k: str) -> None:
+            view = snap.jobs.get(k)
+            if view is None or view.deleting:
+                return
+            new = render(view, self.outcome(k, work, plan, index), snap.nodes, now)
+            if same_status(view.job.status, new):
+                return
+            patch: dict[str, Any] = new.to_k8s()
+            old = view.job.status.to_k8s() if view.job.status else {}
+            for field_name in old:
+                patch.setdefault(field_name, None)
+            try:
+                body = await self.kube.patch_job_status(view.namespace, view.name, patch)
+            except NotFoundError:
+                self.cache.forget_job(view.namespace, view.name)
+                return
+            except Exception as e:
+                self.metrics.api_errors.labels("InferenceJob").inc()
+                self.errors[k] = f"status of {k} not written: {e}"
+                raise
+            self.cache.observe_job(body)
+
+        await gather(one(k) for k in keys)
+
+    def outcome(self, k: str, work: Work, plan: Plan,
+                index: Mapping[str, list[WorkerView]]) -> Outcome:
+        """What the status of job ``k`` renders from."""
+        snap = self.cache.snap
+        reps = plan.reserved.get(k, [])
+        view = work.jobs.get(k) or snap.jobs[k]
+        applied = {node: layout_applied(snap.nodes.get(node), [r for r in reps if r.node == node])
+                   for node in {r.node for r in reps}}
+        workers: dict[tuple[str, str], tuple[int, int]] = {}
+        for w in index.get(view.uid, []):
+            if not w.deleting:
+                workers[(w.node, w.profile)] = (min(w.ready_replicas, w.replicas), w.replicas)
+        source = plan.table.sources.get(view.job.spec.model.name, "") if plan.table else ""
+        return Outcome(replicas=reps, reason=plan.reasons.get(k), failure=plan.failures.get(k),
+                       applied=applied, workers=workers, source=source,
+                       token_secret=self.cache.token_secrets.get(k))
+
+    # --- 2: layouts -----------------------------------------------------------------------
+
+    async def _layout(self, name: str, work: Work, plan: Plan, on_node: Mapping[str, set[str]],
+                      ch: Changes, now: datetime) -> None:
+        node = self.cache.snap.nodes.get(name)
+        if node is None:
+            return
+        mine = sorted(on_node.get(name, ()))
+        want = desired_spec(node, [r for k in mine for r in plan.reserved[k]])
+        self.cache.written_spec[name] = spec_key(want)
+        if spec_key(want) == spec_key(node.spec):
+            return
+        old_sets = {g.index: {(i.profile, i.start) for i in g.instances}
+                    for g in node.spec.gpus}
+        changed_gpus = sum(1 for g in want.gpus
+                           if {(i.profile, i.start) for i in g.instances}
+                           != old_sets.get(g.index, set()))
+        try:
+            body = await self.kube.patch_node_spec(name, want.to_k8s())
+        except NotFoundError:
+            return
+        except Exception:
+            self.metrics.api_errors.labels("GPUNode").inc()
+            raise
+        self.cache.observe_node(body)
+        self.metrics.mig_reconfigurations.inc(changed_gpus)
+        diff = layout_diff(node, want)
+        if not diff:
+            return
+        text = "; ".join(c.describe() for c in diff)
+        self.post([manifests.event(
+            None, kind="GPUNode", name=name, namespace="",
+            uid=str((body.get("metadata") or {}).get("uid", "")),
+            reason="Repartitioning", message=f"new MIG layout: {text}", now=now)])
+        live = work.live
+        for k in mine:
+            if k in ch.reserved and k in live:
+                reps = [r for r in plan.reserved[k] if r.node == name]
+                if not layout_applied(self.cache.snap.nodes.get(name), reps):
+                    ch.events.append((k, "Repartitioning", (
+                        f"waiting for {name} to repartition: {text}"), False))
+
+    # --- 3: workers -----------------------------------------------------------------------
+
+    async def _workers(self, keys: list[str], jobs: Mapping[str, JobView], plan: Plan,
+                       ch: Changes) -> None:
+        snap = self.cache.snap
+        by_uid = worker_index(snap.workers.values())
+        tasks: list[Awaitable[None]] = []
+        for k in keys:
+            view = jobs.get(k) or snap.jobs.get(k)
+            if view is None:
+                continue
+            existing = {(w.node, w.profile): w for w in by_uid.get(view.uid, [])}
+            reps = plan.reserved.get(k, [])
+            groups = manifests.worker_groups(reps) if not view.deleting else {}
+            for (node, profile), w in existing.items():
+                if (node, profile) not in groups and not w.deleting:
+                    tasks.append(self._delete_worker(w))
+            for (node, profile), count in groups.items():
+                mine = [r for r in reps if r.node == node]
+                if not layout_applied(snap.nodes.get(node), mine):
+                    continue
+                group = [r for r in mine if r.profile == profile]
+                body = manifests.deployment(
+                    view, node, profile, count,
+                    throughput=sum(r.throughput_rps for r in group) / max(1, len(group)))
+                tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch))
+            # Deployments of an older job of the same name (its uid differs).
+            for n, p in groups:
+                old = snap.workers.get(
+                    f"{view.namespace}/{manifests.worker_name(view.name, n, p)}")
+                if old is not None and old.job_uid != view.uid and not old.deleting:
+                    tasks.append(self._delete_worker(old))
+        await gather(tasks)
+
+    async def _delete_worker(self, w: WorkerView) -> None:
+        try:
+            await self.kube.delete_deployment(w.namespace, w.name, w.uid or None)
+        except ConflictError:
+            return
+        self.cache.mark_worker_deleting(w)
+
+    async def _put_worker(self, view: JobView, body: dict[str, Any], existing: WorkerView | None,
+                          ch: Changes) -> None:
+        want_hash = body["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH]
+        if existing is not None and existing.template_hash == want_hash:
+            return
+        try:
+            if existing is None:
+                try:
+                    got = await self.kube.create_deployment(body)
+                    ch.events.append((view.key, "WorkersCreated", (
+                        f"Deployment {body['metadata']['name']}: {body['spec']['replicas']} "
+                        f"worker(s) on {body['metadata']['annotations'][ANNOTATION_NODE]}"
+                    ), False))
+                except ConflictError:
+                    got = await self.kube.read_deployment(body["metadata"]["namespace"],
+                                                          body["metadata"]["name"])
+                    current = WorkerView.from_body(got)
+                    if current.job_uid != view.uid:
+                        return  # an older job's; deleted when seen
+                    if current.template_hash != want_hash:
+                        got = await self.kube.update_deployment(body, current.resource_version)
+            else:
+                got = await self.kube.update_deployment(body, existing.resource_version)
+        except (ConflictError, NotFoundError):
+            self.cache.status_dirty.add(view.key)  # look again next pass
+            return
+        except Exception:
+            self.metrics.api_errors.labels("Deployment").inc()
+            raise
+        self.cache.observe_worker(got)
+
+    # --- 5: events and gauges -------------------------------------------------------------
+
+    def post(self, events: list[dict[str, Any]]) -> None:
+        """Post Events in the background: the pass (and the handlers) need not wait."""
+        if not events:
+            return
+        task = asyncio.create_task(gather(self.kube.post_event(e) for e in events))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    def _gauges(self) -> None:
+        snap = self.cache.snap
+        phases: dict[str, int] = {p.value: 0 for p in JobPhase}
+        for v in snap.jobs.values():
+            st: InferenceJobStatus | None = v.job.status
+            if st is not None and st.phase is not None:
+                phases[st.phase.value] += 1
+        for p, n in phases.items():
+            self.metrics.jobs.labels(p).set(n)
+        self.metrics.workers.set(sum(1 for w in snap.workers.values() if not w.deleting))
+
+
+def worker_index(workers: Iterable[WorkerView]) -> dict[str, list[WorkerView]]:
+    """Job uid -> its worker Deployments."""
+    by_uid: dict[str, list[WorkerView]] = {}
+    for w in workers:
+        by_uid.setdefault(w.job_uid, []).append(w)
+    return by_uid
+
+
+async def gather(aws: Iterable[Awaitable[None]]) -> None:
+    """Await all; re-raise the first failure once every call has finished."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
