@@ -224,7 +224,7 @@ class Controller:
                     self._last_error = None
                 except Exception as e:
                     self._last_error = f"{type(e).__name__}: {e}"
-                    raise
+                    raise PassError(self._last_error) from e
                 finally:
                     self._completed = target
         if self._last_error is not None:

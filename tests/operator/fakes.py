@@ -98,6 +98,8 @@ class FakeKube(FakeSecrets):
         self.fail: dict[str, Exception] = {}
         self.lists = 0
         """Full listings made (one per resync)."""
+        self.writes_made: list[tuple[str, str]] = []
+        """(method, object) of every write that succeeded, in order."""
 
     def _maybe_fail(self, method: str) -> None:
         err = self.fail.pop(method, None)
@@ -133,6 +135,7 @@ class FakeKube(FakeSecrets):
             raise NotFoundError(name) from None
         merged = {**(body.get("status") or {}), **status}
         body["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.writes_made.append(("patch_job_status", f"{namespace}/{name}"))
         return self._touch(body)
 
     async def patch_node_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +146,7 @@ class FakeKube(FakeSecrets):
         except KeyError:
             raise NotFoundError(name) from None
         body["spec"] = spec
+        self.writes_made.append(("patch_node_spec", name))
         return self._touch(body)
 
     async def create_deployment(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +159,7 @@ class FakeKube(FakeSecrets):
         body = copy.deepcopy(body)
         body["metadata"].update(resourceVersion=str(self.rv), uid=f"d{self.rv}", generation=1)
         self.deployments[key] = body
+        self.writes_made.append(("create_deployment", key))
         return copy.deepcopy(body)
 
     async def update_deployment(self, body: dict[str, Any], resource_version: str
@@ -181,7 +186,8 @@ class FakeKube(FakeSecrets):
     async def delete_deployment(self, namespace: str, name: str, uid: str | None = None
                                 ) -> None:
         self._maybe_fail("delete_deployment")
-        self.deployments.pop(f"{namespace}/{name}", None)
+        if self.deployments.pop(f"{namespace}/{name}", None) is not None:
+            self.writes_made.append(("delete_deployment", f"{namespace}/{name}"))
 
     async def post_event(self, body: dict[str, Any]) -> None:
         self.events.append(body)
