@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q '.[test]'
 	touch $(STAMP)
 
-# Tests run against the installed package, so reinstall the tree on every run.
+# Tests run against the installed package, so reinstall the tree on every run (setuptools'
+# build/lib* would otherwise keep modules that were removed or renamed since the last build).
 install: $(STAMP)
+	rm -rf build/lib* build/bdist*
 	$(BIN)/pip install -q --no-deps --force-reinstall .
 
 # Quickstart 1: Conspirator installed from its Helm chart on the local cluster (e2e/demo.py;
@@ -22,14 +24,14 @@ install: $(STAMP)
 # `helm install` the chart, apply an InferenceJob, send requests through the DPU agent, show
 # `kubectl get ij`, then clean up.  DEMO_KEEP=1 leaves it running; `make demo-down` removes it.
 demo: install e2e-build
-	$(BIN)/python -P e2e/demo.py $(if $(DEMO_KEEP),--keep)
+	$(BIN)/python e2e/demo.py $(if $(DEMO_KEEP),--keep)
 
 demo-down: install
-	$(BIN)/python -P e2e/demo.py --down
+	$(BIN)/python e2e/demo.py --down
 
 # The multi-node variant: the operator and one node daemon per kwok GPU node as processes.
 demo-operator: install e2e-build
-	$(BIN)/python -P e2e/demo_operator.py $(if $(DEMO_KEEP),--keep)
+	$(BIN)/python e2e/demo_operator.py $(if $(DEMO_KEEP),--keep)
 
 # The simulator on the default traces (about a minute; needs shared/data, see README).
 demo-sim: install
@@ -48,10 +50,12 @@ generate: install
 	cp operator/deploy/peering.yaml charts/conspirator/crds/peerings.kopf.dev.yaml
 	$(BIN)/conspirator default-profiles --out charts/conspirator/files/modelprofiles.yaml
 	$(BIN)/conspirator gen-protos
-	$(BIN)/python -P charts/chart_docs.py
+	$(BIN)/python charts/chart_docs.py
 
+# import-linter reads the installed package (from .venv/, off the repository root), like mypy.
 lint:
 	$(BIN)/ruff check .
+	cd $(VENV) && bin/lint-imports $(CURDIR)/pyproject.toml
 
 # mypy checks the installed package: the source tree maps directories to packages
 # (operator/ -> conspirator.operator) in a way only the installed copy shows.
@@ -97,19 +101,18 @@ bench-mig: install
 bench-scale: install
 	$(BIN)/python benchmarks/fractional_scale.py
 
-# Node daemon: applier passes, Allocate over gRPC, buffer registration (python -P: the
-# repository root's operator/ directory would shadow the standard library).
+# Node daemon: applier passes, Allocate over gRPC, buffer registration.
 bench-deviceplugin: install
-	$(BIN)/python -P benchmarks/deviceplugin_bench.py --out benchmarks/results/deviceplugin
+	$(BIN)/python benchmarks/deviceplugin_bench.py --out benchmarks/results/deviceplugin
 
 # Data path: the four architectures of DESIGN section 6 at 4 KiB-4 MiB, with and without
 # host load (needs 2+ cores and gcc; pins to cores 0 and 1; about 5 minutes).
 bench-datapath: install
-	$(BIN)/python -P benchmarks/datapath/dp_bench.py --out benchmarks/results/datapath
+	$(BIN)/python benchmarks/datapath/dp_bench.py --out benchmarks/results/datapath
 
 # Operator: 1,000 InferenceJobs on 100 simulated GPU nodes of the local cluster (~6 min).
 bench-operator: install e2e-build
-	$(BIN)/python -P benchmarks/operator_scale.py --out benchmarks/results/operator
+	$(BIN)/python benchmarks/operator_scale.py --out benchmarks/results/operator
 
 clean:
 	rm -rf $(VENV) build *.egg-info out

@@ -1,6 +1,6 @@
 """Node-daemon micro-benchmarks: the applier, Allocate over real gRPC, buffer registration.
 
-    python -P benchmarks/deviceplugin_bench.py [--out benchmarks/results/deviceplugin]
+    python benchmarks/deviceplugin_bench.py [--out benchmarks/results/deviceplugin]
 
 * **apply**: an 8-GPU A100-80GB node (simulated backend, state file on disk, no artificial
   operation delay) re-partitioned back and forth between 7 x 1g.10gb and

@@ -18,7 +18,7 @@ Then it cleans up (job deleted, ``helm uninstall``, cluster stopped if it starte
 removes it later.  ``make demo-operator`` is the multi-node variant (operator and node
 daemons as processes over the kwok GPU nodes).
 
-    python -P e2e/demo.py [--keep | --down]
+    python e2e/demo.py [--keep | --down]
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ two InferenceJobs) into the namespace ``demo``, waits until they run and shows t
 Then it cleans up after itself (jobs released through the operator, daemons and operator
 stopped, GPUNodes and the ModelProfile deleted, the cluster stopped if it started it), so
 ``make test`` finds the cluster as before.  ``--keep`` (``make demo-operator DEMO_KEEP=1``) leaves
-everything running to explore; ``--down`` (``python -P e2e/demo_operator.py --down``)
+everything running to explore; ``--down`` (``python e2e/demo_operator.py --down``)
 stops it later.
 
-    python -P e2e/demo_operator.py [--keep | --down]
+    python e2e/demo_operator.py [--keep | --down]
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def up(cluster: Cluster, keep: bool) -> int:
     finally:
         if keep and ok:
             say("left running: eval \"$(e2e/cluster.sh env)\"; kubectl get ij -n demo; "
-                "stop it with: .venv/bin/python -P e2e/demo_operator.py --down")
+                "stop it with: .venv/bin/python e2e/demo_operator.py --down")
         else:
             say("cleaning up (make demo-operator DEMO_KEEP=1 leaves it running)")
             down(cluster, started_cluster=started)

@@ -1,4 +1,21 @@
-"""``conspirator operator``: run the Kubernetes operator (kopf)."""
+"""``conspirator operator``: run the Kubernetes operator (kopf).
+
+This directory is the package ``conspirator.operator`` (a namespace portion: it has no
+``__init__.py``, so that ``operator/`` in the repository root never shadows the standard
+library's ``operator``).  Its modules, docs/operator.md and docs/architecture.md:
+
+- ``placement``: the pure placement engine (data in, decision out);
+- ``simulator``: the trace-driven simulator that evaluates placement policies;
+- the operator itself: ``cli`` (this) -> ``runner`` (kopf, the re-plan loop, metrics,
+  peering) -> ``handlers`` (thin kopf handlers) -> ``controller`` (the loop) over
+  ``cache`` (observations, dirty sets), ``planner`` (the pure decision, in phases) and
+  ``writer`` (statuses, layouts, workers, Events, in order);
+- ``datapath``: the per-job token Secrets and the DPU agents' aggregate Secret;
+- ``views``, ``translate``, ``status``, ``manifests``, ``global_replan``: pure translation
+  between the API objects and the engine (tested without a cluster);
+- ``kubeapi`` (the API calls, as a Protocol) and ``kube`` (the real client); ``settings``,
+  ``metrics``, ``peering``, ``profilegen``.
+"""
 
 from __future__ import annotations
 

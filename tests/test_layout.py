@@ -1,19 +1,26 @@
-"""The repository's walls (DESIGN section 2), checked on the source.
+"""The repository's walls (DESIGN section 2) that import-linter cannot say.
+
+The import rules themselves (the core imports no component, the components never import
+each other, the placement engine is pure, the layers inside the components) are
+import-linter contracts in pyproject.toml, run by ``make lint``.  Here:
 
 * every package directory is listed in pyproject's explicit ``packages`` (an unlisted
   one would be missing from ``pip install .``);
-* the core (``conspirator``, including ``conspirator.api``) imports no component;
-* the placement engine is pure: no kopf, no kubernetes client, no grpc;
-* the operator never imports the node daemon or the DPU agent, and the DPU agent
-  imports neither the operator nor the node daemon.
+* every module of the core is named in the contract that keeps it off the components (a
+  new one would otherwise be unchecked);
+* every module of a component is named in its layers contract;
+* the repository root shadows nothing: ``import operator`` there is the standard library's,
+  and ``python -m pytest`` collects from there.
 """
 
 from __future__ import annotations
 
-import ast
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,70 +28,75 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUP = PYPROJECT["tool"]["setuptools"]
 PACKAGE_DIR: dict[str, str] = SETUP["package-dir"]
-COMPONENTS = ("conspirator.operator", "conspirator.deviceplugin", "conspirator.dpu_agent")
+CONTRACTS: list[dict[str, Any]] = PYPROJECT["tool"]["importlinter"]["contracts"]
+NAMESPACE_PORTIONS = {"conspirator.operator"}
+"""Mapped directories without an ``__init__.py`` (operator/: see its cli.py)."""
 
 
 def package_dirs() -> Iterator[tuple[str, Path]]:
     """(import name, directory) of every package under the mapped roots."""
     for name, rel in PACKAGE_DIR.items():
         base = ROOT / rel
+        if name in NAMESPACE_PORTIONS:
+            yield name, base
         for init in base.rglob("__init__.py"):
             parts = init.parent.relative_to(base).parts
             yield ".".join((name, *parts)) if parts else name, init.parent
 
 
-def modules(package: str) -> Iterator[Path]:
-    for name, d in package_dirs():
-        if name == package or name.startswith(package + "."):
-            yield from d.glob("*.py")
+def contract(name_start: str) -> dict[str, Any]:
+    (c,) = [c for c in CONTRACTS if c["name"].startswith(name_start)]
+    return c
 
 
-def imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            out.add(node.module)
-    return out
-
-
-def offenders(package: str, forbidden: tuple[str, ...], skip: tuple[str, ...] = ()
-              ) -> list[str]:
-    bad = []
-    for path in modules(package):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        if any(s in name for s in skip):
-            continue
-        for imp in imports(path):
-            if any(imp == f or imp.startswith(f + ".") for f in forbidden):
-                bad.append(f"{path.relative_to(ROOT)} imports {imp}")
-    return bad
+def layer_modules(c: dict[str, Any]) -> set[str]:
+    return {m.strip() for layer in c["layers"] for m in layer.replace(":", "|").split("|")}
 
 
 def test_every_package_directory_is_listed_in_pyproject() -> None:
     listed = set(SETUP["packages"])
     found = {name for name, _ in package_dirs()}
     assert found - listed == set(), "add these to [tool.setuptools] packages"
+    assert NAMESPACE_PORTIONS <= listed
+    for name in NAMESPACE_PORTIONS:
+        assert not (ROOT / PACKAGE_DIR[name] / "__init__.py").exists(), \
+            f"{PACKAGE_DIR[name]}/__init__.py would shadow the standard library"
 
 
-def test_core_imports_no_component() -> None:
-    core = [p for p in offenders("conspirator", COMPONENTS)
-            if not p.startswith(tuple(PACKAGE_DIR[c] for c in COMPONENTS))]
-    assert core == []
+def test_every_core_module_is_under_the_core_contract() -> None:
+    sources = set(contract("The core imports no component")["source_modules"])
+    children = {f"conspirator.{p.stem}" for p in (ROOT / "conspirator").glob("*.py")
+                if p.stem != "__init__"}
+    children |= {f"conspirator.{p.parent.name}"
+                 for p in (ROOT / "conspirator").glob("*/__init__.py")}
+    assert children - sources == set(), "add them to the contract's source_modules"
+    assert sources - children == set(), "the contract names modules that are gone"
 
 
-def test_placement_is_pure() -> None:
-    assert offenders("conspirator.operator.placement",
-                     ("kopf", "kubernetes", "grpc", "conspirator.operator.simulator",
-                      "conspirator.deviceplugin", "conspirator.dpu_agent")) == []
-
-
-@pytest.mark.parametrize(("package", "forbidden"), [
-    ("conspirator.operator", ("conspirator.deviceplugin", "conspirator.dpu_agent")),
-    ("conspirator.dpu_agent", ("conspirator.operator", "conspirator.deviceplugin")),
-    ("conspirator.deviceplugin", ("conspirator.operator", "conspirator.dpu_agent")),
+@pytest.mark.parametrize(("package", "contract_name", "exempt"), [
+    ("conspirator.operator", "Operator layers",
+     {"cli", "profilegen", "simulator"}),
 ])
-def test_components_do_not_import_each_other(package: str, forbidden: tuple[str, ...]) -> None:
-    assert offenders(package, forbidden) == []
+def test_every_component_module_is_in_its_layers(package: str, contract_name: str,
+                                                  exempt: set[str]) -> None:
+    layered = layer_modules(contract(contract_name))
+    base = ROOT / PACKAGE_DIR[package]
+    names = {p.stem for p in base.glob("*.py") if p.stem != "__init__"}
+    names |= {p.parent.name for p in base.glob("*/__init__.py")}
+    missing = {f"{package}.{n}" for n in names - exempt} - layered
+    assert missing == set(), "give these a layer in pyproject.toml"
+
+
+def test_the_root_shadows_no_standard_module() -> None:
+    code = "import collections, operator; operator.or_; print(operator.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert Path(out.strip()).parent != ROOT / "operator"
+
+
+def test_python_m_pytest_collects_from_the_root() -> None:
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                        "-p", "no:cacheprovider", "tests/operator/test_planner.py"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "test_arrival_is_placed" in r.stdout

@@ -112,7 +112,7 @@ class Row:
 
 
 def conspirator(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "conspirator", *args]
+    return [sys.executable, "-m", "conspirator", *args]
 
 
 def cpu_ns(pid: int) -> int:
@@ -220,7 +220,7 @@ class Setup:
         a = self.arch
         if a.name == "worker-tcp":
             port_file = self.dir / "port.json"
-            p = self.spawn([sys.executable, "-P", str(HERE / "dp_worker_tcp.py"), "--job", JOB,
+            p = self.spawn([sys.executable, str(HERE / "dp_worker_tcp.py"), "--job", JOB,
                             "--token", TOKEN, "--size", str(max(SIZES)), "--cpu",
                             str(HOST_CPU), "--port-file", str(port_file)])
             self.host_pids.append(p.pid)

@@ -1,9 +1,9 @@
 """Generate the CRD YAML (and the API reference) from the pydantic models.
 
-Usage, from the repository root (``-P``: see :data:`REGENERATE`)::
+Usage, from the repository root::
 
-    python -P -m conspirator.api.crdgen --out crds/ --docs docs/api.md
-    python -P -m conspirator.api.crdgen --out crds/ --docs docs/api.md --check
+    python -m conspirator.api.crdgen --out crds/ --docs docs/api.md
+    python -m conspirator.api.crdgen --out crds/ --docs docs/api.md --check
 
 writes ``<out>/<plural>.conspirator.io.yaml`` for every kind (and, with
 ``--docs``, the Markdown reference).  ``--check`` writes nothing and exits 1
@@ -24,12 +24,8 @@ import yaml
 from conspirator.api.structural import clean_description, structural_schema
 from conspirator.api.v1alpha1 import GROUP, KINDS, VERSION, CRDInfo
 
-REGENERATE = "python -P -m conspirator.api.crdgen --out crds/ --docs docs/api.md"
-"""The command that regenerates ``crds/`` and ``docs/api.md`` from the repository root.
-
-``-P`` keeps the working directory off ``sys.path``: in the repository root the
-``operator/`` directory would otherwise shadow the standard library's ``operator``.
-"""
+REGENERATE = "python -m conspirator.api.crdgen --out crds/ --docs docs/api.md"
+"""The command that regenerates ``crds/`` and ``docs/api.md`` from the repository root."""
 DESCRIPTION = "Generate the conspirator.io CRDs (and the API reference) from the models."
 
 HEADER = f"# Generated from conspirator.api by `{REGENERATE}`. Do not edit.\n"

@@ -1,4 +1,4 @@
-"""``python -P -m conspirator_e2e`` (with e2e/ on PYTHONPATH): the cluster CLI."""
+"""``python -m conspirator_e2e`` (with e2e/ on PYTHONPATH): the cluster CLI."""
 
 import sys
 

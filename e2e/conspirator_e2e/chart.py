@@ -241,7 +241,7 @@ def job_token(cluster: Cluster, ns: str, job: Mapping[str, Any]) -> str:
 
 def loadgen_argv(endpoint: str, job: str, token_file: Path, out: Path,
                  requests: int) -> list[str]:
-    return [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address",
+    return [sys.executable, "-m", "conspirator", "loadgen", "--address",
             f"tcp://{endpoint}", "--job", job, "--token-file", str(token_file), "--requests",
             str(requests), "--concurrency", "8", "--connections", "2", "--payload-size",
             "4KiB", "--json", str(out), "--no-progress"]

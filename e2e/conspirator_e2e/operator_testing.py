@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """``python -P -m conspirator operator`` against the local cluster."""
+    """``python -m conspirator operator`` against the local cluster."""
 
     def __init__(self, kubeconfig: Path, log: Path, *args: str,
                  env: dict[str, str] | None = None) -> None:
@@ -57,7 +57,7 @@ class OperatorProcess:
         self.starts = 0
 
     def start(self) -> OperatorProcess:
-        argv = [sys.executable, "-P", "-m", "conspirator", "operator",
+        argv = [sys.executable, "-m", "conspirator", "operator",
                 "--kubeconfig", str(self.kubeconfig),
                 "--liveness-port", str(self.liveness_port),
                 "--metrics-port", str(self.metrics_port),

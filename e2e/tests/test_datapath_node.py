@@ -113,7 +113,7 @@ def buffers(dp: DataPathNode, job: str, token: str) -> set[int]:
 def loadgen(dp: DataPathNode, job: str, token_file: Path, out: Path,
             requests: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address", dp.agent.address,
+        [sys.executable, "-m", "conspirator", "loadgen", "--address", dp.agent.address,
          "--job", job, "--token-file", str(token_file), "--requests", str(requests),
          "--concurrency", "8", "--connections", "2", "--payload-size", "4KiB",
          "--json", str(out), "--no-progress"],
