@@ -39,7 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "e2e"))
 
-from conspirator_e2e.cluster import Cluster, GPUNodeSpec  # noqa: E402
+from conspirator_e2e.cluster import GPUNodeSpec, LocalCluster  # noqa: E402
 from conspirator_e2e.fakenode import FakeNodeDaemon  # noqa: E402
 from conspirator_e2e.operator_testing import (  # noqa: E402
     EXAMPLES,
@@ -78,7 +78,7 @@ def workload(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def create_nodes(cluster: Cluster, core: client.CoreV1Api, specs: list[GPUNodeSpec]) -> None:
+def create_nodes(cluster: LocalCluster, core: client.CoreV1Api, specs: list[GPUNodeSpec]) -> None:
     for s in specs:
         obj = s.node_object()
         status = obj.pop("status")
@@ -144,7 +144,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "operator")
     args = ap.parse_args()
 
-    cluster = Cluster()
+    cluster = LocalCluster()
     lock_path = Path(str(cluster.paths.state) + ".lock")
     with lock_path.open("a") as lock:
         print(f"waiting for the cluster lock {lock_path} ...", flush=True)
@@ -164,7 +164,7 @@ def main() -> int:
     return 0
 
 
-def run(cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
+def run(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, Any]:
     api = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(cluster.paths.kubeconfig))
     core = client.CoreV1Api(api)

@@ -34,7 +34,7 @@ E2E = Path(__file__).resolve().parent
 sys.path.insert(0, str(E2E))
 
 from conspirator_e2e import chart, demo  # noqa: E402
-from conspirator_e2e.cluster import Cluster  # noqa: E402
+from conspirator_e2e.cluster import LocalCluster  # noqa: E402
 from conspirator_e2e.datapath import build_dpserve_image  # noqa: E402
 from conspirator_e2e.demo import say, show  # noqa: E402
 from conspirator_e2e.images import build_product_images  # noqa: E402
@@ -44,13 +44,13 @@ JOB = "echo"
 
 
 
-def work_dir(cluster: Cluster) -> Path:
+def work_dir(cluster: LocalCluster) -> Path:
     d = cluster.paths.state / "demo-chart"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def down(cluster: Cluster, started_cluster: bool | None = None) -> None:
+def down(cluster: LocalCluster, started_cluster: bool | None = None) -> None:
     d = work_dir(cluster)
     state = d / "state.json"
     saved = json.loads(state.read_text()) if state.exists() else {}
@@ -77,7 +77,7 @@ def down(cluster: Cluster, started_cluster: bool | None = None) -> None:
         cluster.down()
 
 
-def up(cluster: Cluster, keep: bool) -> int:
+def up(cluster: LocalCluster, keep: bool) -> int:
     started = not cluster.is_up()
     if started:
         say("starting the local cluster (e2e/cluster.sh up)")

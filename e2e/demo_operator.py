@@ -30,7 +30,7 @@ E2E = Path(__file__).resolve().parent
 sys.path.insert(0, str(E2E))
 
 from conspirator_e2e import demo  # noqa: E402
-from conspirator_e2e.cluster import REPO, Cluster, ClusterSpec  # noqa: E402
+from conspirator_e2e.cluster import REPO, ClusterSpec, LocalCluster  # noqa: E402
 from conspirator_e2e.demo import say  # noqa: E402
 from conspirator_e2e.nodedaemon import NodeDaemons  # noqa: E402
 from conspirator_e2e.operator_testing import (  # noqa: E402
@@ -48,13 +48,13 @@ PROFILE_FILE = EXAMPLES / "modelprofile-resnet50.yaml"
 
 
 
-def state_dir(cluster: Cluster) -> Path:
+def state_dir(cluster: LocalCluster) -> Path:
     d = cluster.paths.state / "demo"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def show(cluster: Cluster) -> None:
+def show(cluster: LocalCluster) -> None:
     for args in (("get", "ij", "-n", NAMESPACE, "-o", "wide"), ("get", "gpunodes"),
                  ("get", "deployments,pods", "-n", NAMESPACE, "-o", "wide")):
         say("kubectl " + " ".join(args))
@@ -74,13 +74,13 @@ def show(cluster: Cluster) -> None:
     print(out, end="", flush=True)
 
 
-def _api(cluster: Cluster) -> client.ApiClient:
+def _api(cluster: LocalCluster) -> client.ApiClient:
     api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(cluster.paths.kubeconfig))
     return api
 
 
-def down(cluster: Cluster, started_cluster: bool | None = None) -> None:
+def down(cluster: LocalCluster, started_cluster: bool | None = None) -> None:
     """Release the demo's jobs, stop its processes, delete what it created."""
     d = state_dir(cluster)
     pids_file = d / "pids.json"
@@ -126,7 +126,7 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def save(cluster: Cluster, **values: object) -> None:
+def save(cluster: LocalCluster, **values: object) -> None:
     """Remember what the demo started (for the clean-up, also from another process)."""
     f = state_dir(cluster) / "pids.json"
     saved = json.loads(f.read_text()) if f.exists() else {}
@@ -136,7 +136,7 @@ def save(cluster: Cluster, **values: object) -> None:
     f.write_text(json.dumps(saved))
 
 
-def up(cluster: Cluster, keep: bool) -> int:
+def up(cluster: LocalCluster, keep: bool) -> int:
     started = not cluster.is_up()
     if started:
         say("starting the local cluster (e2e/cluster.sh up)")

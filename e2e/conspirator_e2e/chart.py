@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from conspirator_e2e.cluster import APISERVER_PORT, REPO, Cluster
+from conspirator_e2e.cluster import APISERVER_PORT, REPO, LocalCluster
 
 CHART = REPO / "charts" / "conspirator"
 RELEASE = "conspirator"
@@ -34,13 +34,13 @@ AGENT_PORT = 17470
 AGENT_METRICS_PORT = 19403
 
 
-def helm_env(cluster: Cluster, home: Path) -> dict[str, str]:
+def helm_env(cluster: LocalCluster, home: Path) -> dict[str, str]:
     return dict(os.environ, HELM_CACHE_HOME=str(home / "cache"),
                 HELM_CONFIG_HOME=str(home / "config"), HELM_DATA_HOME=str(home / "data"),
                 KUBECONFIG=str(cluster.paths.kubeconfig))
 
 
-def helm(cluster: Cluster, *args: str, home: Path | None = None, timeout: float = 300,
+def helm(cluster: LocalCluster, *args: str, home: Path | None = None, timeout: float = 300,
          input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the pinned helm binary; never raises on a non-zero exit (callers assert)."""
     home = home or cluster.paths.state / "helm"
@@ -49,7 +49,7 @@ def helm(cluster: Cluster, *args: str, home: Path | None = None, timeout: float 
                           timeout=timeout, check=False, input=input)
 
 
-def local_values(cluster: Cluster, images: Mapping[str, str], *,
+def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
                  gpus: Sequence[Mapping[str, Any]] = ({"model": "H200-141GB"},),
                  ) -> dict[str, Any]:
     """Values that run the chart on this cluster's real node.
@@ -100,25 +100,25 @@ def write_values(path: Path, values: Mapping[str, Any]) -> Path:
     return path
 
 
-def install(cluster: Cluster, values_file: Path, *, upgrade: bool = False,
+def install(cluster: LocalCluster, values_file: Path, *, upgrade: bool = False,
             extra: Sequence[str] = (), timeout: str = "240s") -> subprocess.CompletedProcess[str]:
     verb = ["upgrade"] if upgrade else ["install", "--create-namespace"]
     return helm(cluster, *verb, RELEASE, str(CHART), "--namespace", NAMESPACE, "--values",
                 str(values_file), "--wait", "--timeout", timeout, *extra, timeout=400)
 
 
-def uninstall(cluster: Cluster) -> subprocess.CompletedProcess[str]:
+def uninstall(cluster: LocalCluster) -> subprocess.CompletedProcess[str]:
     return helm(cluster, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait",
                 "--timeout", "120s")
 
 
-def installed(cluster: Cluster) -> bool:
+def installed(cluster: LocalCluster) -> bool:
     """Whether the release exists, in any state (deployed, failed, pending)."""
     proc = helm(cluster, "status", RELEASE, "--namespace", NAMESPACE, "-o", "json")
     return proc.returncode == 0 and bool(json.loads(proc.stdout).get("info"))
 
 
-def release_objects(cluster: Cluster) -> list[str]:
+def release_objects(cluster: LocalCluster) -> list[str]:
     """Every object, of every listable kind, that carries the release's instance label."""
     kinds = cluster.kubectl("api-resources", "--verbs=list", "-o", "name").stdout.split()
     skip = {"events", "events.events.k8s.io", "componentstatuses"}
@@ -130,7 +130,7 @@ def release_objects(cluster: Cluster) -> list[str]:
     return found
 
 
-def wait_gone(cluster: Cluster, what: str, probe: Any, timeout: float = 120) -> None:
+def wait_gone(cluster: LocalCluster, what: str, probe: Any, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while True:
         left = probe()
@@ -166,7 +166,7 @@ def demo_objects(job: str, worker_image: str) -> list[dict[str, Any]]:
     ]
 
 
-def component_pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
+def component_pods(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
     """Component -> its one live pod (one of each on the real node), as the API's JSON."""
     out: dict[str, dict[str, Any]] = {}
     listed = json.loads(cluster.kubectl(
@@ -178,7 +178,7 @@ def component_pods(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return out
 
 
-def components_ready(cluster: Cluster) -> bool:
+def components_ready(cluster: LocalCluster) -> bool:
     """The operator, node daemon and agent pods all run and are ready.  (helm --wait can
     see a DaemonSet before its controller counted the nodes: 0 of 0 ready.)"""
     pods = component_pods(cluster)
@@ -200,7 +200,7 @@ def wait(what: str, probe: Any, timeout: float, hint: Any = None) -> Any:
         time.sleep(1)
 
 
-def component_logs(cluster: Cluster, tail: int = 40) -> str:
+def component_logs(cluster: LocalCluster, tail: int = 40) -> str:
     out = []
     for component in ("operator", "node-daemon", "dpu-agent"):
         proc = cluster.kubectl("logs", "-n", NAMESPACE, f"--tail={tail}", "-l",
@@ -209,7 +209,7 @@ def component_logs(cluster: Cluster, tail: int = 40) -> str:
     return "\n".join(out)
 
 
-def get_job(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+def get_job(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
     proc = cluster.kubectl("get", "ij", name, "-n", ns, "-o", "json", check=False)
     return dict(json.loads(proc.stdout)) if proc.returncode == 0 else {}
 
@@ -221,7 +221,7 @@ def condition(obj: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
-def wait_serving(cluster: Cluster, ns: str, name: str, timeout: float = 240) -> dict[str, Any]:
+def wait_serving(cluster: LocalCluster, ns: str, name: str, timeout: float = 240) -> dict[str, Any]:
     """The job once it is Running with DataPathReady."""
     def ready() -> dict[str, Any] | None:
         j = get_job(cluster, ns, name)
@@ -232,7 +232,7 @@ def wait_serving(cluster: Cluster, ns: str, name: str, timeout: float = 240) -> 
                      lambda: component_logs(cluster)))
 
 
-def job_token(cluster: Cluster, ns: str, job: Mapping[str, Any]) -> str:
+def job_token(cluster: LocalCluster, ns: str, job: Mapping[str, Any]) -> str:
     """The job's token, from the Secret its status names (what a client does)."""
     secret = json.loads(cluster.kubectl("get", "secret", job["status"]["tokenSecret"], "-n",
                                         ns, "-o", "json").stdout)
@@ -282,7 +282,7 @@ def agent_replicas(job: str) -> int:
                    if k.startswith("conspirator_agent_replicas{") and f'job="{job}"' in k))
 
 
-def serve_through_agent(cluster: Cluster, ns: str, name: str, work: Path, requests: int,
+def serve_through_agent(cluster: LocalCluster, ns: str, name: str, work: Path, requests: int,
                         timeout: float = 120) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Wait for the job, then send ``requests`` through its first client endpoint with its
     token; retried until the agent knows the token (the kubelet syncs the mounted Secret

@@ -201,7 +201,7 @@ class Paths:
 # The cluster
 
 
-class Cluster:
+class LocalCluster:
     def __init__(self, paths: Paths | None = None, spec_path: Path | None = None,
                  kubeconfig: Path | None = None) -> None:
         self.paths = paths or Paths.from_env()
@@ -909,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sim.add_argument("--spec", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    cluster = Cluster(spec_path=getattr(args, "spec", None),
+    cluster = LocalCluster(spec_path=getattr(args, "spec", None),
                       kubeconfig=getattr(args, "kubeconfig", None))
     try:
         if args.cmd == "up":
@@ -959,10 +959,10 @@ __all__ = [
     "NODE_IP",
     "POD_SUBNET",
     "REPO",
-    "Cluster",
     "ClusterError",
     "ClusterSpec",
     "GPUNodeSpec",
+    "LocalCluster",
     "Paths",
     "main",
     "run",

@@ -17,14 +17,14 @@ from typing import Any, cast
 from kubernetes import client
 
 from conspirator_e2e import oci
-from conspirator_e2e.cluster import E2E_DIR, Cluster, run
+from conspirator_e2e.cluster import E2E_DIR, LocalCluster, run
 from conspirator_e2e.nodedaemon import conspirator_command
 
 DPSERVE_IMAGE = "conspirator.local/e2e/dpserve:v1"
 GROUP, VERSION, PLURAL = "conspirator.io", "v1alpha1", "gpunodes"
 
 
-def build_dpserve_image(cluster: Cluster) -> str:
+def build_dpserve_image(cluster: LocalCluster) -> str:
     """Compile ``images/dpserve/dpserve.c`` statically, pack it, import it; the image ref."""
     src = E2E_DIR / "images" / "dpserve" / "dpserve.c"
     out_dir = cluster.paths.cache / "images"
@@ -42,7 +42,7 @@ def build_dpserve_image(cluster: Cluster) -> str:
     return DPSERVE_IMAGE
 
 
-def pod_resources_socket(cluster: Cluster) -> Path:
+def pod_resources_socket(cluster: LocalCluster) -> Path:
     """The real kubelet's PodResources API socket (under its --root-dir)."""
     return cluster.paths.kubelet_root / "pod-resources" / "kubelet.sock"
 

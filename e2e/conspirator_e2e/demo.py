@@ -10,22 +10,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.cluster import LocalCluster
 
 
 def say(msg: str) -> None:
     print(f"\n==> {msg}", flush=True)
 
 
-def show(cluster: Cluster, *args: str) -> None:
+def show(cluster: LocalCluster, *args: str) -> None:
     """Print a kubectl command and what it answers."""
     print(f"$ kubectl {' '.join(args)}", flush=True)
     proc = cluster.kubectl(*args, check=False)
     print(proc.stdout.rstrip() or proc.stderr.rstrip(), flush=True)
 
 
-def main(doc: str | None, up: Callable[[Cluster, bool], int],
-         down: Callable[[Cluster], None]) -> int:
+def main(doc: str | None, up: Callable[[LocalCluster, bool], int],
+         down: Callable[[LocalCluster], None]) -> int:
     """``[--keep | --down]``: run ``up`` (or ``down``) holding the local cluster's lock."""
     ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +36,7 @@ def main(doc: str | None, up: Callable[[Cluster, bool], int],
         print("the local cluster needs root (kubelet, containerd, mounts, cgroups)",
               file=sys.stderr)
         return 2
-    cluster = Cluster()
+    cluster = LocalCluster()
     lock_path = Path(str(cluster.paths.state) + ".lock")
     with lock_path.open("a") as lock:  # one user of the local cluster at a time
         fcntl.flock(lock, fcntl.LOCK_EX)

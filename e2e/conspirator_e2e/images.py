@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 from conspirator_e2e import oci
 
 if TYPE_CHECKING:
-    from conspirator_e2e.cluster import Cluster, Paths
+    from conspirator_e2e.cluster import LocalCluster, Paths
 
 BUILDER_VERSION = "2"
 REPO = Path(__file__).resolve().parents[2]
@@ -509,7 +509,7 @@ def _build_product_archive(cache: Path) -> tuple[Path, dict[str, str]]:
     return archive, refs
 
 
-def _imported(cluster: Cluster, archive: Path) -> bool:
+def _imported(cluster: LocalCluster, archive: Path) -> bool:
     """Whether containerd already holds every image of ``archive`` at its manifest digest."""
     digests = json.loads(archive.with_suffix(".json").read_text())
     proc = cluster.ctr("images", "ls", check=False, timeout=30)
@@ -517,7 +517,7 @@ def _imported(cluster: Cluster, archive: Path) -> bool:
     return all((name, digest) in have for name, digest in digests.items())
 
 
-def build_product_images(cluster: Cluster) -> dict[str, str]:
+def build_product_images(cluster: LocalCluster) -> dict[str, str]:
     """Build the three images if not cached, import them into the real node's containerd
     (``ctr -n k8s.io images import``); return their refs by component name."""
     archive, refs = build_product_archive(cluster.paths)
@@ -531,13 +531,13 @@ def build_product_images(cluster: Cluster) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``e2e/cluster.sh images``: the test images' and the product images' archives, one path a
     line (kind.sh loads each); with the cluster up, the product images are imported too."""
-    from conspirator_e2e.cluster import Cluster, ClusterError
+    from conspirator_e2e.cluster import ClusterError, LocalCluster
 
     parser = argparse.ArgumentParser(prog="e2e/cluster.sh images", description=main.__doc__)
     parser.add_argument("--no-product", action="store_true",
                         help="only the e2e test images (pause, hello)")
     args = parser.parse_args(argv)
-    cluster = Cluster()
+    cluster = LocalCluster()
     try:
         for tar in cluster.build_images():
             print(tar, flush=True)

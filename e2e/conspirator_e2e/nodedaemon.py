@@ -31,8 +31,8 @@ from conspirator_e2e.cluster import (
     E2E_DIR,
     MIG_RESOURCE_PREFIX,
     REPO,
-    Cluster,
     GPUNodeSpec,
+    LocalCluster,
     run,
 )
 
@@ -55,13 +55,13 @@ def free_port() -> int:
         return port
 
 
-def apply_crds(cluster: Cluster) -> None:
+def apply_crds(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/gpunodes.conspirator.io")
 
 
-def build_dpworker_image(cluster: Cluster) -> str:
+def build_dpworker_image(cluster: LocalCluster) -> str:
     """Compile ``images/dpworker/dpworker.c`` statically, pack it, import it; the image ref."""
     src = E2E_DIR / "images" / "dpworker" / "dpworker.c"
     out_dir = cluster.paths.cache / "images"
@@ -167,7 +167,7 @@ def node_spec_file(node: GPUNodeSpec, path: Path, op_delay: float = 0.0) -> Path
 class NodeDaemons:
     """One real node daemon per kwok GPU node (simulated backend, kwok mode)."""
 
-    def __init__(self, cluster: Cluster, nodes: Iterable[GPUNodeSpec], workdir: Path,
+    def __init__(self, cluster: LocalCluster, nodes: Iterable[GPUNodeSpec], workdir: Path,
                  op_delay: float = 0.0, resync: float = 2.0) -> None:
         self.cluster = cluster
         self.nodes = {n.name: n for n in nodes}

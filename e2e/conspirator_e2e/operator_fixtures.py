@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from conspirator_e2e.cluster import REPO, Cluster, ClusterSpec
+from conspirator_e2e.cluster import REPO, ClusterSpec, LocalCluster
 from conspirator_e2e.fakenode import FakeNodeDaemon
 from conspirator_e2e.operator_testing import EXAMPLES, OperatorProcess, delete_all_jobs, jobs
 from conspirator_e2e.testing import wait_until
@@ -32,7 +32,7 @@ def e2e_namespaces(core: client.CoreV1Api) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def operator_crds(cluster: Cluster, api: client.ApiClient) -> None:
+def operator_crds(cluster: LocalCluster, api: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(api)
     files = [*sorted((REPO / "crds").glob("*.yaml")), REPO / "operator" / "deploy" / "peering.yaml"]
     for f in files:
@@ -49,7 +49,7 @@ def operator_crds(cluster: Cluster, api: client.ApiClient) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_nodes(cluster: Cluster, api: client.ApiClient, operator_crds: None
+def fake_nodes(cluster: LocalCluster, api: client.ApiClient, operator_crds: None
                ) -> Iterator[FakeNodeDaemon]:
     daemon = FakeNodeDaemon(api, ClusterSpec.load(cluster.spec_path).gpu_nodes)
     daemon.install()
@@ -59,7 +59,7 @@ def fake_nodes(cluster: Cluster, api: client.ApiClient, operator_crds: None
 
 
 @pytest.fixture
-def resnet_profile(cluster: Cluster, operator_crds: None) -> Iterator[None]:
+def resnet_profile(cluster: LocalCluster, operator_crds: None) -> Iterator[None]:
     had = cluster.kubectl("get", "modelprofile", "resnet50", check=False).returncode == 0
     cluster.kubectl("apply", "-f", str(EXAMPLES / "modelprofile-resnet50.yaml"))
     yield
@@ -68,7 +68,7 @@ def resnet_profile(cluster: Cluster, operator_crds: None) -> Iterator[None]:
 
 
 @pytest.fixture
-def operators(cluster: Cluster, api: client.ApiClient, core: client.CoreV1Api,
+def operators(cluster: LocalCluster, api: client.ApiClient, core: client.CoreV1Api,
               tmp_path: Path) -> Iterator[OperatorFactory]:
     made: list[OperatorProcess] = []
 

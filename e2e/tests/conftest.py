@@ -25,17 +25,17 @@ E2E_DIR = Path(__file__).resolve().parents[1]
 if str(E2E_DIR) not in sys.path:
     sys.path.insert(0, str(E2E_DIR))
 
-from conspirator_e2e.cluster import Cluster  # noqa: E402
+from conspirator_e2e.cluster import LocalCluster  # noqa: E402
 
 kubernetes = pytest.importorskip("kubernetes", reason="pip install kubernetes (the e2e extra)")
 from kubernetes import client, config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster() -> Iterator[LocalCluster]:
     if os.geteuid() != 0:
         pytest.skip("the e2e cluster needs root (kubelet, containerd, mounts, cgroups)")
-    c = Cluster()
+    c = LocalCluster()
     # One e2e session at a time on this machine: a second one waits here rather than
     # sharing a cluster the first may stop under it.
     lock_path = Path(str(c.paths.state) + ".lock")
@@ -53,7 +53,7 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def api(cluster: Cluster) -> client.ApiClient:
+def api(cluster: LocalCluster) -> client.ApiClient:
     api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(cluster.paths.kubeconfig))
     return api
@@ -65,7 +65,7 @@ def core(api: client.ApiClient) -> client.CoreV1Api:
 
 
 @pytest.fixture(scope="session")
-def cluster_info(cluster: Cluster) -> dict[str, Any]:
+def cluster_info(cluster: LocalCluster) -> dict[str, Any]:
     return cluster.read_info()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conspirator_e2e.cluster import REPO, Cluster
+from conspirator_e2e.cluster import REPO, LocalCluster
 from conspirator_e2e.testing import as_dict, wait_until
 from kubernetes import client, dynamic
 from kubernetes.dynamic.exceptions import DynamicApiError
@@ -38,7 +38,7 @@ def crd_docs() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def crds(cluster: Cluster, api: client.ApiClient) -> Iterator[dict[str, dict[str, Any]]]:
+def crds(cluster: LocalCluster, api: client.ApiClient) -> Iterator[dict[str, dict[str, Any]]]:
     """Apply every CRD; map 'group/Kind' to its CRD.  Left installed (other tests use them)."""
     docs = crd_docs()
     if not docs:
@@ -152,7 +152,7 @@ def test_bad_object_is_refused(path: Path, crds: dict[str, dict[str, Any]],
     pytest.fail(f"{path.name} was accepted; expected refusal with {expected}")
 
 
-def test_kubectl_explains_the_crds(cluster: Cluster, crds: dict[str, dict[str, Any]]) -> None:
+def test_kubectl_explains_the_crds(cluster: LocalCluster, crds: dict[str, dict[str, Any]]) -> None:
     """The published OpenAPI of each CRD reaches clients (kubectl explain reads it)."""
     for doc in crds.values():
         plural = doc["spec"]["names"]["plural"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.cluster import LocalCluster
 from conspirator_e2e.datapath import (
     AgentProcess,
     applied,
@@ -61,7 +61,7 @@ class DataPathNode:
 
 
 @pytest.fixture(scope="module")
-def datapath(cluster: Cluster, cluster_info: dict[str, Any]) -> Iterator[DataPathNode]:
+def datapath(cluster: LocalCluster, cluster_info: dict[str, Any]) -> Iterator[DataPathNode]:
     apply_crds(cluster)
     build_dpserve_image(cluster)
     node = str(cluster_info["realNode"])

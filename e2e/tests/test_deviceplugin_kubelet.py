@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.cluster import LocalCluster
 from conspirator_e2e.nodedaemon import (
     DaemonProcess,
     apply_crds,
@@ -62,7 +62,7 @@ def kubelet_plugin_dir(info: dict[str, Any]) -> Path:
 
 
 class RealNodeDaemon:
-    def __init__(self, cluster: Cluster, info: dict[str, Any]) -> None:
+    def __init__(self, cluster: LocalCluster, info: dict[str, Any]) -> None:
         self.node = str(info["realNode"])
         self.dir = Path(tempfile.mkdtemp(prefix="cdp-", dir="/tmp"))  # short socket paths
         token = secrets.token_urlsafe(24)
@@ -95,7 +95,7 @@ class RealNodeDaemon:
 
 
 @pytest.fixture(scope="module")
-def daemon(cluster: Cluster, cluster_info: dict[str, Any],
+def daemon(cluster: LocalCluster, cluster_info: dict[str, Any],
            api: client.ApiClient) -> Iterator[RealNodeDaemon]:
     apply_crds(cluster)
     build_dpworker_image(cluster)

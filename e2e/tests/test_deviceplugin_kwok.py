@@ -21,9 +21,9 @@ import pytest
 from conspirator_e2e.cluster import (
     GPU_TAINT_KEY,
     HELLO_IMAGE,
-    Cluster,
     ClusterSpec,
     GPUNodeSpec,
+    LocalCluster,
 )
 from conspirator_e2e.nodedaemon import NodeDaemons, wait_for
 from conspirator_e2e.testing import as_dict
@@ -47,7 +47,7 @@ NODES = (
 
 
 @pytest.fixture(scope="module")
-def daemons(cluster: Cluster) -> Iterator[NodeDaemons]:
+def daemons(cluster: LocalCluster) -> Iterator[NodeDaemons]:
     cluster.create_gpu_nodes(ClusterSpec(name="dp", real_node="", gpu_nodes=NODES))
     work = Path(tempfile.mkdtemp(prefix="cdp-kwok-", dir="/tmp"))
     # Each MIG operation takes 0.2 s, as real ones take about a second: an apply lasts long

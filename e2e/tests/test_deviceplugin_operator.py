@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conspirator_e2e.cluster import Cluster, ClusterSpec
+from conspirator_e2e.cluster import ClusterSpec, LocalCluster
 from conspirator_e2e.nodedaemon import NodeDaemons
 from conspirator_e2e.operator_fixtures import (  # noqa: F401  (pytest fixtures)
     OperatorFactory,
@@ -39,7 +39,7 @@ GROUP, VERSION, PLURAL = "conspirator.io", "v1alpha1", "gpunodes"
 
 
 @pytest.fixture(scope="module")
-def node_daemons(cluster: Cluster, operator_crds: None) -> Iterator[NodeDaemons]:  # noqa: F811
+def node_daemons(cluster: LocalCluster, operator_crds: None) -> Iterator[NodeDaemons]:  # noqa: F811
     work = Path(tempfile.mkdtemp(prefix="cdp-op-", dir="/tmp"))
     d = NodeDaemons(cluster, ClusterSpec.load(cluster.spec_path).gpu_nodes, work, resync=2.0)
     d.install()
@@ -52,7 +52,7 @@ def node_daemons(cluster: Cluster, operator_crds: None) -> Iterator[NodeDaemons]
 
 
 def test_operator_jobs_run_through_the_node_daemons(
-        cluster: Cluster, api: client.ApiClient, core: client.CoreV1Api, namespace: str,
+        cluster: LocalCluster, api: client.ApiClient, core: client.CoreV1Api, namespace: str,
         operators: OperatorFactory, node_daemons: NodeDaemons,  # noqa: F811
         request: pytest.FixtureRequest) -> None:
     custom = client.CustomObjectsApi(api)

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from conspirator_e2e import chart
 from conspirator_e2e.chart import CHART, NAMESPACE, RELEASE
-from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.cluster import LocalCluster
 from conspirator_e2e.datapath import build_dpserve_image
 from conspirator_e2e.images import build_product_images
 from conspirator_e2e.testing import as_dict
@@ -40,13 +40,13 @@ pytestmark = pytest.mark.skipif(not (CHART / "Chart.yaml").exists(), reason="no 
 VALUE_SETS = sorted((CHART / "ci").glob("*.yaml"))
 
 
-def test_helm_is_the_pinned_version(cluster: Cluster, tmp_path: Path) -> None:
+def test_helm_is_the_pinned_version(cluster: LocalCluster, tmp_path: Path) -> None:
     proc = chart.helm(cluster, "version", "--short", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(cluster.paths.versions["HELM_VERSION"])
 
 
-def _apply_crds(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
+def _apply_crds(cluster: LocalCluster, docs: list[dict[str, Any]]) -> None:
     crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
     assert crds, "the chart ships its CRDs"
     cluster.kubectl("apply", "--server-side", "--force-conflicts",
@@ -57,7 +57,7 @@ def _apply_crds(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("values", [None, *VALUE_SETS],
                          ids=["default", *[p.stem for p in VALUE_SETS]])
-def test_chart_lints_renders_and_is_accepted(cluster: Cluster, tmp_path: Path, namespace: str,
+def test_chart_lints_renders_and_is_accepted(cluster: LocalCluster, tmp_path: Path, namespace: str,
                                              values: Path | None) -> None:
     assert len(VALUE_SETS) >= 3, "at least three value sets besides the defaults"
     vargs = ["--values", str(values)] if values else []
@@ -110,7 +110,7 @@ BAD_VALUES: list[tuple[str, str]] = [
 
 
 @pytest.mark.parametrize(("setting", "field"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
-def test_values_that_break_the_schema_are_refused(cluster: Cluster, tmp_path: Path,
+def test_values_that_break_the_schema_are_refused(cluster: LocalCluster, tmp_path: Path,
                                                   setting: str, field: str) -> None:
     proc = chart.helm(cluster, "template", "x", str(CHART), "--kube-version",
                       cluster.paths.versions["KUBERNETES_VERSION"], "--set", setting,
@@ -125,7 +125,7 @@ def test_values_that_break_the_schema_are_refused(cluster: Cluster, tmp_path: Pa
 
 @dataclass
 class Release:
-    cluster: Cluster
+    cluster: LocalCluster
     values: Path
     images: dict[str, str]
     worker_image: str
@@ -135,7 +135,7 @@ class Release:
         return chart.component_pods(self.cluster)
 
 
-def _cleanup_host(cluster: Cluster) -> None:
+def _cleanup_host(cluster: LocalCluster) -> None:
     cluster.kubectl("delete", "gpunode", str(cluster.read_info()["realNode"]),
                     "--ignore-not-found", "--wait=true", check=False)
     cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true",
@@ -144,7 +144,7 @@ def _cleanup_host(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     images = build_product_images(cluster)
     worker = build_dpserve_image(cluster)
     home = tmp_path_factory.mktemp("helm")
@@ -179,7 +179,7 @@ def _all_ready(rel: Release) -> bool:
     return chart.components_ready(rel.cluster)
 
 
-def _describe(cluster: Cluster) -> str:
+def _describe(cluster: LocalCluster) -> str:
     pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
     return f"\n{pods}\n{chart.component_logs(cluster, 30)}"
 
@@ -289,7 +289,7 @@ def test_operator_keeps_the_agents_token_secret_but_no_other(release: Release) -
 JOB = "chart-e2e"
 
 
-def _check_served(cluster: Cluster, ns: str, tmp: Path) -> dict[str, Any]:
+def _check_served(cluster: LocalCluster, ns: str, tmp: Path) -> dict[str, Any]:
     chart.wait_serving(cluster, ns, JOB)
     # Both workers' buffers at the agent (its metrics say so) before the load starts.
     chart.wait("both replicas at the agent", lambda: chart.agent_replicas(f"{ns}/{JOB}") == 2,
@@ -304,7 +304,7 @@ def _check_served(cluster: Cluster, ns: str, tmp: Path) -> dict[str, Any]:
     return summary
 
 
-def _survive_failures(cluster: Cluster, ns: str, tmp: Path, core: client.CoreV1Api) -> None:
+def _survive_failures(cluster: LocalCluster, ns: str, tmp: Path, core: client.CoreV1Api) -> None:
     """What the operator, node-daemon and data-path tests show with processes, through the
     chart's pods: a worker dies mid-load (its requests fail explicitly, none is lost, its
     Deployment's replacement registers again); the operator pod is deleted (its successor
@@ -507,7 +507,7 @@ def test_a_namespaced_operator_serves_its_namespaces_only(
             chart.uninstall(cluster)
 
 
-def _ready_operators(cluster: Cluster) -> list[str]:
+def _ready_operators(cluster: LocalCluster) -> list[str]:
     """Names of the release's ready, not terminating, operator pods."""
     listed = json.loads(cluster.kubectl(
         "get", "pods", "-n", NAMESPACE, "-l",
@@ -519,7 +519,7 @@ def _ready_operators(cluster: Cluster) -> list[str]:
             and all(c.get("ready") for c in p["status"].get("containerStatuses") or [{}])]
 
 
-def _peers(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+def _peers(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, Any]]:
     """The live peers kopf lists in the namespace's KopfPeering (identity -> record)."""
     proc = cluster.kubectl("get", "kopfpeerings.kopf.dev", RELEASE, "-n", namespace,
                            "-o", "json", check=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conspirator_e2e import images, oci
-from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.cluster import LocalCluster
 from conspirator_e2e.testing import as_dict, pod_phase_in, wait_until
 from kubernetes import client
 
@@ -32,11 +32,12 @@ conspirator --version
 
 
 @pytest.fixture(scope="module")
-def refs(cluster: Cluster) -> dict[str, str]:
+def refs(cluster: LocalCluster) -> dict[str, str]:
     return images.build_product_images(cluster)
 
 
-def test_images_are_imported_with_their_configs(cluster: Cluster, refs: dict[str, str]) -> None:
+def test_images_are_imported_with_their_configs(cluster: LocalCluster,
+                                                refs: dict[str, str]) -> None:
     version = images.project_version()
     assert refs == {c: f"conspirator.local/conspirator-{c}:{version}"
                     for c in ("operator", "node-daemon", "dpu-agent")}

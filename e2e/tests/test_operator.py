@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conspirator_e2e.cluster import Cluster
+from conspirator_e2e.cluster import LocalCluster
 from conspirator_e2e.fakenode import FakeNodeDaemon
 from conspirator_e2e.operator_fixtures import (  # noqa: F401  (pytest fixtures)
     OperatorFactory,
@@ -66,7 +66,7 @@ def operator(operators: OperatorFactory, fake_nodes: FakeNodeDaemon) -> Operator
     return op
 
 
-def test_examples_run_where_the_plan_says(cluster: Cluster, api: client.ApiClient,
+def test_examples_run_where_the_plan_says(cluster: LocalCluster, api: client.ApiClient,
                                           core: client.CoreV1Api, namespace: str,
                                           resnet_profile: None,  # noqa: F811
                                           operator: OperatorProcess) -> None:
@@ -114,7 +114,7 @@ def test_examples_run_where_the_plan_says(cluster: Cluster, api: client.ApiClien
         cluster.kubectl("delete", "--ignore-not-found", "-f", str(EXAMPLES / "gpunode.yaml"))
 
 
-def test_delete_frees_slices_for_the_next_job(cluster: Cluster, api: client.ApiClient,
+def test_delete_frees_slices_for_the_next_job(cluster: LocalCluster, api: client.ApiClient,
                                               namespace: str, resnet_profile: None,  # noqa: F811
                                               operator: OperatorProcess) -> None:
     h100: dict[str, Any] = {"allowedAccelerators": ["H100-80GB"]}
