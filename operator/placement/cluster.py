@@ -162,6 +162,20 @@ class ClusterState:
     def copy(self) -> ClusterState:
         return copy.deepcopy(self)
 
+    def adopt(self, other: ClusterState) -> None:
+        """Take over ``other``'s GPUs, jobs and replica index in place: a move, not a copy.
+
+        ``self`` keeps its identity (whoever holds it sees the new plan) and ends up
+        with ``other``'s very containers; ``other`` is left an empty cluster (no GPU,
+        no job), so the two never share a list, dict or :class:`GpuState` and a later
+        change to either does not reach the other.  Policies use it to make a trial
+        copy (``state.copy()``) the result; copy first to keep ``other``'s contents.
+        """
+        if other is self:
+            return
+        self.gpus, self.jobs, self._where = other.gpus, other.jobs, other._where
+        other.gpus, other.jobs, other._where = [], {}, {}
+
     # --- queries ------------------------------------------------------------------------
 
     def models(self) -> dict[str, GpuModel]:

@@ -84,7 +84,7 @@ class ConspiratorPolicy:
                 best = (key, trial, dec)
         assert best is not None
         _, chosen, dec = best
-        state.__dict__.update(chosen.__dict__)
+        state.adopt(chosen)
         dec.solve_seconds = solve
         return self._named(dec)
 

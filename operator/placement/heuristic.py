@@ -105,7 +105,7 @@ class GreedyHeuristic:
             candidates.append((score(trial, jobs).value, trial, dec))
         self._prices = {}
         _, best, dec = min(candidates, key=lambda c: c[0])
-        state.__dict__.update(best.__dict__)
+        state.adopt(best)
         dec.solve_seconds = time.perf_counter() - t0
         return dec
 
@@ -142,7 +142,7 @@ class GreedyHeuristic:
             score(b_state, everything).value < score(a, everything).value
         )
         chosen, dec, moves = (b_state, dec_b, moves_b) if pick_b else (a, dec_a, moves_a)
-        state.__dict__.update(chosen.__dict__)
+        state.adopt(chosen)
         dec.migrations = moves
         dec.placed = []
         for g in state.gpus:
@@ -254,5 +254,5 @@ class GreedyHeuristic:
             if not self._place_job(trial, job, opts, scratch, models, table, exclude=tg,
                                    holes_only=True):
                 return False
-        state.__dict__.update(trial.__dict__)
+        state.adopt(trial)
         return True

@@ -316,7 +316,7 @@ class MixPackHeuristic:
             running.isdisjoint(dec_b.unplaced_ids())) and (
             score(b, everything).value < score(a, everything).value)
         chosen, dec = (b, dec_b) if pick_b else (a, dec_a)
-        state.__dict__.update(chosen.__dict__)
+        state.adopt(chosen)
         dec.migrations = count_migrations(before, replica_map(state))
         dec.placed = []
         for g in state.gpus:

@@ -225,7 +225,7 @@ class SubMipHeuristic(MixPackHeuristic):
         root = root_lp(md, max(1e-3, deadline - time.perf_counter())) if x else None
         self.stats = {"sub_mips": 0, "improved": 0}
         if x is None or root is None:
-            state.__dict__.update(start_state.__dict__)
+            state.adopt(start_state)
             return start_dec
         value = value_of(md, x)
         g = pb.granularity
@@ -248,7 +248,7 @@ class SubMipHeuristic(MixPackHeuristic):
                 self.stats["improved"] += 1
         self.stats["value"] = value
         if not improved:
-            state.__dict__.update(start_state.__dict__)
+            state.adopt(start_state)
             return start_dec
         sol = milp._Solution(x, value, bound, value <= bound + _EPS)
         dec = Decision(self.name)
