@@ -60,7 +60,7 @@ class _Greedy:
                 thr = opt.throughput * share if share else opt.throughput
                 added.append((gpu, state.assign(job, gpu, opt.profile, start, thr, share)))
                 remaining -= thr
-            finish_job(state, job, dec, added, models, opts, table)
+            finish_job(state, job, dec, added, models, table)
         dec.solve_seconds = time.perf_counter() - t0
         return dec
 

@@ -48,18 +48,44 @@ def job_options(job: Job, models: Iterable[GpuModel], table: ThroughputTable) ->
     return out
 
 
-def infeasible_reason(job: Job, models: Iterable[GpuModel], table: ThroughputTable) -> str:
+INSUFFICIENT_CAPACITY = "insufficient capacity"
+"""How every capacity reason starts: the job has options, the free space does not hold it."""
+
+NO_SOLUTION_IN_TIME = "no solution found within the time limit"
+"""The reason of a solver that stopped without any plan (the MILP): no statement on the job."""
+
+
+def unplaced_reason(job: Job, models: Iterable[GpuModel], table: ThroughputTable) -> str:
+    """Why ``job`` (or the rest of its demand) is not placed: the one wording of every policy.
+
+    It depends on the job, the cluster's GPU ``models`` and ``table`` only, never on the
+    policy or on how far it got, so a job refused by any policy reads the same (and the
+    operator announces it once).  A job with no feasible (GPU model, profile) gets what
+    rules them all out (unknown model, no allowed GPU model, memory, SLO); one with
+    options was refused for capacity.
+    """
+    models = list(models)
+    options = job_options(job, models, table)
+    if options:
+        kinds = sorted({f"{o.model.name}/{o.profile.name}" for o in options})
+        more = f" and {len(kinds) - 4} more" if len(kinds) > 4 else ""
+        return (
+            f"{INSUFFICIENT_CAPACITY}: {job.demand_rps:g} rps do not fit in the free space of "
+            f"{', '.join(kinds[:4])}{more}"
+            + ("; the job needs GPUs no other tenant uses" if job.dedicated_gpu else "")
+        )
     if job.model not in table.models:
         return (f"model {job.model!r} has no throughput profile (known: "
                 f"{', '.join(sorted(table.models))})")
-    names = sorted(m.name for m in models if job.allows(m.name))
+    allowed = [m for m in models if job.allows(m.name)]
+    names = ", ".join(sorted({m.name for m in allowed}))
     if not names:
-        allowed = sorted(job.allowed_gpus or ())
-        return f"no GPU of an allowed model ({', '.join(allowed)}) exists in the cluster"
-    return (
-        f"no profile on {', '.join(names)} offers {job.memory_gib:g} GiB and meets the "
-        f"p99 SLO of {job.latency_slo_ms:g} ms for model {job.model}"
-    )
+        return (f"no GPU of an allowed model ({', '.join(sorted(job.allowed_gpus or ()))}) "
+                f"exists in the cluster")
+    if not any(p.memory_gib >= job.memory_gib for m in allowed for p in m.planning_profiles):
+        return f"no profile on {names} has memory for {job.memory_gib:g} GiB"
+    return (f"no profile on {names} offers {job.memory_gib:g} GiB and meets the p99 SLO of "
+            f"{job.latency_slo_ms:g} ms for model {job.model}")
 
 
 def best_start(gpu: GpuState, profile: MigProfile, starts: Sequence[int]) -> int:
@@ -92,8 +118,7 @@ def record(dec: Decision, gpu: GpuState, inst: Instance) -> None:
 
 
 def finish_job(state: ClusterState, job: Job, dec: Decision, added: list[tuple[GpuState, Instance]],
-               models: Iterable[GpuModel], options: Sequence[Option],
-               table: ThroughputTable) -> bool:
+               models: Iterable[GpuModel], table: ThroughputTable) -> bool:
     """All-or-nothing: keep ``added`` if the job's demand is met, else roll back and explain."""
     served = state.served_rps(job.id)
     if demand_met(served, job.demand_rps):
@@ -102,17 +127,8 @@ def finish_job(state: ClusterState, job: Job, dec: Decision, added: list[tuple[G
         return True
     for g, i in added:
         state.unassign(g, i)
-    if not options:
-        reason = infeasible_reason(job, models, table)
-    else:
-        kinds = sorted({f"{o.model.name}/{o.profile.name}" for o in options})
-        more = f" and {len(kinds) - 4} more" if len(kinds) > 4 else ""
-        reason = (
-            f"insufficient capacity: only {served:.1f} of {job.demand_rps:g} rps fit in the free "
-            f"space of {', '.join(kinds[:4])}{more}"
-            + ("; the job needs GPUs no other tenant uses" if job.dedicated_gpu else "")
-        )
-    dec.unplaced.append(Unplaced(job.id, reason, job.demand_rps - state.served_rps(job.id)))
+    dec.unplaced.append(Unplaced(job.id, unplaced_reason(job, models, table),
+                                 job.demand_rps - state.served_rps(job.id)))
     if not state.served_rps(job.id):
         state.jobs.pop(job.id, None)
     return False

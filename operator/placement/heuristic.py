@@ -171,7 +171,7 @@ class GreedyHeuristic:
             inst = state.assign(job, gpu, opt.profile, start, opt.throughput)
             added.append((gpu, inst))
             remaining -= opt.throughput
-        return finish_job(state, job, dec, added, models, options, table)
+        return finish_job(state, job, dec, added, models, table)
 
     def _value(self, opt: Option, remaining: float) -> tuple[float, float]:
         price = self._prices.get(opt.model.name, 1.0)

@@ -71,6 +71,11 @@ import highspy
 import numpy as np
 
 from conspirator.operator.placement.cluster import ClusterState, GpuState, Instance
+from conspirator.operator.placement.common import (
+    INSUFFICIENT_CAPACITY,
+    NO_SOLUTION_IN_TIME,
+    unplaced_reason,
+)
 from conspirator.operator.placement.decision import Decision, ReplicaPlacement, Unplaced
 from conspirator.operator.placement.gpus import GpuModel, MigProfile, Placement
 from conspirator.operator.placement.jobs import Job
@@ -80,8 +85,6 @@ from conspirator.operator.placement.throughput import ThroughputTable
 
 SHARED = ""
 """Key of the shared tenant group (tenant groups are otherwise tenant names)."""
-
-INSUFFICIENT_CAPACITY = "insufficient capacity"
 
 _INF = highspy.kHighsInf
 
@@ -213,22 +216,6 @@ def _gpu_groups(instances: Iterable[Instance], groups: Sequence[str]) -> list[st
     tenants = {i.tenant for i in insts}
     out += [t for t in groups if t != SHARED and tenants <= {t}]
     return out
-
-
-def infeasibility_reason(job: Job, models: Iterable[GpuModel], table: ThroughputTable) -> str:
-    """Why no replica of ``job`` fits any GPU model of the cluster (for ``Unplaced``)."""
-    if job.model not in table.models:
-        return (f"model {job.model!r} has no throughput profile (known: "
-                f"{', '.join(sorted(table.models))})")
-    models = list(models)
-    allowed = [m for m in models if job.allows(m.name)]
-    if not allowed:
-        return (f"no allowed GPU model ({', '.join(sorted(job.allowed_gpus or ()))}) "
-                f"in the cluster")
-    if not any(p.memory_gib >= job.memory_gib for m in allowed for p in m.planning_profiles):
-        return f"no GPU model/profile has memory for {job.memory_gib:g} GiB"
-    return (f"no GPU model/profile meets memory {job.memory_gib:g} GiB "
-            f"and SLO {job.latency_slo_ms:g} ms")
 
 
 def _options(job: Job, models: Iterable[GpuModel],
@@ -592,12 +579,10 @@ def _unplaced(pb: _Problem, sol: _Solution | None) -> list[Unplaced]:
             continue
         served = pb.state.served_rps(job.id)
         unmet = max(0.0, job.demand_rps - served)
-        if not pb.options[i]:
-            reason = infeasibility_reason(job, models, pb.table)
-        elif sol is None:
-            reason = "no solution found within the time limit"
+        if sol is None and pb.options[i]:
+            reason = NO_SOLUTION_IN_TIME
         else:
-            reason = INSUFFICIENT_CAPACITY
+            reason = unplaced_reason(job, models, pb.table)
         out.append(Unplaced(job.id, reason, unmet))
     return out
 
@@ -713,5 +698,4 @@ def lower_bound(state: ClusterState, jobs: Sequence[Job], table: ThroughputTable
     return sol.objective
 
 
-__all__ = ["INSUFFICIENT_CAPACITY", "SHARED", "MilpPolicy", "infeasibility_reason",
-           "lower_bound"]
+__all__ = ["INSUFFICIENT_CAPACITY", "SHARED", "MilpPolicy", "lower_bound"]

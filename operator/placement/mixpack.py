@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 from conspirator.operator.placement.cluster import ClusterState, GpuState
 from conspirator.operator.placement.common import (
     count_migrations,
-    infeasible_reason,
     record,
     replica_map,
     slot_cost,
+    unplaced_reason,
 )
 from conspirator.operator.placement.decision import Decision, Unplaced
 from conspirator.operator.placement.gpus import GpuModel, Placement
@@ -514,14 +514,8 @@ class MixPackHeuristic:
             if k < 0:
                 if sj.demand <= job.demand_rps * DEMAND_TOLERANCE:
                     continue
-                if not sj.mixes:
-                    reason = infeasible_reason(job, models, table)
-                else:
-                    reason = ("insufficient capacity: no mix of replicas covering "
-                              f"{sj.demand:g} rps fits the free GPUs"
-                              + ("; the job needs GPUs no other tenant uses"
-                                 if job.dedicated_gpu else ""))
-                dec.unplaced.append(Unplaced(job.id, reason, sj.demand))
+                dec.unplaced.append(Unplaced(job.id, unplaced_reason(job, models, table),
+                                             sj.demand))
                 continue
             mix = sj.mixes[k]
             for (b_i, p_i, n), thr in zip(mix.entries, mix.thr, strict=True):
