@@ -9,7 +9,6 @@ it, so cancellation never lets two requests share a slot.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import itertools
@@ -19,22 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 from conspirator.client.base import (
     AGENT_TO_CLIENT,
-    HANDSHAKE_TYPES,
+    FDS_SPACE,
+    LOST,
     Address,
     ConnectionLost,
-    HandshakeFailed,
+    Opened,
     RequestFailed,
     Response,
-    auth_frame,
     byte_view,
-    error_as_handshake,
     error_of,
-    hello_frame,
-    map_staging,
-    welcome,
+    handshake_header,
+    open_steps,
+    received_fds,
 )
+from conspirator.wire import asyncsock
 from conspirator.wire.frames import (
-    CONTROL_MAX,
     HEADER_SIZE,
     ErrorCode,
     Frame,
@@ -48,26 +46,11 @@ from conspirator.wire.frames import (
     encode,
     encode_staged,
     pack_header,
-    parse_header,
 )
 from conspirator.wire.native import impl
 
 if TYPE_CHECKING:
     from conspirator.client.base import Payload
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(sock.fileno(), ready)
-    try:
-        await fut
-    finally:
-        loop.remove_reader(sock.fileno())
 
 
 class _Protocol(asyncio.Protocol):
@@ -173,74 +156,48 @@ class AsyncClient:
             return s
         raise last
 
-    async def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
-        loop = asyncio.get_running_loop()
-        buf = bytearray(n)
-        mv = memoryview(buf)
-        got = 0
-        while got < n:
-            k = await loop.sock_recv_into(sock, mv[got:])
-            if not k:
-                raise ConnectionLost("the agent closed the connection during the handshake")
-            got += k
-        return bytes(buf)
-
     async def _recv_frame(self, sock: socket.socket) -> tuple[Frame, list[int]]:
-        loop = asyncio.get_running_loop()
-        fds = array.array("i")
+        """One handshake frame, with any descriptors that came with its first bytes."""
         while True:
             try:
-                data, anc, _, _ = sock.recvmsg(HEADER_SIZE, socket.CMSG_SPACE(4 * fds.itemsize))
+                data, anc, _, _ = sock.recvmsg(HEADER_SIZE, FDS_SPACE)
                 break
             except BlockingIOError:
-                await _readable(loop, sock)
-        for level, typ, cdata in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
+                await asyncsock.wait_fd(sock)
+        fds = received_fds(anc)
         try:
-            if not data:
-                raise ConnectionLost("the agent closed the connection during the handshake")
-            if len(data) < HEADER_SIZE:
-                data += await self._recv_exact(sock, HEADER_SIZE - len(data))
             try:
-                h = parse_header(data, HANDSHAKE_TYPES, CONTROL_MAX)
-            except ProtocolError as e:
-                raise HandshakeFailed(e.code, e.message) from None
-            body = await self._recv_exact(sock, h.length) if h.length else b""
+                if data:
+                    data += await asyncsock.recv_exact(sock, HEADER_SIZE - len(data))
+                h = handshake_header(data)
+                body = await asyncsock.recv_exact(sock, h.length) if h.length else b""
+            except ConnectionError:
+                raise ConnectionLost(LOST) from None
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        return Frame(h, body), list(fds)
+        return Frame(h, body), fds
 
     async def _handshake(self, sock: socket.socket, token: str, rdma_device: str | None
                          ) -> None:
         loop = asyncio.get_running_loop()
-        mode = self.address.mode
-        hello, frame = hello_frame(self.job, mode)
-        await loop.sock_sendall(sock, frame)
-        ch, _ = await self._recv_frame(sock)
-        await loop.sock_sendall(sock, auth_frame(token, hello, ch))
-        f, fds = await self._recv_frame(sock)
-        w = self.welcome = welcome(f)
-        if mode is Mode.LOCAL:
-            if len(fds) != 1:
-                raise HandshakeFailed(ErrorCode.BAD_FRAME, "no staging region came with WELCOME")
-            self._staging = map_staging(fds[0], w)
-        elif mode is Mode.RDMA:
-            from conspirator.wire import verbs
-
-            ep = verbs.RcEndpoint(rdma_device, w.staging_slots * w.staging_slot_bytes,
-                                  remote_write=False)
-            self._rdma = ep
-            await loop.sock_sendall(sock, encode(MsgType.RDMA_INFO, ep.info().encode()))
-            f, _ = await self._recv_frame(sock)
-            if f.type is MsgType.ERROR:
-                raise error_as_handshake(f)
-            self._remote = RdmaInfo.decode(f.body)
-            ep.connect(self._remote)
-            self._staging = ep.region()
-        if mode is not Mode.INLINE:
+        steps = open_steps(self.job, self.address.mode, token, rdma_device)
+        try:
+            step = next(steps)
+            while True:
+                if step is None:
+                    step = steps.send(await self._recv_frame(sock))
+                else:
+                    await loop.sock_sendall(sock, step)
+                    step = next(steps)
+        except StopIteration as done:
+            opened: Opened = done.value
+        finally:
+            steps.close()
+        self._staging, self._rdma, self._remote = opened.staging, opened.rdma, opened.remote
+        w = self.welcome = opened.welcome
+        if self.address.mode is not Mode.INLINE:
             self._free_slots = list(reversed(range(w.staging_slots)))
 
     # -- requests

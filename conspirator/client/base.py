@@ -1,27 +1,34 @@
-"""What the sync and asyncio clients share: addresses, results, errors, the handshake."""
+"""What the sync and asyncio clients share: addresses, results, errors, and the steps of
+opening a connection (the handshake of :mod:`conspirator.wire.handshake`, then the
+transport's set-up), which each client drives over its own socket."""
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
+import socket
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from conspirator.wire import auth
 from conspirator.wire.frames import (
     AGENT_TO_CLIENT,
-    Challenge,
+    CONTROL_MAX,
     ErrorCode,
     Frame,
-    Hello,
+    Header,
     Mode,
     MsgType,
     ProtocolError,
+    RdmaInfo,
     Welcome,
     decode_error,
     encode,
+    parse_header,
 )
+from conspirator.wire.handshake import AGENT_HANDSHAKE_TYPES, ClientHandshake, expect
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,8 +39,8 @@ if TYPE_CHECKING:
     Payload = Buffer | np.ndarray[Any, Any]
 
 DEFAULT_PORT = 7470
-HANDSHAKE_TYPES = frozenset({MsgType.CHALLENGE, MsgType.WELCOME, MsgType.ERROR,
-                             MsgType.RDMA_INFO})
+HANDSHAKE_TYPES = AGENT_HANDSHAKE_TYPES
+LOST = "the agent closed the connection during the handshake"
 
 
 class RequestFailed(Exception):  # noqa: N818 - it is the request that failed
@@ -97,32 +104,100 @@ def byte_view(payload: Payload) -> memoryview:
     return view
 
 
-def hello_frame(job: str, mode: Mode) -> tuple[Hello, bytes]:
-    hello = Hello(job, mode, auth.new_nonce())
-    return hello, encode(MsgType.HELLO, hello.encode())
+@dataclass
+class Opened:
+    """A connection after its handshake: the WELCOME, and for the one-sided transports the
+    staging region (and the RDMA endpoint and the agent's queue pair)."""
+
+    welcome: Welcome
+    staging: Any = None
+    rdma: Any = None
+    remote: RdmaInfo | None = None
 
 
-def auth_frame(token: str, hello: Hello, challenge: Frame) -> bytes:
-    expect(challenge, MsgType.CHALLENGE)
-    ch = Challenge.decode(challenge.body)
-    return encode(MsgType.AUTH, auth.prove(token, hello, ch.nonce, ch.version))
+Received = tuple[Frame, list[int]]
+#: The steps of opening a connection: each yield is bytes to send, or None for the next
+#: frame (and the descriptors that came with it), which the driver sends back in.
+Steps = Generator[bytes | None, Received | None, Opened]
 
 
-def expect(frame: Frame, mtype: MsgType) -> None:
-    if frame.type is MsgType.ERROR:
-        code, msg = decode_error(frame.header, frame.body)
-        raise HandshakeFailed(code, msg)
-    if frame.type is not mtype:
-        raise HandshakeFailed(ErrorCode.BAD_FRAME,
-                              f"expected {mtype.name}, the agent sent {frame.type.name}")
+def _receive() -> Generator[None, Received | None, Received]:
+    got = yield None
+    assert got is not None
+    return got
 
 
-def welcome(frame: Frame) -> Welcome:
-    expect(frame, MsgType.WELCOME)
+def open_steps(job: str, mode: Mode, token: str, rdma_device: str | None) -> Steps:
+    """HELLO, CHALLENGE/AUTH, WELCOME, then the transport's set-up (the local staging
+    region that came with WELCOME; RDMA_INFO both ways).  Raises :class:`HandshakeFailed`;
+    the RDMA endpoint is closed on any failure (the driver closes the steps on its own)."""
+    hs = ClientHandshake(job, mode, token)
+    ep = None
     try:
-        return Welcome.decode(frame.body)
+        yield hs.hello_frame()
+        frame, fds = yield from _receive()
+        _close_fds(fds)
+        yield hs.on_challenge(frame)
+        frame, fds = yield from _receive()
+        try:
+            w = hs.on_welcome(frame)
+            if mode is Mode.LOCAL and len(fds) != 1:
+                raise HandshakeFailed(ErrorCode.BAD_FRAME, "no staging region came with WELCOME")
+        except BaseException:
+            _close_fds(fds)
+            raise
+        if mode is Mode.LOCAL:
+            return Opened(w, map_staging(fds[0], w))
+        _close_fds(fds)
+        if mode is not Mode.RDMA:
+            return Opened(w)
+        from conspirator.wire import verbs
+
+        ep = verbs.RcEndpoint(rdma_device, w.staging_slots * w.staging_slot_bytes,
+                              remote_write=False)
+        yield encode(MsgType.RDMA_INFO, ep.info().encode())
+        frame, fds = yield from _receive()
+        _close_fds(fds)
+        remote = RdmaInfo.decode(expect(frame, MsgType.RDMA_INFO).body)
+        ep.connect(remote)
+        return Opened(w, ep.region(), ep, remote)
+    except ProtocolError as e:
+        if ep is not None:
+            ep.close()
+        raise HandshakeFailed(e.code, e.message) from None
+    except BaseException:
+        if ep is not None:
+            ep.close()
+        raise
+
+
+#: Ancillary space for the descriptors a handshake frame may bring (a staging region).
+FDS_SPACE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+
+
+def received_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The SCM_RIGHTS descriptors in ``recvmsg``'s ancillary data."""
+    fds = array.array("i")
+    for level, typ, cdata in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
+    return list(fds)
+
+
+def handshake_header(data: bytes) -> Header:
+    """The header of a frame the agent sent during the handshake (``data`` empty: it
+    closed the connection)."""
+    if not data:
+        raise ConnectionLost(LOST)
+    try:
+        return parse_header(data, HANDSHAKE_TYPES, CONTROL_MAX)
     except ProtocolError as e:
         raise HandshakeFailed(e.code, e.message) from None
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def map_staging(fd: int, w: Welcome) -> mmap.mmap:
@@ -133,11 +208,6 @@ def map_staging(fd: int, w: Welcome) -> mmap.mmap:
         return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
-
-
-def error_as_handshake(frame: Frame) -> HandshakeFailed:
-    code, msg = decode_error(frame.header, frame.body)
-    return HandshakeFailed(code, msg)
 
 
 def error_of(frame: Frame) -> RequestFailed:

@@ -9,7 +9,6 @@ answered (backpressure).  A background thread reads answers.  Every future ends:
 
 from __future__ import annotations
 
-import array
 import contextlib
 import itertools
 import logging
@@ -22,22 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 from conspirator.client.base import (
     AGENT_TO_CLIENT,
-    HANDSHAKE_TYPES,
+    FDS_SPACE,
+    LOST,
     Address,
     ConnectionLost,
-    HandshakeFailed,
+    Opened,
     RequestFailed,
     Response,
-    auth_frame,
     byte_view,
-    error_as_handshake,
     error_of,
-    hello_frame,
-    map_staging,
-    welcome,
+    handshake_header,
+    open_steps,
+    received_fds,
 )
 from conspirator.wire.frames import (
-    CONTROL_MAX,
     HEADER_SIZE,
     ErrorCode,
     Frame,
@@ -46,11 +43,11 @@ from conspirator.wire.frames import (
     MsgType,
     ProtocolError,
     RdmaInfo,
+    Welcome,
     decode_error,
     encode,
     encode_staged,
     pack_header,
-    parse_header,
 )
 from conspirator.wire.native import impl
 
@@ -77,6 +74,7 @@ class Client:
         self._failure: RequestFailed | None = None
         self._staging: Any = None
         self._rdma: Any = None
+        self._remote: RdmaInfo | None = None
         self._slots: queue.Queue[int] = queue.Queue()
         self._slot_of: dict[int, int] = {}
         self._sock = self._connect(connect_timeout)
@@ -130,59 +128,42 @@ class Client:
         while got < n:
             k = self._sock.recv_into(mv[got:])
             if not k:
-                raise ConnectionLost("the agent closed the connection during the handshake")
+                raise ConnectionLost(LOST)
             got += k
         return bytes(buf)
 
     def _recv_frame(self) -> tuple[Frame, list[int]]:
         """One handshake frame, with any descriptors that came with its first bytes."""
-        fds = array.array("i")
-        data, anc, _, _ = self._sock.recvmsg(HEADER_SIZE, socket.CMSG_SPACE(4 * fds.itemsize))
-        for level, typ, cdata in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
+        data, anc, _, _ = self._sock.recvmsg(HEADER_SIZE, FDS_SPACE)
+        fds = received_fds(anc)
         try:
-            if not data:
-                raise ConnectionLost("the agent closed the connection during the handshake")
-            if len(data) < HEADER_SIZE:
+            if data:
                 data += self._recv_exact(HEADER_SIZE - len(data))
-            try:
-                h = parse_header(data, HANDSHAKE_TYPES, CONTROL_MAX)
-            except ProtocolError as e:
-                raise HandshakeFailed(e.code, e.message) from None
+            h = handshake_header(data)
             body = self._recv_exact(h.length) if h.length else b""
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
-        return Frame(h, body), list(fds)
+        return Frame(h, body), fds
 
-    def _handshake(self, token: str, rdma_device: str | None) -> Any:
-        mode = self.address.mode
-        hello, frame = hello_frame(self.job, mode)
-        self._sock.sendall(frame)
-        ch, _ = self._recv_frame()
-        self._sock.sendall(auth_frame(token, hello, ch))
-        f, fds = self._recv_frame()
-        w = welcome(f)
-        if mode is Mode.LOCAL:
-            if len(fds) != 1:
-                raise HandshakeFailed(ErrorCode.BAD_FRAME, "no staging region came with WELCOME")
-            self._staging = map_staging(fds[0], w)
-        if mode is Mode.RDMA:
-            from conspirator.wire import verbs
-
-            ep = verbs.RcEndpoint(rdma_device, w.staging_slots * w.staging_slot_bytes,
-                                  remote_write=False)
-            self._rdma = ep
-            self._sock.sendall(encode(MsgType.RDMA_INFO, ep.info().encode()))
-            f, _ = self._recv_frame()
-            if f.type is MsgType.ERROR:
-                raise error_as_handshake(f)
-            self._remote = RdmaInfo.decode(f.body)
-            ep.connect(self._remote)
-            self._staging = ep.region()
-        for i in range(w.staging_slots if mode is not Mode.INLINE else 0):
+    def _handshake(self, token: str, rdma_device: str | None) -> Welcome:
+        steps = open_steps(self.job, self.address.mode, token, rdma_device)
+        try:
+            step = next(steps)
+            while True:
+                if step is None:
+                    step = steps.send(self._recv_frame())
+                else:
+                    self._sock.sendall(step)
+                    step = next(steps)
+        except StopIteration as done:
+            opened: Opened = done.value
+        finally:
+            steps.close()
+        self._staging, self._rdma, self._remote = opened.staging, opened.rdma, opened.remote
+        w = opened.welcome
+        for i in range(w.staging_slots if self.address.mode is not Mode.INLINE else 0):
             self._slots.put(i)
         return w
 
@@ -230,7 +211,7 @@ class Client:
         if slot >= 0:
             off = slot * self.welcome.staging_slot_bytes
             impl.copy(self._staging, off, mv, 0, n)
-            if self._rdma is not None:
+            if self._rdma is not None and self._remote is not None:
                 self._rdma.write(off, self._remote.addr + off, self._remote.rkey, n)
             frame = encode(MsgType.STAGED, encode_staged(slot, n), rid, target)
             with self._wlock:

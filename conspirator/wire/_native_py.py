@@ -41,7 +41,8 @@ class RingCorrupted(RuntimeError):  # noqa: N818 - same name as the C module's e
     """The ring's indices are impossible: the peer scribbled over them."""
 
 
-Entry = tuple[int, int, int, int, int]
+#: One ring entry as it is read back: (tag, slot, length, status, aux).
+RingEntry = tuple[int, int, int, int, int]
 
 
 def _u(v: int, hi: int) -> int:
@@ -116,7 +117,7 @@ class Ring:
         self.push(tag, slot, n)
         return took
 
-    def pop(self) -> Entry | None:
+    def pop(self) -> RingEntry | None:
         self._check()
         tail = self._tail[0]
         head = self._head[0]
@@ -126,12 +127,12 @@ class Ring:
         self._tail[0] = (tail + 1) & _U64
         return (e[0], e[1], e[2], e[3], e[4])
 
-    def pop_many(self, max: int = 64) -> list[Entry]:
+    def pop_many(self, max: int = 64) -> list[RingEntry]:
         self._check()
         tail = self._tail[0]
         head = self._head[0]
         n = min(self._sane(head, tail), max if max > 0 else 0)
-        out: list[Entry] = []
+        out: list[RingEntry] = []
         for i in range(n):
             e = _ENTRY.unpack_from(self._entries, ((tail + i) & self._mask) * ENTRY_SIZE)
             out.append((e[0], e[1], e[2], e[3], e[4]))
