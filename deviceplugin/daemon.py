@@ -44,7 +44,6 @@ from conspirator.api.v1alpha1 import (
 from conspirator.deviceplugin.applier import Applier, ApplyResult
 from conspirator.deviceplugin.backend import BackendError, GpuBackend, Instance
 from conspirator.deviceplugin.holders import (
-    CheckpointHolders,
     DeviceHolders,
     devices_of,
     holder_uids,
@@ -100,11 +99,6 @@ def detect_dpu(sysfs: Path = Path("/sys/bus/pci/devices")) -> DPUStatus:
         if vendor == MELLANOX and device in BLUEFIELD:
             return DPUStatus(present=True, model=BLUEFIELD[device])
     return DPUStatus(present=False)
-
-
-def checkpoint_devices(path: Path) -> dict[str, str]:
-    """Device id -> pod UID of our resources, from the kubelet's device-manager checkpoint."""
-    return {dev: h.uid for dev, h in (CheckpointHolders(path).held() or {}).items()}
 
 
 @dataclass
@@ -529,4 +523,4 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DaemonConfig", "NodeDaemon", "checkpoint_devices", "detect_dpu", "run_from_args"]
+__all__ = ["DaemonConfig", "NodeDaemon", "detect_dpu", "run_from_args"]

@@ -13,7 +13,6 @@ from conspirator.api.v1alpha1 import DPUStatus
 from conspirator.deviceplugin.daemon import (
     DaemonConfig,
     NodeDaemon,
-    checkpoint_devices,
     detect_dpu,
 )
 from conspirator.deviceplugin.kube import DEVICES_ANNOTATION, PodInfo, pod_info
@@ -183,22 +182,6 @@ def test_kubelet_mode_end_to_end(a100x2: SimulatedBackend, kubelet: TestKubelet,
     finally:
         if d.plugins is not None:
             d.plugins.stop()
-
-
-def test_checkpoint_devices(tmp_path: Path) -> None:
-    cp = tmp_path / "kubelet_internal_checkpoint"
-    cp.write_text(json.dumps({"Data": {"PodDeviceEntries": [
-        {"PodUID": "p1", "ContainerName": "c", "ResourceName": R1,
-         "DeviceIDs": {"-1": ["MIG-a", "MIG-b"]}, "AllocResp": ""},
-        {"PodUID": "p2", "ContainerName": "c", "ResourceName": "nvidia.com/gpu",
-         "DeviceIDs": {"-1": ["GPU-x"]}, "AllocResp": ""},
-        {"PodUID": "p3", "ContainerName": "c", "ResourceName": R3,
-         "DeviceIDs": ["MIG-c"], "AllocResp": ""},
-    ], "RegisteredDevices": {}}, "Checksum": 1}))
-    assert checkpoint_devices(cp) == {"MIG-a": "p1", "MIG-b": "p1", "MIG-c": "p3"}
-    assert checkpoint_devices(tmp_path / "missing") == {}
-    cp.write_text("{not json")
-    assert checkpoint_devices(cp) == {}
 
 
 def test_pod_info_counts_devices_per_container() -> None:

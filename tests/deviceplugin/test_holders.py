@@ -105,6 +105,22 @@ def test_unreachable_api_answers_none_and_the_checkpoint_stands_in(
     assert CheckpointHolders(tmp_path / "absent").held() is None
 
 
+def test_the_checkpoint_lists_our_resources_only(tmp_path: Path) -> None:
+    cp = tmp_path / "kubelet_internal_checkpoint"
+    cp.write_text(json.dumps({"Data": {"PodDeviceEntries": [
+        {"PodUID": "p1", "ContainerName": "c", "ResourceName": R1,
+         "DeviceIDs": {"-1": ["MIG-a", "MIG-b"]}, "AllocResp": ""},
+        {"PodUID": "p2", "ContainerName": "c", "ResourceName": "nvidia.com/gpu",
+         "DeviceIDs": {"-1": ["GPU-x"]}, "AllocResp": ""},
+        {"PodUID": "p3", "ContainerName": "c", "ResourceName": R3,
+         "DeviceIDs": ["MIG-c"], "AllocResp": ""},
+    ], "RegisteredDevices": {}}, "Checksum": 1}))
+    assert CheckpointHolders(cp).held() == {"MIG-a": Holder(uid="p1"), "MIG-b": Holder(uid="p1"),
+                                            "MIG-c": Holder(uid="p3")}
+    cp.write_text("{not json")
+    assert CheckpointHolders(cp).held() is None
+
+
 def test_holders_map_to_pod_uids(kubelet: tuple[Lister, Path]) -> None:
     lister, sock = kubelet
     lister.pods = [pod("ns", "known", [(R1, ["MIG-a"])]), pod("ns", "new", [(R1, ["MIG-b"])])]
