@@ -1,11 +1,11 @@
 """A test subscriber for the registry's publisher: the agent's side of the registry ->
 agent channel (its publish socket), for the unit and end-to-end tests.
 
-It authenticates the publisher with the node token exactly as the protocol says
-(HELLO(mode=PUBLISHER), CHALLENGE, AUTH with the HMAC, WELCOME or ERROR(AUTH_FAILED)),
-then records every PUBLISH (with the descriptors it received) and WITHDRAW, acknowledging
-each.  The real agent is ``conspirator.dpu_agent``; this one lets a test see exactly what
-was published.
+It authenticates the publisher with the node token through the agent's own handshake
+(:mod:`conspirator.wire.handshake`) and answers it with the agent's own replies
+(:func:`conspirator.wire.publishing.answer_publisher`), recording every PUBLISH (with the
+descriptors it received) and WITHDRAW.  The real agent is ``conspirator.dpu_agent``; this
+one lets a test see exactly what was published.
 """
 
 from __future__ import annotations
@@ -19,26 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conspirator.wire import auth
-from conspirator.wire.frames import (
-    PUBLISHER_TO_AGENT,
-    Challenge,
-    ErrorCode,
-    Hello,
-    MsgType,
-    Welcome,
-    decode_auth,
-    encode,
-    encode_error,
-)
-from conspirator.wire.registration import (
-    Publication,
-    json_body,
-    parse_json,
-    parse_withdraw,
-    recv_packet,
-    send_frame,
-)
+from conspirator.wire.frames import PUBLISHER_TO_AGENT, Mode, ProtocolError
+from conspirator.wire.handshake import ServerHandshake, publisher_welcome, refusal
+from conspirator.wire.publishing import answer_publisher
+from conspirator.wire.registration import Publication, recv_packet, send_frame
 
 
 @dataclass
@@ -103,55 +87,56 @@ class TestAgent:
             self._conns.append(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    def _token_of(self, mode: Mode, name: str) -> str | None:
+        return self.token if mode is Mode.PUBLISHER and name == self.node else None
+
     def _serve(self, conn: socket.socket) -> None:
         try:
-            frame, _ = recv_packet(conn, PUBLISHER_TO_AGENT)
-            hello = Hello.decode(frame.body)
-            nonce = auth.new_nonce()
-            send_frame(conn, encode(MsgType.CHALLENGE, Challenge(nonce, 1).encode()))
-            frame, _ = recv_packet(conn, PUBLISHER_TO_AGENT)
-            ok = frame.type is MsgType.AUTH and hello.identity == self.node and auth.verify(
-                self.token, hello, nonce, 1, decode_auth(frame.body))
-            if not ok:
+            hs = ServerHandshake(self._token_of, (Mode.PUBLISHER,))
+            try:
+                send_frame(conn, hs.on_hello(recv_packet(conn, PUBLISHER_TO_AGENT)[0]))
+                hs.on_auth(recv_packet(conn, PUBLISHER_TO_AGENT)[0])
+            except ProtocolError as e:
                 with self._cond:
                     self.refused += 1
                     self._cond.notify_all()
-                send_frame(conn, encode(MsgType.ERROR, encode_error("authentication failed"),
-                                        0, ErrorCode.AUTH_FAILED))
+                send_frame(conn, refusal(e))
                 return
-            send_frame(conn, encode(MsgType.WELCOME, Welcome(1, 1, 0, 0, 0, 0, ()).encode()))
+            send_frame(conn, publisher_welcome(hs.version))
             with self._cond:
                 self.sessions += 1
                 self._cond.notify_all()
             while True:
                 frame, fds = recv_packet(conn, PUBLISHER_TO_AGENT)
-                rid = frame.header.request_id
-                if frame.type is MsgType.PUBLISH:
-                    pub = Publication.from_dict(parse_json(frame.body))
-                    with self._cond:
-                        old = self.published.pop(pub.buffer_id, None)
-                        if old is not None:
-                            for fd in old.fds:
-                                os.close(fd)
-                        self.published[pub.buffer_id] = Received(pub, fds)
-                        self._cond.notify_all()
-                    send_frame(conn, encode(MsgType.ACK, json_body(
-                        {"buffer_id": pub.buffer_id, "ok": True}), rid))
-                elif frame.type is MsgType.WITHDRAW:
-                    bid, reason = parse_withdraw(frame.body)
-                    with self._cond:
-                        r = self.published.pop(bid, None)
-                        if r is not None:
-                            for fd in r.fds:
-                                os.close(fd)
-                        self.withdrawn.append((bid, reason))
-                        self._cond.notify_all()
-                    send_frame(conn, encode(MsgType.ACK, json_body(
-                        {"buffer_id": bid, "ok": True}), rid))
-        except (OSError, ConnectionError, ValueError):
+                reply = answer_publisher(frame, fds, self)
+                if reply is None:
+                    return
+                send_frame(conn, reply)
+        except (OSError, ProtocolError):
             pass
         finally:
             conn.close()
+
+    # -- PublishSink: what the publisher sent, for the test to see
+
+    def publish(self, pub: Publication, fds: list[int]) -> None:
+        with self._cond:
+            old = self.published.pop(pub.buffer_id, None)
+            if old is not None:
+                for fd in old.fds:
+                    os.close(fd)
+            self.published[pub.buffer_id] = Received(pub, fds)
+            self._cond.notify_all()
+
+    def withdraw(self, buffer_id: int, reason: str) -> bool:
+        with self._cond:
+            r = self.published.pop(buffer_id, None)
+            if r is not None:
+                for fd in r.fds:
+                    os.close(fd)
+            self.withdrawn.append((buffer_id, reason))
+            self._cond.notify_all()
+        return True
 
     def wait(self, what: str, probe: Callable[[], object], timeout: float = 20) -> object:
         deadline = time.monotonic() + timeout

@@ -86,7 +86,7 @@ def test_worker_registry_agent_client(d: Path) -> None:
         workers.add(worker.pid)
         wait("the buffer to reach the agent", lambda: publisher.published)
         [entry] = reg.entries.values()
-        assert entry.pod.uid == UID and entry.peer_pid == worker.pid
+        assert entry.caller.pod_uid == UID and entry.caller.pid == worker.pid
         assert entry.buffer_id in publisher.published  # the agent acknowledged it
         rng = np.random.default_rng(5)
         with Client(f"unix://{d / 'agent.sock'}", JOB, TOKEN) as c:

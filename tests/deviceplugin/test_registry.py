@@ -16,8 +16,8 @@ from conspirator.deviceplugin.kube import PodInfo
 from conspirator.deviceplugin.metrics import Metrics
 from conspirator.deviceplugin.registry import (
     AgentPublisher,
+    PodIdentity,
     Registry,
-    fd_kind,
     pod_uid_of_cgroup,
     pod_uid_of_pid,
 )
@@ -26,6 +26,7 @@ from conspirator.runtime.registration import RegistrationError, UnixRegistrar
 from conspirator.wire.frames import MsgType, encode
 from conspirator.wire.registration import BufferSpec, recv_packet, send_frame
 from conspirator.wire.shm import Geometry, new_eventfd, new_memfd
+from conspirator.wire.workerregistry import IdentityPolicy, TrustClaims, WorkerRegistry, fd_kind
 
 TOKEN = "node-token-for-tests"
 UID = "0f4c6a52-1b9e-4f0e-a8c3-7d1e5b2a9c10"
@@ -271,3 +272,100 @@ def test_pod_uid_from_cgroup(text: str, uid: str | None) -> None:
 def test_pod_uid_of_this_process_is_none() -> None:
     assert pod_uid_of_pid(os.getpid()) is None
     assert pod_uid_of_pid(2**22 + 12345) is None
+
+
+# ------------------------------------------------------- one registry, two identity policies
+
+
+def policies() -> dict[str, IdentityPolicy]:
+    return {
+        "pod": PodIdentity("node-1", {UID: POD}.get, identify=lambda pid: UID),
+        "trust": TrustClaims(),
+    }
+
+
+@pytest.fixture(params=["pod", "trust"])
+def policy_registry(request: pytest.FixtureRequest, sockdir: Path,
+                    agent: TestAgent) -> Iterator[tuple[str, WorkerRegistry]]:
+    r = WorkerRegistry("node-1", sockdir / "wr.sock", policies()[request.param],
+                       AgentPublisher("node-1", agent.socket_path, TOKEN, retry=0.05))
+    r.start()
+    agent.wait("the publisher to connect", lambda: agent.sessions)
+    yield request.param, r
+    r.close()
+
+
+def test_both_policies_register_publish_and_withdraw(policy_registry: tuple[str, WorkerRegistry],
+                                                     agent: TestAgent, buf: Buffer) -> None:
+    kind, registry = policy_registry
+    worker = UnixRegistrar(registry.socket_path)
+    bid = worker.register(buf.spec(), buf.fds)
+    agent.wait("the publication", lambda: bid in agent.published)
+    pub = agent.published[bid].publication
+    assert pub.spec == buf.spec() and pub.node == "node-1"
+    if kind == "pod":  # the node daemon's: who the caller is travels with the buffer
+        assert pub.pod_uid == UID and pub.extra == {"pod": "team-a/resnet-0",
+                                                    "peer_pid": str(os.getpid())}
+    else:  # the agent's --local-registry: the claim, nothing more
+        assert pub.pod_uid == "" and pub.extra == {}
+    [entry] = registry.entries.values()
+    assert entry.caller.pid == os.getpid() and registry.agent_connected()
+    worker.close()
+    agent.wait("the withdrawal", lambda: (bid, "worker disconnected") in agent.withdrawn)
+    assert registry.count() == 0
+
+
+def test_only_the_pod_policy_checks_the_job(policy_registry: tuple[str, WorkerRegistry],
+                                            buf: Buffer) -> None:
+    kind, registry = policy_registry
+    worker = UnixRegistrar(registry.socket_path)
+    try:
+        if kind == "pod":
+            with pytest.raises(RegistrationError, match="runs no worker of job team-b/resnet"):
+                worker.register(buf.spec("team-b/resnet"), buf.fds)
+        else:
+            assert worker.register(buf.spec("team-b/resnet"), buf.fds) > 0
+    finally:
+        worker.close()
+
+
+def test_both_policies_check_the_descriptors(policy_registry: tuple[str, WorkerRegistry]
+                                             ) -> None:
+    _, registry = policy_registry
+    worker = UnixRegistrar(registry.socket_path)
+    unsealed = Buffer(seal=False)
+    try:
+        with pytest.raises(RegistrationError, match="seal"):
+            worker.register(unsealed.spec(), unsealed.fds)
+    finally:
+        unsealed.close()
+        worker.close()
+    assert registry.count() == 0
+
+
+def test_the_trust_policy_may_still_refuse(sockdir: Path, buf: Buffer) -> None:
+    policy = TrustClaims(lambda pid, spec: f"pid {pid} is not welcome" if spec.replica == "r0"
+                         else None)
+    r = WorkerRegistry("n", sockdir / "t.sock", policy)
+    r.start()
+    try:
+        w = UnixRegistrar(r.socket_path)
+        with pytest.raises(RegistrationError, match=f"REGISTRATION_REFUSED.*pid {os.getpid()}"):
+            w.register(buf.spec(), buf.fds)
+        w.close()
+    finally:
+        r.close()
+
+
+def test_withdraw_callers_hangs_up_on_them(sockdir: Path, buf: Buffer) -> None:
+    r = WorkerRegistry("n", sockdir / "c.sock", TrustClaims())
+    r.start()
+    try:
+        w = UnixRegistrar(r.socket_path)
+        w.register(buf.spec(), buf.fds)
+        assert r.withdraw_callers(lambda c: c.pid != os.getpid(), "not us") == 0
+        assert r.withdraw_callers(lambda c: c.pid == os.getpid(), "us") == 1
+        assert r.count() == 0 and w.wait_closed(10)
+        w.close()
+    finally:
+        r.close()
