@@ -5,13 +5,22 @@ pool, picks a replica of the job (least outstanding work weighted by throughput)
 the bytes straight into that replica's registered input buffer, rings its doorbell and
 returns the worker's result on the client's connection.  DESIGN section 6; docs/datapath.md.
 
-- :mod:`.server`: asyncio listeners, handshakes, the TCP zero-copy receive protocol and the
-  one-sided (local / RDMA) protocol, the registry's publish channel;
-- :mod:`.core`: replicas, the dispatcher, completions, timeouts;
+Modules, each importing only those below it (``cli`` at the top)::
+
+    cli > server | localregistry | metrics > accept > rdma > sessionstart
+        > inline | staged > session | poller > core > state > targets | staging | tokens
+
+- :mod:`.server`: the listeners and their lifecycle; :mod:`.accept`: a connection from
+  accept on (the shared handshake, then a client's session set-up or the registry's
+  publish channel); :mod:`.sessionstart` and :mod:`.rdma`: the transports' set-up;
+- :mod:`.inline`: the TCP zero-copy receive protocol; :mod:`.staged`: the one-sided
+  (local / RDMA) protocol; :mod:`.session`: what both share (the connection's session);
+- :mod:`.core`: dispatch, completions, timeouts; :mod:`.state`: requests, replicas, jobs;
+  :mod:`.poller`: busy polling;
 - :mod:`.staging`: the staging pool (and backpressure); :mod:`.targets`: shared-memory and
-  CUDA targets, and the BlueField DMA seam; :mod:`.rdma`: the RDMA transport;
-- :mod:`.tokens`: per-job tokens; :mod:`.localregistry`: a stand-in for the node daemon's
-  buffer registry (development, tests, benchmarks).
+  CUDA targets, and the BlueField DMA seam; :mod:`.tokens`: per-job tokens;
+- :mod:`.localregistry`: the node daemon's worker registry with a trust-all identity
+  (development, tests, benchmarks); :mod:`.metrics`: Prometheus.
 
 Never imports the operator or the node daemon (DESIGN section 2).
 """

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conspirator.dpu_agent.core import AgentConfig
+from conspirator.dpu_agent.server import Agent
+from conspirator.dpu_agent.tokens import DirectoryTokens, StaticTokens, TokenStore
 from conspirator.loadgen import parse_size
-
-from .core import AgentConfig
-from .server import Agent
-from .tokens import DirectoryTokens, StaticTokens, TokenStore
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -155,12 +154,12 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig, tokens: TokenStore,
                   rdma_device=args.rdma)
     await agent.start()
     if args.metrics_port:
-        from .metrics import serve
+        from conspirator.dpu_agent.metrics import serve
 
         serve(agent, node, args.metrics_port, args.metrics_address)
     registry = None
     if args.local_registry:
-        from .localregistry import LocalRegistry
+        from conspirator.dpu_agent.localregistry import LocalRegistry
 
         assert node_token is not None
         registry = LocalRegistry(args.local_registry, args.publish_socket, node, node_token)

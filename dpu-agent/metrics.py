@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .core import AgentCore
-from .staging import StagingPool
+from conspirator.dpu_agent.core import AgentCore
+from conspirator.dpu_agent.staging import StagingPool
 
 # Stats field -> (metric name without _total, help).  Counters.
 COUNTERS: dict[str, tuple[str, str]] = {

@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 
-from .core import AgentCore, no_kick
+from conspirator.dpu_agent.core import AgentCore, no_kick
 
 
 class BusyPoller:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from conspirator.dpu_agent.core import AgentConfig, AgentCore, JobState
+from conspirator.dpu_agent.core import AgentConfig, AgentCore
+from conspirator.dpu_agent.state import JobState
 
 
 def replica(buffer_id: int, slot_bytes: int) -> Any:

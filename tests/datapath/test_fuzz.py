@@ -29,7 +29,10 @@ from hypothesis import strategies as st
 from conspirator.client.aio import AsyncClient, _Protocol
 from conspirator.client.base import Address
 from conspirator.dpu_agent.core import AgentConfig
-from conspirator.dpu_agent.server import Agent, ConnSession, InlineProtocol, StagedProtocol
+from conspirator.dpu_agent.inline import InlineProtocol
+from conspirator.dpu_agent.server import Agent
+from conspirator.dpu_agent.session import ConnSession
+from conspirator.dpu_agent.staged import StagedProtocol
 from conspirator.dpu_agent.tokens import StaticTokens
 from conspirator.wire import native
 from conspirator.wire.frames import (
