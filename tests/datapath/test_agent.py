@@ -20,19 +20,17 @@ import pytest
 from conspirator.client import AsyncClient, Client, ConnectionLost, HandshakeFailed, RequestFailed
 from conspirator.dpu_agent.core import AgentConfig
 from conspirator.runtime.reference import expected_touch, touch
-from conspirator.wire import auth
 from conspirator.wire.frames import (
     AGENT_TO_CLIENT,
-    Challenge,
     ErrorCode,
     FrameDecoder,
-    Hello,
     Mode,
     MsgType,
     encode,
     encode_staged,
     pack_header,
 )
+from conspirator.wire.handshake import ClientHandshake
 
 from .harness import (
     gather_futures,
@@ -110,18 +108,18 @@ def test_a_request_naming_another_jobs_buffer_is_refused() -> None:
 
 def _raw_handshake(address: tuple[str, int], job: str, token: str) -> socket.socket:
     s = socket.create_connection(address, timeout=5)
-    hello = Hello(job, Mode.INLINE, auth.new_nonce())
-    s.sendall(encode(MsgType.HELLO, hello.encode()))
+    hs = ClientHandshake(job, Mode.INLINE, token)
     dec = FrameDecoder(AGENT_TO_CLIENT, 1 << 20)
-    frames: list[Any] = []
-    while not frames:
-        frames = dec.feed(s.recv(4096))
-    ch = Challenge.decode(frames[0].body)
-    s.sendall(encode(MsgType.AUTH, auth.prove(token, hello, ch.nonce, ch.version)))
-    frames = []
-    while not frames:
-        frames = dec.feed(s.recv(4096))
-    assert frames[0].type is MsgType.WELCOME
+
+    def next_frame() -> Any:
+        frames: list[Any] = []
+        while not frames:
+            frames = dec.feed(s.recv(4096))
+        return frames[0]
+
+    s.sendall(hs.hello_frame())
+    s.sendall(hs.on_challenge(next_frame()))
+    hs.on_welcome(next_frame())
     return s
 
 
