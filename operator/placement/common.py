@@ -1,4 +1,4 @@
-"""Helpers shared by the MIG-track policies: options, costs, start choice, decisions."""
+"""Helpers shared by the MIG-track policies: options, costs, groups, reasons, decisions."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from conspirator.operator.placement.gpus import GpuModel, MigProfile
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.objective import demand_met
 from conspirator.operator.placement.throughput import ReplicaOption, ThroughputTable
+
+SHARED = ""
+"""Key of the shared tenant group (tenant groups are otherwise tenant names)."""
+
+
+def job_groups(job: Job, groups: Sequence[str]) -> list[str]:
+    """Tenant groups whose GPUs may host ``job``: its tenant's only, when it is dedicated."""
+    if job.dedicated_gpu:
+        return [job.tenant]
+    return [SHARED] + ([job.tenant] if job.tenant in groups else [])
 
 
 def slot_cost(model: GpuModel, profile: MigProfile) -> float:

@@ -1,13 +1,14 @@
 """LP diving over the pattern model, then exact packing and a short polish (policy ``lpdive``).
 
-The MILP of :mod:`~conspirator.operator.placement.milp` is a pattern model:
+The MILP of :mod:`~conspirator.operator.placement.milp` is the pattern model
+(:mod:`~conspirator.operator.placement.pattern`):
 ``y[i,m,p,t]`` replicas of job ``i`` on profile ``p`` of GPU model ``m`` in tenant
 group ``t``, ``N`` GPUs per MIG configuration, ``delta[i]`` for an unmet job.  Its
 LP relaxation solves in milliseconds; this heuristic turns it into an integer plan
 the way cutting-stock codes do, with HiGHS as an LP solver only (no integer
 variable, no branch and bound):
 
-1. **LP.**  The MILP's own model (``milp._build_problem`` / ``milp._formulate``)
+1. **LP.**  The MILP's own model (``pattern.build_problem`` / ``pattern.formulate``)
    is passed to HiGHS relaxed.
 2. **Dive.**  Jobs whose LP replica counts are already integral (and whose
    ``delta`` is 0 or 1) are fixed as they are.  Every other job gets rounding
@@ -45,12 +46,13 @@ from itertools import product
 import highspy
 import numpy as np
 
-from conspirator.operator.placement import milp
 from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.common import slot_cost
 from conspirator.operator.placement.jobs import Job
+from conspirator.operator.placement.lpmodel import LinearModel, new_highs
 from conspirator.operator.placement.mixpack import MixPackHeuristic, _Mix, _Search, _with_adds
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE, E1_GPU, E2_UNMET
+from conspirator.operator.placement.pattern import build_problem, formulate
 from conspirator.operator.placement.throughput import ThroughputTable
 
 Target = tuple[str, str, str]  # (GPU model, profile, tenant group)
@@ -82,8 +84,8 @@ class DiveResult:
 class _Lp:
     """The relaxed MILP in HiGHS, with bound changes and warm re-solves."""
 
-    def __init__(self, md: milp._Model, time_limit_s: float) -> None:
-        self.h = milp.new_highs(time_limit_s)
+    def __init__(self, md: LinearModel, time_limit_s: float) -> None:
+        self.h = new_highs(time_limit_s)
         self.h.passModel(md.to_highs(relax=True))
         self.lower = np.asarray(md.lower, dtype=np.float64)
         self.upper = np.asarray(md.upper, dtype=np.float64)
@@ -105,7 +107,7 @@ class _Lp:
         self.set(cols, [float(self.lower[c]) for c in cols], [float(self.upper[c]) for c in cols])
 
 
-def _cap_rows(md: milp._Model, y_cols: set[int]) -> dict[int, int]:
+def _cap_rows(md: LinearModel, y_cols: set[int]) -> dict[int, int]:
     """y column -> its slot-capacity row (the ``<= 0`` row it appears in with +1)."""
     out: dict[int, int] = {}
     for r in range(len(md.row_lo)):
@@ -166,8 +168,8 @@ def lp_dive(state: ClusterState, jobs: Sequence[Job], table: ThroughputTable, *,
     counts are not packed: that is the caller's (:class:`LpDiveHeuristic`).
     """
     deadline = time.perf_counter() + time_limit_s
-    pb = milp._build_problem(state, jobs, table, replan=False, budget=None, e1=e1, e2=e2)
-    milp._formulate(pb)
+    pb = build_problem(state, jobs, table, replan=False, budget=None, e1=e1, e2=e2)
+    formulate(pb)
     md = pb.model
     lp = _Lp(md, time_limit_s)
     if not lp.solve():

@@ -4,7 +4,7 @@
 or two of the optimum; what it cannot do is trade several jobs' replica mixes at
 once so that a whole GPU empties out.  HiGHS can, on a smaller problem.  This
 engine works in the variables of the pattern MILP
-(:mod:`~conspirator.operator.placement.milp`: replica counts ``y`` per job, GPU
+(:mod:`~conspirator.operator.placement.pattern`: replica counts ``y`` per job, GPU
 model, profile and tenant group; layout counts ``N`` per GPU class; ``delta`` per
 unmet job):
 
@@ -49,13 +49,16 @@ from dataclasses import dataclass
 
 import highspy
 
-from conspirator.operator.placement import milp
 from conspirator.operator.placement.cluster import ClusterState
+from conspirator.operator.placement.common import SHARED
 from conspirator.operator.placement.decision import Decision
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.lpdive import LpDiveHeuristic
+from conspirator.operator.placement.lpmodel import LinearModel, Solution, new_highs
 from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE, E1_GPU, E2_UNMET, score
+from conspirator.operator.placement.pattern import PatternProblem, build_problem, formulate
+from conspirator.operator.placement.pattern_decode import decode, unplaced_jobs
 from conspirator.operator.placement.throughput import ThroughputTable
 
 _EPS = 1e-6
@@ -68,7 +71,7 @@ class RootLp:
     objective: float
 
 
-def encode(pb: milp._Problem, before: ClusterState, after: ClusterState) -> list[float] | None:
+def encode(pb: PatternProblem, before: ClusterState, after: ClusterState) -> list[float] | None:
     """The plan ``after`` (``before`` plus new instances) as values of ``pb``'s variables.
 
     Each GPU that gained instances becomes one GPU of its class using a layout
@@ -99,7 +102,7 @@ def encode(pb: milp._Problem, before: ClusterState, after: ClusterState) -> list
             return None
         cl = pb.classes[ci]
         dedicated = {i.tenant for i in g1.instances if i.dedicated}
-        group = next(iter(dedicated)) if len(dedicated) == 1 else milp.SHARED
+        group = next(iter(dedicated)) if len(dedicated) == 1 else SHARED
         if len(dedicated) > 1 or group not in cl.groups:
             return None
         names = [p.name for p in cl.model.planning_profiles]
@@ -124,7 +127,7 @@ def encode(pb: milp._Problem, before: ClusterState, after: ClusterState) -> list
     return x if feasible(pb.model, x) else None
 
 
-def feasible(md: milp._Model, x: Sequence[float]) -> bool:
+def feasible(md: LinearModel, x: Sequence[float]) -> bool:
     """Whether ``x`` meets every bound, integrality and row of ``md`` (small tolerance)."""
     for j, val in enumerate(x):
         if not md.lower[j] - _EPS <= val <= md.upper[j] + _EPS:
@@ -140,14 +143,14 @@ def feasible(md: milp._Model, x: Sequence[float]) -> bool:
     return True
 
 
-def value_of(md: milp._Model, x: Sequence[float]) -> float:
+def value_of(md: LinearModel, x: Sequence[float]) -> float:
     """The model's objective at ``x``."""
     return md.offset + sum(c * val for c, val in zip(md.cost, x, strict=True) if c)
 
 
-def root_lp(md: milp._Model, time_limit_s: float) -> RootLp | None:
+def root_lp(md: LinearModel, time_limit_s: float) -> RootLp | None:
     """The LP relaxation of ``md`` (``None``: not solved to optimality in time)."""
-    h = milp.new_highs(time_limit_s)
+    h = new_highs(time_limit_s)
     h.passModel(md.to_highs(relax=True))
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -157,7 +160,7 @@ def root_lp(md: milp._Model, time_limit_s: float) -> RootLp | None:
                   float(h.getInfo().objective_function_value))
 
 
-def solve_restricted(pb: milp._Problem, x: Sequence[float], zero: Sequence[int],
+def solve_restricted(pb: PatternProblem, x: Sequence[float], zero: Sequence[int],
                      time_limit_s: float) -> list[float] | None:
     """``pb``'s MILP with the columns ``zero`` fixed to 0, warm-started from ``x``.
 
@@ -168,11 +171,11 @@ def solve_restricted(pb: milp._Problem, x: Sequence[float], zero: Sequence[int],
     upper = list(md.upper)
     for col in zero:
         upper[col] = 0.0
-    sub = milp._Model(cost=md.cost, lower=md.lower, upper=upper, integer=md.integer,
+    sub = LinearModel(cost=md.cost, lower=md.lower, upper=upper, integer=md.integer,
                       row_lo=md.row_lo, row_hi=md.row_hi, row_start=md.row_start,
                       row_index=md.row_index, row_value=md.row_value, offset=md.offset)
     g = pb.granularity
-    h = milp.new_highs(time_limit_s)
+    h = new_highs(time_limit_s)
     # With a granular objective a gap below one step is optimal (as in milp.py).
     h.setOptionValue("mip_abs_gap", 0.999 * g if g > 0 else 1e-6)
     h.setOptionValue("mip_rel_gap", 0.0)
@@ -217,9 +220,9 @@ class SubMipHeuristic(MixPackHeuristic):
         start_state = state.copy()
         start_dec = self.start._plan(start_state, jobs, table)
         start_dec.policy = self.name
-        pb = milp._build_problem(state, jobs, table, replan=False, budget=None, e1=self.e1,
+        pb = build_problem(state, jobs, table, replan=False, budget=None, e1=self.e1,
                                  e2=self.e2)
-        milp._formulate(pb)
+        formulate(pb)
         md = pb.model
         x = encode(pb, state, start_state)
         root = root_lp(md, max(1e-3, deadline - time.perf_counter())) if x else None
@@ -250,10 +253,10 @@ class SubMipHeuristic(MixPackHeuristic):
         if not improved:
             state.adopt(start_state)
             return start_dec
-        sol = milp._Solution(x, value, bound, value <= bound + _EPS)
+        sol = Solution(x, value, bound, value <= bound + _EPS)
         dec = Decision(self.name)
-        dec.placed, _ = milp._decode(pb, sol)
-        dec.unplaced = milp._unplaced(pb, sol)
+        dec.placed, _ = decode(pb, sol)
+        dec.unplaced = unplaced_jobs(pb, sol)
         dec.objective = score(state, pb.jobs, self.e1, self.e2).value
         if value <= bound + _EPS:
             dec.optimal, dec.mip_gap = True, 0.0

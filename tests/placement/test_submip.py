@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from conspirator.operator.placement import milp
 from conspirator.operator.placement.bruteforce import brute_force
 from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.heuristic import GreedyHeuristic
@@ -21,6 +20,7 @@ from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.lpdive import LpDiveHeuristic
 from conspirator.operator.placement.milp import MilpPolicy, lower_bound
 from conspirator.operator.placement.objective import score
+from conspirator.operator.placement.pattern import PatternProblem, build_problem, formulate
 from conspirator.operator.placement.registry import mig_policy
 from conspirator.operator.placement.submip import (
     SubMipHeuristic,
@@ -41,9 +41,9 @@ from mig_instances import make_instance
 TABLE = default_table()
 
 
-def _problem(state: ClusterState, jobs: list[Job]) -> milp._Problem:
-    pb = milp._build_problem(state, jobs, TABLE, replan=False, budget=None, e1=1.0, e2=100.0)
-    milp._formulate(pb)
+def _problem(state: ClusterState, jobs: list[Job]) -> PatternProblem:
+    pb = build_problem(state, jobs, TABLE, replan=False, budget=None, e1=1.0, e2=100.0)
+    formulate(pb)
     return pb
 
 
