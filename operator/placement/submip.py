@@ -218,7 +218,7 @@ class SubMipHeuristic(MixPackHeuristic):
               ) -> Decision:
         deadline = time.perf_counter() + self.time_limit_s
         start_state = state.copy()
-        start_dec = self.start._plan(start_state, jobs, table)
+        start_dec = self.start.place(start_state, jobs, table)
         start_dec.policy = self.name
         pb = build_problem(state, jobs, table, replan=False, budget=None, e1=self.e1,
                                  e2=self.e2)
