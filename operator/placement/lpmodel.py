@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import highspy
@@ -55,6 +55,10 @@ class LinearModel:
         self.row_start.append(len(self.row_index))
         self.row_lo.append(lo)
         self.row_hi.append(hi)
+
+    def objective_at(self, x: Sequence[float]) -> float:
+        """The objective at column values ``x`` (the offset included)."""
+        return sum(c * v for c, v in zip(self.cost, x, strict=True) if c) + self.offset
 
     def copy(self) -> LinearModel:
         """An independent copy (every list copied)."""

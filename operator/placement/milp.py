@@ -34,16 +34,6 @@ from conspirator.operator.placement.pattern_decode import decode, unplaced_jobs
 from conspirator.operator.placement.throughput import ThroughputTable
 
 
-def _plan_bound(pb: PatternProblem, sol: Solution) -> float:
-    """A lower bound on the paper objective from the solver's dual bound."""
-    bound = sol.bound
-    g = pb.granularity
-    if g > 0 and math.isfinite(bound):
-        bound = g * math.ceil(bound / g - 1e-6)
-    return bound
-
-
-
 def _fewer_moves_model(pb: PatternProblem, value: float) -> LinearModel:
     """Phase 2 of ``replan``: fewest removed replicas among plans of objective <= ``value``."""
     md = pb.model
@@ -122,15 +112,13 @@ class MilpPolicy:
                            e2=self.e2)
         formulate(pb)
         remaining = max(1e-3, self.time_limit_s - (time.perf_counter() - t0))
-        g = pb.granularity
-        # With a granular objective, a gap below one step already proves the plan optimal.
-        abs_gap = 0.999 * g if g > 0 else 1e-6
-        sol = solve(pb.model, remaining, mip_rel_gap=self.mip_rel_gap, mip_abs_gap=abs_gap)
+        sol = solve(pb.model, remaining, mip_rel_gap=self.mip_rel_gap,
+                    mip_abs_gap=pb.optimality_gap)
         decision = Decision(policy=self.name)
         plan: Solution | None = sol
         if sol is not None:
             value = sol.objective
-            bound = _plan_bound(pb, sol)
+            bound = pb.round_bound(sol.bound)
             if replan and self.prefer_fewer_moves and pb.vars.keep:
                 # Phase 2: among plans as good as this one, remove the fewest replicas.
                 left = self.time_limit_s - (time.perf_counter() - t0)
@@ -141,8 +129,7 @@ class MilpPolicy:
                     if sol2 is not None:
                         plan = sol2
             assert plan is not None
-            value = sum(c * x for c, x in zip(pb.model.cost, plan.values, strict=True) if c)
-            value += pb.model.offset
+            value = pb.model.objective_at(plan.values)
             decision.placed, decision.migrations = decode(pb, plan)
             gap = max(0.0, value - bound) / max(abs(value), 1e-9) if math.isfinite(bound) \
                 else math.inf

@@ -126,6 +126,20 @@ class PatternProblem:
     model: LinearModel = field(default_factory=LinearModel)
     vars: PatternVars = field(default_factory=PatternVars)
 
+    @property
+    def optimality_gap(self) -> float:
+        """HiGHS's ``mip_abs_gap`` for this model: with a granular objective a gap below one
+        step already proves the plan optimal."""
+        g = self.granularity
+        return 0.999 * g if g > 0 else 1e-6
+
+    def round_bound(self, bound: float) -> float:
+        """A lower bound on the objective rounded up to the objective's step (if any)."""
+        g = self.granularity
+        if g > 0 and math.isfinite(bound):
+            return g * math.ceil(bound / g - 1e-6)
+        return bound
+
 
 
 def _gpu_groups(instances: Iterable[Instance], groups: Sequence[str]) -> list[str]:

@@ -41,7 +41,6 @@ migration budget).  ``benchmarks/mig_gap.py`` measures it against the exact MILP
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -54,7 +53,7 @@ from conspirator.operator.placement.common import SHARED
 from conspirator.operator.placement.decision import Decision
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.lpdive import LpDiveHeuristic
-from conspirator.operator.placement.lpmodel import LinearModel, Solution, new_highs
+from conspirator.operator.placement.lpmodel import LinearModel, Solution, new_highs, solve
 from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE, E1_GPU, E2_UNMET, score
 from conspirator.operator.placement.pattern import PatternProblem, build_problem, formulate
@@ -145,7 +144,7 @@ def feasible(md: LinearModel, x: Sequence[float]) -> bool:
 
 def value_of(md: LinearModel, x: Sequence[float]) -> float:
     """The model's objective at ``x``."""
-    return md.offset + sum(c * val for c, val in zip(md.cost, x, strict=True) if c)
+    return md.objective_at(x)
 
 
 def root_lp(md: LinearModel, time_limit_s: float) -> RootLp | None:
@@ -168,26 +167,14 @@ def solve_restricted(pb: PatternProblem, x: Sequence[float], zero: Sequence[int]
     model (``None``: none found).
     """
     md = pb.model
-    upper = list(md.upper)
+    sub = md.copy()
     for col in zero:
-        upper[col] = 0.0
-    sub = LinearModel(cost=md.cost, lower=md.lower, upper=upper, integer=md.integer,
-                      row_lo=md.row_lo, row_hi=md.row_hi, row_start=md.row_start,
-                      row_index=md.row_index, row_value=md.row_value, offset=md.offset)
-    g = pb.granularity
-    h = new_highs(time_limit_s)
-    # With a granular objective a gap below one step is optimal (as in milp.py).
-    h.setOptionValue("mip_abs_gap", 0.999 * g if g > 0 else 1e-6)
-    h.setOptionValue("mip_rel_gap", 0.0)
-    h.passModel(sub.to_highs())
-    start = highspy.HighsSolution()
-    start.col_value = [float(round(val)) if md.integer[j] else val for j, val in enumerate(x)]
-    h.setSolution(start)
-    h.run()
-    if h.getInfo().primal_solution_status != highspy.kSolutionStatusFeasible:
+        sub.upper[col] = 0.0
+    sol = solve(sub, time_limit_s, mip_abs_gap=pb.optimality_gap, start=list(x))
+    if sol is None:
         return None
     vals = [float(round(val)) if md.integer[j] else float(val)
-            for j, val in enumerate(h.getSolution().col_value)]
+            for j, val in enumerate(sol.values)]
     return vals if feasible(md, vals) else None
 
 
@@ -231,8 +218,7 @@ class SubMipHeuristic(MixPackHeuristic):
             state.adopt(start_state)
             return start_dec
         value = value_of(md, x)
-        g = pb.granularity
-        bound = g * math.ceil(root.objective / g - 1e-6) if g > 0 else root.objective
+        bound = pb.round_bound(root.objective)
         self.stats.update(start_value=value, bound=bound)
         improved = False
         for threshold in self.passes:
