@@ -33,7 +33,7 @@ from conspirator.api.v1alpha1 import GPUNodeSpec
 from conspirator.deviceplugin.applier import Applier
 from conspirator.deviceplugin.kube import PodInfo
 from conspirator.deviceplugin.plugin import ContainerAllocation, Device, PluginManager
-from conspirator.deviceplugin.registry import AgentPublisher, Registry
+from conspirator.deviceplugin.podregistry import AgentPublisher, Registry
 from conspirator.deviceplugin.simulated import NodeSpec, SimulatedBackend
 from conspirator.deviceplugin.testing import TestAgent
 from conspirator.deviceplugin.v1beta1 import api_pb2 as pb

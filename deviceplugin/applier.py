@@ -41,7 +41,7 @@ from conspirator.deviceplugin.backend import (
     ErrorCode,
     GpuBackend,
     GpuInfo,
-    Instance,
+    GpuInstance,
 )
 from conspirator.mig import GpuModel, MigLayoutError, Placement, check_layout
 
@@ -68,11 +68,11 @@ class GpuPlan:
 
     index: int
     desired: tuple[tuple[str, int], ...] = ()
-    destroy_incomplete: list[Instance] = field(default_factory=list)
-    destroy: list[Instance] = field(default_factory=list)
+    destroy_incomplete: list[GpuInstance] = field(default_factory=list)
+    destroy: list[GpuInstance] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
     set_mig: bool | None = None
-    complete: list[Instance] = field(default_factory=list)
+    complete: list[GpuInstance] = field(default_factory=list)
     create: list[tuple[str, int]] = field(default_factory=list)
     deferred: list[tuple[str, int]] = field(default_factory=list)
     error: str | None = None
@@ -105,8 +105,8 @@ def _placements(model: GpuModel, items: Iterable[tuple[str, int]]) -> list[Place
 def plan_gpu(
     layout: GPULayout,
     gpu: GpuInfo | None,
-    actual: list[Instance],
-    in_use: Callable[[Instance], bool],
+    actual: list[GpuInstance],
+    in_use: Callable[[GpuInstance], bool],
 ) -> GpuPlan:
     """The plan for one GPU the spec lists."""
     want = desired_layout(layout)
@@ -177,8 +177,8 @@ def plan_gpu(
 def plan(
     spec: GPUNodeSpec,
     gpus: list[GpuInfo],
-    actual: dict[int, list[Instance]],
-    in_use: Callable[[Instance], bool],
+    actual: dict[int, list[GpuInstance]],
+    in_use: Callable[[GpuInstance], bool],
 ) -> list[GpuPlan]:
     """Plans for every GPU the spec lists (GPUs it does not list are left alone)."""
     by_index = {g.index: g for g in gpus}
@@ -209,10 +209,10 @@ class ApplyResult:
         return bool(self.done)
 
 
-InUse = Callable[[Instance], bool]
+InUse = Callable[[GpuInstance], bool]
 
 
-def default_in_use(inst: Instance) -> bool:
+def default_in_use(inst: GpuInstance) -> bool:
     return inst.in_use
 
 
@@ -223,7 +223,7 @@ class Applier:
         self.backend = backend
         self.in_use: InUse = in_use or default_in_use
 
-    def snapshot(self) -> tuple[list[GpuInfo], dict[int, list[Instance]]]:
+    def snapshot(self) -> tuple[list[GpuInfo], dict[int, list[GpuInstance]]]:
         gpus = self.backend.gpus()
         return gpus, {g.index: self.backend.instances(g.index) for g in gpus}
 
@@ -296,7 +296,7 @@ class Applier:
 def in_use_from(devices: Callable[[], set[str]]) -> InUse:
     """An in-use test: the backend's own answer, or a device id the caller knows is held."""
 
-    def check(inst: Instance) -> bool:
+    def check(inst: GpuInstance) -> bool:
         return inst.in_use or (inst.uuid is not None and inst.uuid in devices())
 
     return check

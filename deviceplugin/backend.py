@@ -67,7 +67,7 @@ class GpuInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Instance:
+class GpuInstance:
     """One GPU instance (and its compute instance, once created)."""
 
     gpu_index: int
@@ -127,7 +127,7 @@ class GpuBackend(abc.ABC):
         """Every GPU of the node, by index."""
 
     @abc.abstractmethod
-    def instances(self, index: int) -> list[Instance]:
+    def instances(self, index: int) -> list[GpuInstance]:
         """The GPU instances of GPU ``index`` (empty when MIG is off), by start slice."""
 
     @abc.abstractmethod
@@ -136,11 +136,11 @@ class GpuBackend(abc.ABC):
         placements); empty when the GPU has no such profile."""
 
     @abc.abstractmethod
-    def create_gpu_instance(self, index: int, profile: str, start: int) -> Instance:
+    def create_gpu_instance(self, index: int, profile: str, start: int) -> GpuInstance:
         """Create a GPU instance of ``profile`` at ``start`` (no compute instance yet)."""
 
     @abc.abstractmethod
-    def create_compute_instance(self, index: int, start: int) -> Instance:
+    def create_compute_instance(self, index: int, start: int) -> GpuInstance:
         """Create the full-size compute instance of the GI at ``start``: the MIG device."""
 
     @abc.abstractmethod
@@ -168,7 +168,7 @@ class GpuBackend(abc.ABC):
 
     # ---- derived operations ---------------------------------------------------------
 
-    def create_instance(self, index: int, profile: str, start: int) -> Instance:
+    def create_instance(self, index: int, profile: str, start: int) -> GpuInstance:
         """Create GI then CI; a GI left without CI by a crash is completed, not recreated."""
         existing = {i.start: i for i in self.instances(index)}
         cur = existing.get(start)
@@ -200,6 +200,6 @@ __all__ = [
     "ErrorCode",
     "GpuBackend",
     "GpuInfo",
+    "GpuInstance",
     "HealthEvent",
-    "Instance",
 ]

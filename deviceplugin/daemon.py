@@ -42,7 +42,7 @@ from conspirator.api.v1alpha1 import (
     set_condition,
 )
 from conspirator.deviceplugin.applier import Applier, ApplyResult
-from conspirator.deviceplugin.backend import BackendError, GpuBackend, Instance
+from conspirator.deviceplugin.backend import BackendError, GpuBackend, GpuInstance
 from conspirator.deviceplugin.holders import (
     DeviceHolders,
     devices_of,
@@ -52,7 +52,7 @@ from conspirator.deviceplugin.holders import (
 from conspirator.deviceplugin.kube import (
     DEVICES_ANNOTATION,
     WHOLE_GPU_RESOURCE,
-    Cluster,
+    NodeAPI,
     PodInfo,
 )
 from conspirator.deviceplugin.metrics import Metrics
@@ -119,7 +119,7 @@ class DaemonConfig:
 class NodeDaemon:
     """The node daemon's state and its reconcile pass."""
 
-    def __init__(self, config: DaemonConfig, backend: GpuBackend, cluster: Cluster,
+    def __init__(self, config: DaemonConfig, backend: GpuBackend, cluster: NodeAPI,
                  metrics: Metrics | None = None, registry: BufferRegistry | None = None,
                  holders: DeviceHolders | None = None) -> None:
         self.config = config
@@ -150,7 +150,7 @@ class NodeDaemon:
 
     # ---- in use ---------------------------------------------------------------------
 
-    def in_use(self, inst: Instance) -> bool:
+    def in_use(self, inst: GpuInstance) -> bool:
         return inst.in_use or (inst.uuid is not None and inst.uuid in self.held)
 
     def _allocated(self, resource: str, ids: list[str]) -> None:
@@ -487,7 +487,7 @@ def make_backend(args: argparse.Namespace) -> tuple[GpuBackend, DPUStatus]:
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from conspirator.deviceplugin.kube import KubeCluster
+    from conspirator.deviceplugin.kube import KubeNodeAPI
 
     backend, dpu = make_backend(args)
     config = DaemonConfig(
@@ -498,12 +498,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         pod_resources_socket=(Path(args.pod_resources_socket) if args.pod_resources_socket
                               else None))
     metrics = Metrics(args.node_name)
-    cluster = KubeCluster(args.node_name, args.kubeconfig)
+    cluster = KubeNodeAPI(args.node_name, args.kubeconfig)
     holders = kubelet_holders(config.plugin_dir, config.pod_resources_socket)
     registry: BufferRegistry | None = None
     extra: list[Callable[[], None]] = []
     if config.registry_socket is not None and not args.kwok:
-        from conspirator.deviceplugin.registry import make_registry
+        from conspirator.deviceplugin.podregistry import make_registry
 
         registry, serve = make_registry(args, cluster, metrics,
                                         lambda pod: devices_of(holders, pod))

@@ -1,7 +1,7 @@
 """What the node daemon reads and writes in the API server, behind a small interface.
 
-:class:`Cluster` is what the daemon needs: its ``GPUNode`` (spec in, status out), Events,
-the pods bound to its node, and, in kwok mode, the Node's capacity.  :class:`KubeCluster`
+:class:`NodeAPI` is what the daemon needs: its ``GPUNode`` (spec in, status out), Events,
+the pods bound to its node, and, in kwok mode, the Node's capacity.  :class:`KubeNodeAPI`
 implements it with the ``kubernetes`` client; the unit tests use an in-memory one.
 
 Permissions the daemon needs (the chart's ClusterRole): ``gpunodes`` get/list/watch/create
@@ -113,7 +113,7 @@ def pod_info(pod: dict[str, Any]) -> PodInfo:
     )
 
 
-class Cluster(abc.ABC):
+class NodeAPI(abc.ABC):
     """The API-server side of one node daemon."""
 
     @abc.abstractmethod
@@ -145,8 +145,8 @@ class Cluster(abc.ABC):
         """Call ``wake`` when the GPUNode or a pod of the node changes (until ``stop``)."""
 
 
-class KubeCluster(Cluster):
-    """:class:`Cluster` on the API server, through the ``kubernetes`` client."""
+class KubeNodeAPI(NodeAPI):
+    """:class:`NodeAPI` on the API server, through the ``kubernetes`` client."""
 
     def __init__(self, node: str, kubeconfig: str | None = None) -> None:
         from kubernetes import client, config
@@ -311,8 +311,8 @@ class KubeCluster(Cluster):
 __all__ = [
     "DEVICES_ANNOTATION",
     "WHOLE_GPU_RESOURCE",
-    "Cluster",
-    "KubeCluster",
+    "KubeNodeAPI",
+    "NodeAPI",
     "PodInfo",
     "pod_info",
 ]

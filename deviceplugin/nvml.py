@@ -33,8 +33,8 @@ from conspirator.deviceplugin.backend import (
     ErrorCode,
     GpuBackend,
     GpuInfo,
+    GpuInstance,
     HealthEvent,
-    Instance,
 )
 from conspirator.mig import GpuModel, gpu_model, model_from_nvml
 
@@ -248,7 +248,7 @@ class NvmlBackend(GpuBackend):
                 continue
         return tuple(sorted(set(pids)))
 
-    def instances(self, index: int) -> list[Instance]:
+    def instances(self, index: int) -> list[GpuInstance]:
         gpu = next((g for g in self.gpus() if g.index == index), None)
         if gpu is None:
             raise BackendError(ErrorCode.NOT_FOUND, f"no GPU {index}")
@@ -262,7 +262,7 @@ class NvmlBackend(GpuBackend):
                 ci_id = int(cis[0][1].id) if cis else None
                 mig = migs.get((int(info.id), ci_id)) if ci_id is not None else None
                 holders = self._pids(mig) if mig is not None else ()
-                out.append(Instance(
+                out.append(GpuInstance(
                     gpu_index=index, profile=prof.name, start=int(info.placement.start),
                     gi_id=int(info.id),
                     uuid=_text(self.nv.nvmlDeviceGetUUID(mig)) if mig is not None else None,
@@ -282,7 +282,7 @@ class NvmlBackend(GpuBackend):
                 return gi, info, prof
         raise BackendError(ErrorCode.NOT_FOUND, f"GPU {index} has no GPU instance at {start}")
 
-    def create_gpu_instance(self, index: int, profile: str, start: int) -> Instance:
+    def create_gpu_instance(self, index: int, profile: str, start: int) -> GpuInstance:
         nv = self.nv
         prof = self.profiles(index).get(profile)
         if prof is None:
@@ -294,9 +294,9 @@ class NvmlBackend(GpuBackend):
             gi = nv.nvmlDeviceCreateGpuInstanceWithPlacement(
                 self._handle(index), prof.nvml_id, ctypes.byref(placement))
             info = nv.nvmlGpuInstanceGetInfo(gi)
-        return Instance(gpu_index=index, profile=profile, start=start, gi_id=int(info.id))
+        return GpuInstance(gpu_index=index, profile=profile, start=start, gi_id=int(info.id))
 
-    def create_compute_instance(self, index: int, start: int) -> Instance:
+    def create_compute_instance(self, index: int, start: int) -> GpuInstance:
         nv = self.nv
         gi, info, prof = self._gi_at(index, start)
         with self._nvml(f"compute instance on GPU {index} GI {int(info.id)}"):

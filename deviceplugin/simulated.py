@@ -48,8 +48,8 @@ from conspirator.deviceplugin.backend import (
     ErrorCode,
     GpuBackend,
     GpuInfo,
+    GpuInstance,
     HealthEvent,
-    Instance,
 )
 from conspirator.mig import (
     GpuModel,
@@ -254,16 +254,16 @@ class SimulatedBackend(GpuBackend):
                 ))
             return out
 
-    def _instance(self, index: int, raw: dict[str, Any]) -> Instance:
+    def _instance(self, index: int, raw: dict[str, Any]) -> GpuInstance:
         holders = tuple(int(p) for p in raw.get("holders", []) if _pid_alive(int(p)))
-        return Instance(
+        return GpuInstance(
             gpu_index=index, profile=raw["profile"], start=int(raw["start"]),
             gi_id=int(raw["giId"]), uuid=raw.get("uuid"),
             ci_id=None if raw.get("ciId") is None else int(raw["ciId"]),
             in_use=bool(holders), holders=holders,
         )
 
-    def instances(self, index: int) -> list[Instance]:
+    def instances(self, index: int) -> list[GpuInstance]:
         with self._locked(write=False) as st:
             g = self._gpu(st, index)
             return sorted((self._instance(index, i) for i in g["instances"]),
@@ -280,7 +280,7 @@ class SimulatedBackend(GpuBackend):
 
     # ---- MIG operations -------------------------------------------------------------
 
-    def create_gpu_instance(self, index: int, profile: str, start: int) -> Instance:
+    def create_gpu_instance(self, index: int, profile: str, start: int) -> GpuInstance:
         self._mutating()
         with self._locked() as st:
             g = self._gpu_ref(st, index)
@@ -317,7 +317,7 @@ class SimulatedBackend(GpuBackend):
                 return found
         raise BackendError(ErrorCode.NOT_FOUND, f"GPU {index} has no GPU instance at {start}")
 
-    def create_compute_instance(self, index: int, start: int) -> Instance:
+    def create_compute_instance(self, index: int, start: int) -> GpuInstance:
         self._mutating()
         with self._locked() as st:
             g = self._gpu_ref(st, index)

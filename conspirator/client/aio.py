@@ -23,11 +23,13 @@ from conspirator.client.base import (
     Address,
     ConnectionLost,
     Opened,
+    Received,
     RequestFailed,
     Response,
     byte_view,
     error_of,
     handshake_header,
+    next_step,
     open_steps,
     received_fds,
 )
@@ -182,19 +184,15 @@ class AsyncClient:
     async def _handshake(self, sock: socket.socket, token: str, rdma_device: str | None
                          ) -> None:
         loop = asyncio.get_running_loop()
-        steps = open_steps(self.job, self.address.mode, token, rdma_device)
-        try:
-            step = next(steps)
-            while True:
-                if step is None:
-                    step = steps.send(await self._recv_frame(sock))
+        with contextlib.closing(open_steps(self.job, self.address.mode, token,
+                                           rdma_device)) as steps:
+            got: Received | None = None
+            while not isinstance(opened := next_step(steps, got), Opened):
+                if opened is None:
+                    got = await self._recv_frame(sock)
                 else:
-                    await loop.sock_sendall(sock, step)
-                    step = next(steps)
-        except StopIteration as done:
-            opened: Opened = done.value
-        finally:
-            steps.close()
+                    got = None
+                    await loop.sock_sendall(sock, opened)
         self._staging, self._rdma, self._remote = opened.staging, opened.rdma, opened.remote
         w = self.welcome = opened.welcome
         if self.address.mode is not Mode.INLINE:

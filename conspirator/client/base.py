@@ -121,6 +121,16 @@ Received = tuple[Frame, list[int]]
 Steps = Generator[bytes | None, Received | None, Opened]
 
 
+def next_step(steps: Steps, got: Received | None) -> bytes | Opened | None:
+    """The next step after ``got`` (a frame the previous step asked for, else None), or
+    the open connection once the steps are done."""
+    try:
+        return steps.send(got)
+    except StopIteration as done:
+        opened: Opened = done.value
+        return opened
+
+
 def _receive() -> Generator[None, Received | None, Received]:
     got = yield None
     assert got is not None

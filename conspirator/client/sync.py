@@ -26,11 +26,13 @@ from conspirator.client.base import (
     Address,
     ConnectionLost,
     Opened,
+    Received,
     RequestFailed,
     Response,
     byte_view,
     error_of,
     handshake_header,
+    next_step,
     open_steps,
     received_fds,
 )
@@ -148,19 +150,15 @@ class Client:
         return Frame(h, body), fds
 
     def _handshake(self, token: str, rdma_device: str | None) -> Welcome:
-        steps = open_steps(self.job, self.address.mode, token, rdma_device)
-        try:
-            step = next(steps)
-            while True:
-                if step is None:
-                    step = steps.send(self._recv_frame())
+        with contextlib.closing(open_steps(self.job, self.address.mode, token,
+                                           rdma_device)) as steps:
+            got: Received | None = None
+            while not isinstance(opened := next_step(steps, got), Opened):
+                if opened is None:
+                    got = self._recv_frame()
                 else:
-                    self._sock.sendall(step)
-                    step = next(steps)
-        except StopIteration as done:
-            opened: Opened = done.value
-        finally:
-            steps.close()
+                    got = None
+                    self._sock.sendall(opened)
         self._staging, self._rdma, self._remote = opened.staging, opened.rdma, opened.remote
         w = opened.welcome
         for i in range(w.staging_slots if self.address.mode is not Mode.INLINE else 0):

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from conspirator.cli import UsageError
-from conspirator.operator.placement.fractional.registry import POLICIES as FRACTIONAL_POLICIES
-from conspirator.operator.placement.registry import MIG_POLICIES, mig_policy
+from conspirator.operator.placement.fractional.policy_names import POLICIES as FRACTIONAL_POLICIES
+from conspirator.operator.placement.policy_names import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
 from conspirator.operator.simulator import fractional, fractional_report, mig_report
 from conspirator.operator.simulator.data_paths import alibaba

@@ -40,7 +40,7 @@ from pathlib import Path
 from conspirator.operator.placement.fractional.feasibility import unschedulable_reason
 from conspirator.operator.placement.fractional.frag import FragMeasure
 from conspirator.operator.placement.fractional.model import FractionalCluster, NodeSpec, PodSpec
-from conspirator.operator.placement.fractional.registry import (
+from conspirator.operator.placement.fractional.policy_names import (
     POLICIES,
     PUBLISHED_NAMES,
     make_policy,

@@ -156,7 +156,7 @@ def node(jobs: dict[str, str], config: AgentConfig | None = None,
 
 def conspirator(*args: str) -> list[str]:
     """Command line of the installed ``conspirator`` (never from the repository root)."""
-    return [sys.executable, "-P", "-m", "conspirator", *args]
+    return [sys.executable, "-m", "conspirator", *args]
 
 
 def worker_process(registry: str, job: str, name: str, *, model: str = "touch",

@@ -219,7 +219,7 @@ def test_large_copy_engine_choice(setting: str | None) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CONSPIRATOR_COPY"}
     if setting is not None:
         env["CONSPIRATOR_COPY"] = setting
-    r = subprocess.run([sys.executable, "-P", "-c", code, os.path.dirname(__file__)],
+    r = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)],
                        env=env, capture_output=True, text=True, timeout=60, check=True)
     with open("/proc/cpuinfo") as f:
         erms = "erms" in f.read().split()

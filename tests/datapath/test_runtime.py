@@ -35,7 +35,7 @@ def test_reference_worker_from_the_operators_environment(tmp_path: Path) -> None
                    CONSPIRATOR_NAMESPACE="team-a", CONSPIRATOR_JOB="mnist",
                    CONSPIRATOR_POD="mnist-worker-abc", CONSPIRATOR_THROUGHPUT="250",
                    CONSPIRATOR_INPUT_SHAPE="1,784", CONSPIRATOR_DTYPE="float32")
-        p = subprocess.Popen([sys.executable, "-P", "-m", "conspirator", "worker",
+        p = subprocess.Popen([sys.executable, "-m", "conspirator", "worker",
                               "--log-level", "WARNING"], env=env, cwd=tmp_path)
         try:
             n.wait_replicas(1)
@@ -167,7 +167,7 @@ def test_fallback_is_chosen_by_environment() -> None:
         print(native.impl.IMPLEMENTATION)
     """)
     for value, want in (("0", "python"), ("1", "c"), ("", "c")):
-        out = subprocess.run([sys.executable, "-P", "-c", code], check=True, text=True,
+        out = subprocess.run([sys.executable, "-c", code], check=True, text=True,
                              capture_output=True, env=dict(os.environ, CONSPIRATOR_NATIVE=value))
         assert out.stdout.strip() == want
 
@@ -234,7 +234,7 @@ def test_loadgen_reports_refusals_without_losing_requests(tmp_path: Path) -> Non
     with node({JOB: TOKEN}) as n:
         n.worker(JOB, "r", touch, shape=(4096,))
         n.wait_replicas(1)
-        base = [sys.executable, "-P", "-m", "conspirator", "loadgen", "--address", n.tcp,
+        base = [sys.executable, "-m", "conspirator", "loadgen", "--address", n.tcp,
                 "--job", JOB, "--requests", "50", "--no-progress"]
 
         def loadgen(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from conspirator.api.v1alpha1 import GPUNode, GPUNodeSpec, GPUNodeStatus
-from conspirator.deviceplugin.kube import Cluster, PodInfo
+from conspirator.deviceplugin.kube import NodeAPI, PodInfo
 
 
-class FakeCluster(Cluster):
+class FakeNodeAPI(NodeAPI):
     def __init__(self, node: str = "node-1") -> None:
         self.node = GPUNode.model_validate({"metadata": {"name": node, "generation": 1}})
         self.statuses: list[GPUNodeStatus] = []

@@ -22,7 +22,7 @@ import pytest
 
 from conspirator.client import Client
 from conspirator.deviceplugin.kube import PodInfo
-from conspirator.deviceplugin.registry import AgentPublisher, Registry
+from conspirator.deviceplugin.podregistry import AgentPublisher, Registry
 
 NODE, NODE_TOKEN = "node-1", "node-token"
 JOB, TOKEN = "team-a/resnet", "job-token"
@@ -30,7 +30,7 @@ UID = "1d0a1b34-7c77-4c0e-9a0c-2b3c4d5e6f70"
 
 
 def conspirator(*args: str) -> list[str]:
-    return [sys.executable, "-P", "-m", "conspirator", *args]
+    return [sys.executable, "-m", "conspirator", *args]
 
 
 def wait(what: str, cond: Callable[[], object], timeout: float = 20) -> None:

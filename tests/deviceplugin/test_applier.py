@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conspirator.api.v1alpha1 import GPUNodeSpec
 from conspirator.deviceplugin.applier import Applier, plan
-from conspirator.deviceplugin.backend import Instance
+from conspirator.deviceplugin.backend import GpuInstance
 from conspirator.deviceplugin.simulated import NodeSpec, SimulatedBackend
 from conspirator.mig import Placement, check_layout, gpu_model, is_valid_layout
 
@@ -150,7 +150,7 @@ class KilledError(Exception):
 class Recorder(SimulatedBackend):
     """Checks every operation: no overlap ever, no in-use instance ever destroyed."""
 
-    def __init__(self, node: NodeSpec, busy: Callable[[Instance], bool]) -> None:
+    def __init__(self, node: NodeSpec, busy: Callable[[GpuInstance], bool]) -> None:
         super().__init__(node, None)
         self.busy = busy
         self.crash_after: int | None = None
@@ -175,13 +175,13 @@ class Recorder(SimulatedBackend):
         self._tick()
         super().destroy_gpu_instance(index, start)
 
-    def create_gpu_instance(self, index: int, profile: str, start: int) -> Instance:
+    def create_gpu_instance(self, index: int, profile: str, start: int) -> GpuInstance:
         self._tick()
         out = super().create_gpu_instance(index, profile, start)
         self._tick_after()
         return out
 
-    def create_compute_instance(self, index: int, start: int) -> Instance:
+    def create_compute_instance(self, index: int, start: int) -> GpuInstance:
         self._tick()
         return super().create_compute_instance(index, start)
 
@@ -196,7 +196,7 @@ class Recorder(SimulatedBackend):
 def test_random_layout_sequences(data: st.DataObject, model: str) -> None:
     busy: set[str] = set()
 
-    def in_use(inst: Instance) -> bool:
+    def in_use(inst: GpuInstance) -> bool:
         return inst.uuid in busy
 
     b = Recorder(NodeSpec.from_dict({"node": "p", "gpus": [{"model": model, "count": 2}]}),

@@ -19,7 +19,7 @@ from conspirator.deviceplugin.kube import DEVICES_ANNOTATION, PodInfo, pod_info
 from conspirator.deviceplugin.simulated import SimulatedBackend
 
 from .conftest import make_backend
-from .fakes import FakeCluster
+from .fakes import FakeNodeAPI
 from .kubelet import TestKubelet
 
 R1 = "conspirator.io/mig-1g.10gb"
@@ -31,12 +31,12 @@ def inst(profile: str, start: int) -> dict[str, object]:
     return {"profile": profile, "start": start}
 
 
-def kwok_daemon(backend: SimulatedBackend, cluster: FakeCluster) -> NodeDaemon:
+def kwok_daemon(backend: SimulatedBackend, cluster: FakeNodeAPI) -> NodeDaemon:
     return NodeDaemon(DaemonConfig(node="node-1", kwok=True), backend, cluster)
 
 
 def test_kwok_mode_applies_advertises_and_reports(a100x2: SimulatedBackend) -> None:
-    cluster = FakeCluster()
+    cluster = FakeNodeAPI()
     d = kwok_daemon(a100x2, cluster)
     d.reconcile()
     # No spec yet: inventory and readiness, nothing advertised, nothing changed.
@@ -76,7 +76,7 @@ def test_kwok_mode_applies_advertises_and_reports(a100x2: SimulatedBackend) -> N
 
 
 def test_kwok_pods_get_devices_and_block_their_destruction(a100x2: SimulatedBackend) -> None:
-    cluster = FakeCluster()
+    cluster = FakeNodeAPI()
     d = kwok_daemon(a100x2, cluster)
     cluster.set_spec([{"index": 0, "instances": [inst("3g.40gb", 0), inst("3g.40gb", 4)]}])
     d.reconcile()
@@ -114,7 +114,7 @@ def test_kwok_pods_get_devices_and_block_their_destruction(a100x2: SimulatedBack
 
 def test_invalid_layouts_are_reported_not_applied(tmp_path: Path) -> None:
     b = make_backend(tmp_path, [{"model": "A30-24GB"}])
-    cluster = FakeCluster()
+    cluster = FakeNodeAPI()
     d = kwok_daemon(b, cluster)
     # Valid for the API server (start rules of 8-slice GPUs), not for an A30's 4 slices.
     cluster.set_spec([{"index": 0, "instances": [inst("1g.6gb", 5)]}])
@@ -127,7 +127,7 @@ def test_invalid_layouts_are_reported_not_applied(tmp_path: Path) -> None:
 
 
 def test_unhealthy_devices(a100x2: SimulatedBackend) -> None:
-    cluster = FakeCluster()
+    cluster = FakeNodeAPI()
     d = kwok_daemon(a100x2, cluster)
     cluster.set_spec([{"index": 0, "instances": [inst("3g.40gb", 0), inst("3g.40gb", 4)]}])
     d.reconcile()
@@ -143,7 +143,7 @@ def test_unhealthy_devices(a100x2: SimulatedBackend) -> None:
 
 def test_kubelet_mode_end_to_end(a100x2: SimulatedBackend, kubelet: TestKubelet,
                                  sockdir: Path) -> None:
-    cluster = FakeCluster()
+    cluster = FakeNodeAPI()
     reg = sockdir / "registry" / "registry.sock"
     d = NodeDaemon(DaemonConfig(node="node-1", plugin_dir=kubelet.plugin_dir,
                                 registry_socket=reg,
@@ -207,7 +207,7 @@ def test_detect_dpu(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/cgroup").exists(), reason="no /proc")
 def test_holder_processes_block_too(a100x2: SimulatedBackend) -> None:
-    cluster = FakeCluster()
+    cluster = FakeNodeAPI()
     d = kwok_daemon(a100x2, cluster)
     cluster.set_spec([{"index": 0, "instances": [inst("7g.80gb", 0)]}])
     d.reconcile()

@@ -19,7 +19,7 @@ from conspirator.operator.placement.fractional.model import (
     PodSpec,
 )
 from conspirator.operator.placement.fractional.policies import FractionalPolicy
-from conspirator.operator.placement.fractional.registry import POLICIES, make_policy
+from conspirator.operator.placement.fractional.policy_names import POLICIES, make_policy
 from conspirator.operator.placement.fractional.workload import TargetWorkload, TaskType
 
 SHARE_THEN_WHOLE = TargetWorkload(

@@ -15,7 +15,7 @@ from conspirator.operator.placement.fractional.model import (
     PodSpec,
 )
 from conspirator.operator.placement.fractional.policies import fits_somewhere
-from conspirator.operator.placement.fractional.registry import POLICIES, make_policy
+from conspirator.operator.placement.fractional.policy_names import POLICIES, make_policy
 from conspirator.operator.placement.fractional.workload import build_target_workload
 
 MODELS = ("T4", "G2", "V100M16")

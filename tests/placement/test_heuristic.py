@@ -8,7 +8,7 @@ from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.gpus import gpu_model
 from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.jobs import Job
-from conspirator.operator.placement.registry import MIG_POLICIES, mig_policy
+from conspirator.operator.placement.policy_names import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
 
 TABLE = default_table()

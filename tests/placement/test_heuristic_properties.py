@@ -14,7 +14,7 @@ from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.gpus import Placement, gpu_model, is_valid_layout
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.objective import demand_met
-from conspirator.operator.placement.registry import mig_policy
+from conspirator.operator.placement.policy_names import mig_policy
 from conspirator.operator.placement.throughput import default_table
 
 TABLE = default_table()

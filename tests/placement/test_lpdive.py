@@ -17,7 +17,7 @@ from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.lpdive import LpDiveHeuristic, lp_dive
 from conspirator.operator.placement.milp import MilpPolicy, lower_bound
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE, score
-from conspirator.operator.placement.registry import mig_policy
+from conspirator.operator.placement.policy_names import mig_policy
 from conspirator.operator.placement.throughput import default_table
 
 from .test_bruteforce_agreement import tiny_cluster, tiny_jobs

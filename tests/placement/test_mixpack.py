@@ -16,7 +16,7 @@ from conspirator.operator.placement.heuristic import GreedyHeuristic
 from conspirator.operator.placement.milp import MilpPolicy
 from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.objective import score
-from conspirator.operator.placement.registry import mig_policy
+from conspirator.operator.placement.policy_names import mig_policy
 from conspirator.operator.placement.throughput import default_table
 
 from .test_heuristic_properties import check_plan

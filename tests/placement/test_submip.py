@@ -21,7 +21,7 @@ from conspirator.operator.placement.lpdive import LpDiveHeuristic
 from conspirator.operator.placement.milp import MilpPolicy, lower_bound
 from conspirator.operator.placement.objective import score
 from conspirator.operator.placement.pattern import PatternProblem, build_problem, formulate
-from conspirator.operator.placement.registry import mig_policy
+from conspirator.operator.placement.policy_names import mig_policy
 from conspirator.operator.placement.submip import (
     SubMipHeuristic,
     encode,

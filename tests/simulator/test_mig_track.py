@@ -10,7 +10,7 @@ import pytest
 from conspirator.cli import main
 from conspirator.operator.placement.gpus import gpu_model
 from conspirator.operator.placement.jobs import Job
-from conspirator.operator.placement.registry import mig_policy
+from conspirator.operator.placement.policy_names import mig_policy
 from conspirator.operator.placement.throughput import default_table
 from conspirator.operator.simulator.mig import run_mig
 from conspirator.operator.simulator.mig_inputs import (

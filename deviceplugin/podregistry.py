@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from conspirator.deviceplugin.kube import Cluster, PodInfo
+from conspirator.deviceplugin.kube import NodeAPI, PodInfo
 from conspirator.deviceplugin.metrics import Metrics
 from conspirator.wire.publishing import AgentPublisher
 from conspirator.wire.registration import BufferSpec
@@ -131,7 +131,7 @@ class Registry(WorkerRegistry):
         return self.withdraw_callers(lambda c: c.pod_uid not in alive, "pod exited")
 
 
-def make_registry(args: argparse.Namespace, cluster: Cluster, metrics: Metrics,
+def make_registry(args: argparse.Namespace, cluster: NodeAPI, metrics: Metrics,
                   devices_of: DevicesOf | None = None
                   ) -> tuple[Registry, Callable[[], None]]:
     """The registry the ``node-daemon`` flags describe, and the function that serves it."""

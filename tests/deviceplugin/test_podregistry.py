@@ -14,7 +14,7 @@ import pytest
 
 from conspirator.deviceplugin.kube import PodInfo
 from conspirator.deviceplugin.metrics import Metrics
-from conspirator.deviceplugin.registry import (
+from conspirator.deviceplugin.podregistry import (
     AgentPublisher,
     PodIdentity,
     Registry,
