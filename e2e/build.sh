@@ -8,6 +8,7 @@
 #   ${CONSPIRATOR_CACHE:-$HOME/.cache/conspirator}/bin/kubernetes-<v>/{kube-apiserver,kube-scheduler,
 #       kube-controller-manager,kubelet,kubectl}
 #   .../bin/etcd-<v>/etcd   .../bin/kwok-<v>/kwok   .../bin/helm-<v>/helm
+#   .../bin/containerd-<v>/{containerd,containerd-shim-runc-v2,ctr}
 #
 # Why wrapper modules: k8s.io/kubernetes's go.mod replaces every k8s.io staging module with a
 # relative path (./staging/src/k8s.io/...), which `go install pkg@version` refuses and which does
@@ -32,10 +33,11 @@ k8s_dir="$BIN/kubernetes-$KUBERNETES_VERSION"
 etcd_dir="$BIN/etcd-$ETCD_VERSION"
 kwok_dir="$BIN/kwok-$KWOK_VERSION"
 helm_dir="$BIN/helm-$HELM_VERSION"
+containerd_dir="$BIN/containerd-$CONTAINERD_VERSION"
 K8S_CMDS=(kube-apiserver kube-scheduler kube-controller-manager kubelet kubectl)
 
 if [[ "${1:-}" == "--print" ]]; then
-  printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir"
+  printf '%s\n' "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$containerd_dir"
   exit 0
 fi
 
@@ -144,15 +146,18 @@ EOF
   log "etcd $ETCD_VERSION: done"
 }
 
-# go_install NAME VERSION PKG DIR: plain `go install pkg@version` into DIR.
+# go_install NAME VERSION "PKG..." DIR [LDFLAGS]: plain `go install pkg@version` into DIR
+# (several packages of one module in one command when PKG lists more than one).
 go_install() {
-  local name="$1" ver="$2" pkg="$3" dir="$4"
+  local name="$1" ver="$2" dir="$4" pkg pkgs=()
+  for pkg in $3; do pkgs+=("$pkg@$ver"); done
   local key="$ver $GOFLAGS $LDFLAGS_BASE cgo=$CGO_ENABLED"
+  [[ ${#pkgs[@]} -gt 1 ]] && key+=" $3"
   if done_stamp "$dir" "$key"; then log "$name $ver: cached"; return; fi
   local tmp="$dir.tmp"
   rm -rf "$tmp" && mkdir -p "$tmp"
-  log "$name $ver: go install $pkg@$ver"
-  GOBIN="$tmp" go install -ldflags "$LDFLAGS_BASE ${5:-}" "$pkg@$ver"
+  log "$name $ver: go install ${pkgs[*]}"
+  GOBIN="$tmp" go install -ldflags "$LDFLAGS_BASE ${5:-}" "${pkgs[@]}"
   echo "$key" >"$tmp/.complete"
   rm -rf "$dir" && mv "$tmp" "$dir"
   log "$name $ver: done"
@@ -165,4 +170,13 @@ go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok "$kwok_dir" \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$helm_dir" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+# containerd 2.x for the real node (CDI).  Its module has no replace lines, so plain
+# `go install` builds it; CGO_ENABLED=0 leaves out only the btrfs snapshotter (cgo), which the
+# node does not use.  The -X flags are those of containerd's Makefile (`containerd --version`,
+# the CRI version the kubelet reports).  runc stays Debian's (see versions.env).
+ctrd_pkg=github.com/containerd/containerd/v2
+go_install containerd "$CONTAINERD_VERSION" \
+  "$ctrd_pkg/cmd/containerd $ctrd_pkg/cmd/containerd-shim-runc-v2 $ctrd_pkg/cmd/ctr" \
+  "$containerd_dir" "-X $ctrd_pkg/version.Version=$CONTAINERD_VERSION \
+  -X $ctrd_pkg/version.Revision=module-proxy-$CONTAINERD_VERSION -X $ctrd_pkg/version.Package=$ctrd_pkg"
 log "all binaries ready in $BIN ($((SECONDS - start)) s)"
