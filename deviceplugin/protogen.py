@@ -1,7 +1,9 @@
 """Generate the Python stubs of the kubelet APIs: ``conspirator gen-protos``.
 
-Two APIs: the device plugin API v1beta1 (``deviceplugin/v1beta1``) and the PodResources API
-v1 (``deviceplugin/podresources/v1``).  One command makes every generated file, with the
+Four APIs: the device plugin API v1beta1 (``deviceplugin/v1beta1``), the PodResources API
+v1 (``deviceplugin/podresources/v1``), and the DRA driver's two, the DRA plugin API v1
+(``deviceplugin/dra/v1``) and the plugin registration API
+(``deviceplugin/dra/registration``).  One command makes every generated file, with the
 pinned ``grpcio-tools`` (its bundled ``protoc`` and gRPC plugin) and ``mypy-protobuf`` (typed
 ``.pyi`` stubs), so that the committed stubs are reproducible;
 ``tests/deviceplugin/test_protos.py`` regenerates them into a temporary directory and fails
@@ -23,7 +25,12 @@ from typing import Any
 
 PROTO_NAME = "api.proto"
 GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
-SOURCES = (Path("deviceplugin/v1beta1"), Path("deviceplugin/podresources/v1"))
+SOURCES = (
+    Path("deviceplugin/v1beta1"),
+    Path("deviceplugin/podresources/v1"),
+    Path("deviceplugin/dra/v1"),
+    Path("deviceplugin/dra/registration"),
+)
 DEFAULT_SRC = SOURCES[0]
 
 
@@ -134,8 +141,8 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "gen-protos",
-        help="generate the kubelet device plugin and PodResources API stubs "
-             "(pinned grpcio-tools)",
+        help="generate the kubelet device plugin, PodResources, DRA and plugin registration "
+             "API stubs (pinned grpcio-tools)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -62,3 +62,45 @@ def test_pod_resources_stubs_are_fresh_and_the_kubelets() -> None:
     assert numbers == {"resource_name": 1, "device_ids": 2, "topology": 3}
     numbers = {f.name: f.number for f in pr.PodResources.DESCRIPTOR.fields}
     assert numbers == {"name": 1, "namespace": 2, "containers": 3}
+
+
+@pytest.mark.parametrize("src", ["deviceplugin/dra/v1", "deviceplugin/dra/registration"])
+def test_dra_stubs_are_fresh(src: str) -> None:
+    assert protogen.stale(ROOT / src) == [], (
+        f"the stubs in {src} differ from api.proto: run `conspirator gen-protos`")
+
+
+def test_every_proto_source_is_generated_by_default() -> None:
+    protos = {p.parent.relative_to(ROOT) for p in (ROOT / "deviceplugin").rglob("api.proto")}
+    assert protos == set(protogen.SOURCES)
+
+
+def test_dra_wire_names_are_the_kubelets() -> None:
+    from conspirator.deviceplugin.dra.registration import api_pb2 as reg
+    from conspirator.deviceplugin.dra.v1 import api_pb2 as dra
+
+    d = dra.DESCRIPTOR
+    assert d.package == "k8s.io.kubelet.pkg.apis.dra.v1"
+    service = d.services_by_name["DRAPlugin"]
+    assert {m.full_name for m in service.methods} == {
+        "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.NodePrepareResources",
+        "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.NodeUnprepareResources"}
+    numbers = {f.name: f.number for f in dra.Device.DESCRIPTOR.fields}
+    assert numbers == {"request_names": 1, "pool_name": 2, "device_name": 3,
+                       "cdi_device_ids": 4, "share_id": 5}
+    assert dra.Device.DESCRIPTOR.fields_by_name["share_id"].has_presence
+    numbers = {f.name: f.number for f in dra.Claim.DESCRIPTOR.fields}
+    assert numbers == {"namespace": 1, "uid": 2, "name": 3}
+    numbers = {f.name: f.number for f in dra.NodePrepareResourceResponse.DESCRIPTOR.fields}
+    assert numbers == {"devices": 1, "error": 2}
+    numbers = {f.name: f.number for f in dra.NodeUnprepareResourceResponse.DESCRIPTOR.fields}
+    assert numbers == {"error": 1}
+
+    r = reg.DESCRIPTOR
+    assert r.package == "pluginregistration"
+    assert {m.name for m in r.services_by_name["Registration"].methods} == {
+        "GetInfo", "NotifyRegistrationStatus"}
+    numbers = {f.name: f.number for f in reg.PluginInfo.DESCRIPTOR.fields}
+    assert numbers == {"type": 1, "name": 2, "endpoint": 3, "supported_versions": 4}
+    numbers = {f.name: f.number for f in reg.RegistrationStatus.DESCRIPTOR.fields}
+    assert numbers == {"plugin_registered": 1, "error": 2}

@@ -1,0 +1,1 @@
+"""Generated stubs of the kubelet plugin registration API (``conspirator gen-protos``)."""
