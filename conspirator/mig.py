@@ -20,6 +20,7 @@ this module instead of its own copy).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -332,6 +333,13 @@ def model_from_nvml(product_name: str, memory_bytes: int) -> str:
     raise KeyError(f"GPU {product_name!r} ({gib:.0f} GiB) is not in the catalog")
 
 
+RESERVATION_TAG_LEN = 10
+"""Hex digits of a reservation's tag in its resource name (40 bits: no two jobs of one
+node collide in practice; the name stays within Kubernetes' 63 characters)."""
+
+_RESERVED = re.compile(rf"(?P<profile>.+)-r(?P<tag>[0-9a-f]{{{RESERVATION_TAG_LEN}}})")
+
+
 def resource_name(profile: str) -> str:
     """The extended resource of a MIG profile: ``conspirator.io/mig-1g.10gb``.
 
@@ -340,17 +348,44 @@ def resource_name(profile: str) -> str:
     return RESOURCE_PREFIX + profile.replace("+", ".")
 
 
+def reservation_tag(owner: str) -> str:
+    """The short, stable tag of a reservation owner (a job's ``namespace/name``)."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:RESERVATION_TAG_LEN]
+
+
+def reserved_resource_name(profile: str, owner: str) -> str:
+    """The extended resource of the instances of ``profile`` reserved for ``owner``:
+    ``conspirator.io/mig-1g.10gb-r<tag>``.
+
+    In device-plugin mode the node daemon advertises a reserved instance only under its
+    owner's resource and the owner's workers request only that one, so the kubelet cannot
+    hand a pod an instance the plan reserved for another job, whatever order it admits
+    pods in.
+    """
+    return f"{resource_name(profile)}-r{reservation_tag(owner)}"
+
+
 def profile_of_resource(resource: str) -> str:
-    """Inverse of :func:`resource_name`."""
+    """Inverse of :func:`resource_name` (and the profile of a
+    :func:`reserved_resource_name`)."""
     if not resource.startswith(RESOURCE_PREFIX):
         raise ValueError(f"{resource!r} is not a {RESOURCE_PREFIX}<profile> resource")
     name = resource[len(RESOURCE_PREFIX) :]
+    if (m := _RESERVED.fullmatch(name)) is not None:
+        name = m["profile"]
     return name[: -len(".me")] + "+me" if name.endswith(".me") else name
+
+
+def is_reserved_resource(resource: str) -> bool:
+    """``resource`` is a :func:`reserved_resource_name`."""
+    return resource.startswith(RESOURCE_PREFIX) and \
+        _RESERVED.fullmatch(resource[len(RESOURCE_PREFIX):]) is not None
 
 
 __all__ = [
     "ALIASES",
     "NON_MIG_MEMORY_GIB",
+    "RESERVATION_TAG_LEN",
     "RESOURCE_PREFIX",
     "WHOLE",
     "GpuModel",
@@ -362,8 +397,11 @@ __all__ = [
     "check_layout",
     "check_placement",
     "gpu_model",
+    "is_reserved_resource",
     "is_valid_layout",
     "model_from_nvml",
     "profile_of_resource",
+    "reservation_tag",
+    "reserved_resource_name",
     "resource_name",
 ]

@@ -51,13 +51,12 @@ from conspirator.deviceplugin.holders import (
 )
 from conspirator.deviceplugin.kube import (
     DEVICES_ANNOTATION,
-    WHOLE_GPU_RESOURCE,
     NodeAPI,
     PodInfo,
 )
 from conspirator.deviceplugin.metrics import Metrics
 from conspirator.deviceplugin.plugin import ContainerAllocation, Device, PluginManager
-from conspirator.mig import resource_name
+from conspirator.deviceplugin.reservations import Reservations
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +135,10 @@ class NodeDaemon:
         self.holders: DeviceHolders = holders or kubelet_holders(
             config.plugin_dir, config.pod_resources_socket)
         self.unhealthy: dict[str, str] = {}
+        self.reservations = Reservations()
+        """The reservations of the GPUNode spec the last pass read."""
+        self._advertised_as: dict[str, str] = {}
+        """MIG device UUID -> the resource it was last advertised under."""
         self.held: dict[str, str] = {}
         """Device id -> pod UID (or ``allocated``) of the devices live pods hold."""
         self._recent: dict[str, float] = {}
@@ -221,22 +224,37 @@ class NodeDaemon:
     # ---- devices --------------------------------------------------------------------
 
     def devices(self) -> dict[str, list[Device]]:
-        """The devices to advertise, by resource (complete MIG instances; whole GPUs)."""
+        """The devices to advertise, by resource (complete MIG instances; whole GPUs), each
+        under the resource its reservation in the last GPUNode spec read gives it
+        (:mod:`.reservations`)."""
         out: dict[str, list[Device]] = {}
+        seen: dict[str, str] = {}
         for gpu in self.backend.gpus():
             sick_gpu = gpu.uuid in self.unhealthy
             if gpu.mig_enabled:
                 for inst in self.backend.instances(gpu.index):
+                    res = self.reservations.instance_resource(gpu.index, inst.profile,
+                                                              inst.start)
                     if inst.uuid is None:
                         continue
-                    out.setdefault(resource_name(inst.profile), []).append(Device(
+                    # A device still held under its old owner's resource stays there until
+                    # released: the kubelet counts allocations per resource, and would
+                    # otherwise hand the device to the new owner's pod too.
+                    was = self._advertised_as.get(inst.uuid)
+                    if was is not None and was != res and self.in_use(inst):
+                        res = was
+                    if res is None:
+                        continue
+                    seen[inst.uuid] = res
+                    out.setdefault(res, []).append(Device(
                         id=inst.uuid, healthy=not sick_gpu and inst.uuid not in self.unhealthy,
                         gpu_index=gpu.index, gpu_uuid=gpu.uuid, profile=inst.profile,
                         start=inst.start))
             else:
-                out.setdefault(WHOLE_GPU_RESOURCE, []).append(Device(
+                out.setdefault(self.reservations.whole_resource(gpu.index), []).append(Device(
                     id=gpu.uuid, healthy=not sick_gpu, gpu_index=gpu.index, gpu_uuid=gpu.uuid,
                     profile="whole"))
+        self._advertised_as = seen
         return out
 
     def allocate(self, resource: str, devices: list[Device]) -> ContainerAllocation:
@@ -266,6 +284,7 @@ class NodeDaemon:
     def reconcile(self) -> ApplyResult | None:
         self.passes += 1
         gpunode = self.cluster.read()
+        self.reservations = Reservations.of(gpunode.spec)
         gen = gpunode.metadata.generation
         pods = self.cluster.pods()
         backend_error: str | None = None
@@ -361,8 +380,11 @@ class NodeDaemon:
                 gpus.append(GPUStatus(
                     index=g.index, uuid=g.uuid, model=g.model.name, memoryGiB=g.memory_gib,
                     mig_capable=g.mig_capable, mig_enabled=g.mig_enabled,
-                    instances=[MigInstanceStatus(profile=i.profile, start=i.start,
-                                                 uuid=i.uuid, in_use=self.in_use(i))
+                    instances=[MigInstanceStatus(
+                        profile=i.profile, start=i.start, uuid=i.uuid, in_use=self.in_use(i),
+                        resource=self.reservations.instance_resource(g.index, i.profile,
+                                                                     i.start)
+                        if i.uuid is not None else None)
                                for i in insts]))
         else:
             gpus = list(old.gpus)

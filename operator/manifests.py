@@ -2,10 +2,11 @@
 
 One worker Deployment per (job, node, MIG profile): pinned to the node by its
 ``kubernetes.io/hostname`` label (the real scheduler binds the pods, checking the
-node's ``conspirator.io/mig-<profile>`` capacity), tolerating the GPU nodes' taint,
-each pod asking for one instance.  Nearly always a job has one profile per node, so
-this is one Deployment per (job, node).  Names are deterministic, so a restarted
-operator finds what it created and never makes a second copy.
+node's capacity of the job's reserved resource ``conspirator.io/mig-<profile>-r<tag>``,
+which the node daemon advertises only for the instances the plan reserved for the job),
+tolerating the GPU nodes' taint, each pod asking for one instance.  Nearly always a job
+has one profile per node, so this is one Deployment per (job, node).  Names are
+deterministic, so a restarted operator finds what it created and never makes a second copy.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def deployment(view: JobView, node: str, profile: str, count: int,
     ij: InferenceJob = view.job
     spec = ij.spec
     name = worker_name(view.name, node, profile)
-    res = resource_name(profile)
+    res = mig.reserved_resource_name(profile, view.key)
     labels = {
         "app.kubernetes.io/name": "conspirator-worker",
         "app.kubernetes.io/instance": label_value(view.name),

@@ -347,24 +347,35 @@ def place(policy: PlacementPolicy, cluster: EngineCluster, job: Job,
 
 # --- layouts ----------------------------------------------------------------------------
 
-def desired_spec(node: NodeView, replicas: Iterable[Replica]) -> GPUNodeSpec:
-    """The GPUNode spec that serves exactly ``replicas`` (those on ``node``).
+def desired_spec(node: NodeView, reserved: Mapping[str, Iterable[Replica]]) -> GPUNodeSpec:
+    """The GPUNode spec that serves exactly the replicas of ``reserved`` (job key ->
+    replicas; those on ``node`` count), each instance marked with the job it is reserved
+    for.
 
     Every MIG-capable GPU of the inventory is listed, with MIG on and the reserved
-    instances (an empty list frees the GPU); GPUs without MIG are left out (used whole);
-    entries of the current spec for GPUs the inventory does not report stay as they are
-    (a GPUNode without status is never rewritten).
+    instances (an empty list frees the GPU); a GPU without MIG is listed only while a job
+    holds it whole (``reservedFor`` on the GPU); entries of the current spec for GPUs the
+    inventory does not report stay as they are (a GPUNode without status is never
+    rewritten).
     """
     per_gpu: dict[int, list[MigInstanceSpec]] = {}
-    for r in replicas:
-        if r.node != node.name or is_whole(r.profile):
-            continue
-        per_gpu.setdefault(r.gpu_index, []).append(MigInstanceSpec(profile=r.profile,
-                                                                   start=r.start))
+    whole: dict[int, str] = {}
+    for key, replicas in reserved.items():
+        for r in replicas:
+            if r.node != node.name:
+                continue
+            if is_whole(r.profile):
+                whole[r.gpu_index] = key
+            else:
+                per_gpu.setdefault(r.gpu_index, []).append(
+                    MigInstanceSpec(profile=r.profile, start=r.start, reserved_for=key))
     gpus = []
     known = {g.index for g in node.gpus}
     for g in node.gpus:
         if not _mig_capable(g):
+            if g.index in whole:
+                gpus.append(GPULayout(index=g.index, uuid=g.uuid, mig_enabled=False,
+                                      reserved_for=whole[g.index]))
             continue
         insts = sorted(per_gpu.get(g.index, []), key=lambda i: i.start)
         gpus.append(GPULayout(index=g.index, uuid=g.uuid, mig_enabled=True, instances=insts))
@@ -380,14 +391,14 @@ def _mig_capable(g: GpuInfo) -> bool:
         return g.mig_capable
 
 
-SpecKey = list[tuple[int, str, bool, tuple[tuple[str, int], ...]]]
+SpecKey = list[tuple[int, str, bool, str, tuple[tuple[str, int, str], ...]]]
 
 
 def spec_key(spec: GPUNodeSpec) -> SpecKey:
     """A comparable form of a GPUNode spec (order of lists and defaults do not matter)."""
     return sorted(
-        (g.index, g.uuid or "", g.mig_enabled,
-         tuple(sorted((i.profile, i.start) for i in g.instances)))
+        (g.index, g.uuid or "", g.mig_enabled, g.reserved_for or "",
+         tuple(sorted((i.profile, i.start, i.reserved_for or "") for i in g.instances)))
         for g in spec.gpus
     )
 

@@ -134,7 +134,7 @@ class Writer:
         if node is None:
             return
         mine = sorted(on_node.get(name, ()))
-        want = desired_spec(node, [r for k in mine for r in plan.reserved[k]])
+        want = desired_spec(node, {k: plan.reserved[k] for k in mine})
         self.cache.written_spec[name] = spec_key(want)
         if spec_key(want) == spec_key(node.spec):
             return

@@ -10,8 +10,10 @@ plays its part with the simulated semantics of DESIGN section 4:
   destroys the others, except instances in use (a pod bound to the node holds one of that
   profile; those are kept and reported ``inUse``, and new instances overlapping them wait),
   writes ``GPUNode.status`` (``observedGeneration``, ``LayoutApplied``) and sets the kwok
-  Node's capacity and allocatable ``conspirator.io/mig-<profile>`` to the instances, so the
-  real scheduler binds the workers;
+  Node's capacity and allocatable to the instances, by the node daemon's resource rule
+  (an instance reserved for a job under the job's ``conspirator.io/mig-<profile>-r<tag>``,
+  a free one on a GPU with reservations under none, others under
+  ``conspirator.io/mig-<profile>``), so the real scheduler binds the workers;
 * :meth:`FakeNodeDaemon.uninstall` deletes the GPUNodes and restores the Nodes' capacity.
 
 It needs the installed ``conspirator`` package (MIG geometry from the placement catalog).
@@ -30,6 +32,7 @@ from typing import Any, cast
 
 from kubernetes import client
 
+from conspirator.mig import profile_of_resource, reserved_resource_name, resource_name
 from conspirator.operator.placement.gpus import GpuModel, gpu_model
 from conspirator_e2e.cluster import MIG_RESOURCE_PREFIX, GPUNodeSpec
 
@@ -73,6 +76,23 @@ class _Node:
     model: GpuModel
     gpus: list[list[Inst]]  # current instances per GPU index
     in_use: list[set[Inst]]
+    owners: list[dict[Inst, str]] | None = None  # reservedFor of the spec, per GPU index
+
+    def resources(self) -> dict[str, int]:
+        """Instances by the resource the node daemon would advertise them under."""
+        out: dict[str, int] = {}
+        for idx, insts in enumerate(self.gpus):
+            owners = self.owners[idx] if self.owners else {}
+            for inst in insts:
+                owner = owners.get(inst)
+                if owner is not None:
+                    res = reserved_resource_name(inst[0], owner)
+                elif owners:
+                    continue  # a free instance on a GPU with reservations: offered to nobody
+                else:
+                    res = resource_name(inst[0])
+                out[res] = out.get(res, 0) + 1
+        return out
 
 
 def apply_layout(model: GpuModel, have: list[Inst], want: list[Inst], busy: dict[str, int]
@@ -155,17 +175,14 @@ class FakeNodeDaemon:
         return status
 
     def _set_capacity(self, name: str, counts: dict[str, int] | None = None) -> None:
-        n = self.nodes[name]
+        """The Node's capacity: ``counts`` by resource (default: the instances)."""
         if counts is None:
-            counts = {}
-            for insts in n.gpus:
-                for p, _ in insts:
-                    counts[p] = counts.get(p, 0) + 1
+            counts = self.nodes[name].resources()
         node = self.core.read_node(name).to_dict()
         cap = dict(node["status"]["capacity"] or {})
         res: dict[str, Any] = {k: None for k in cap if k.startswith(MIG_RESOURCE_PREFIX)}
-        for p, c in counts.items():
-            res[MIG_RESOURCE_PREFIX + p] = str(c)
+        for r, c in counts.items():
+            res[r] = str(c)
         self.core.patch_node_status(name, {"status": {"capacity": res, "allocatable": res}})
 
     def install(self) -> None:
@@ -191,7 +208,8 @@ class FakeNodeDaemon:
             except client.ApiException as e:
                 if e.status != 404:
                     raise
-            self._set_capacity(name, n.spec.mig_capacity())
+            self._set_capacity(name, {resource_name(p): c
+                                      for p, c in n.spec.mig_capacity().items()})
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -227,7 +245,7 @@ class FakeNodeDaemon:
             for c in pod["spec"].get("containers", []):
                 for k, v in ((c.get("resources") or {}).get("limits") or {}).items():
                     if k.startswith(MIG_RESOURCE_PREFIX):
-                        p = k[len(MIG_RESOURCE_PREFIX):]
+                        p = profile_of_resource(k)
                         out.setdefault(node, {})[p] = out.setdefault(node, {}).get(p, 0) + int(v)
         return out
 
@@ -252,11 +270,15 @@ class FakeNodeDaemon:
             n = self.nodes[name]
             node_busy = dict(busy.get(name, {}))
             still_blocked = False
+            if n.owners is None:
+                n.owners = [{} for _ in n.gpus]
             for g in spec_gpus:
                 idx = int(g["index"])
                 if idx >= len(n.gpus):
                     continue
                 want = [(i["profile"], int(i["start"])) for i in g.get("instances") or []]
+                n.owners[idx] = {(i["profile"], int(i["start"])): i["reservedFor"]
+                                 for i in g.get("instances") or [] if i.get("reservedFor")}
                 # Pods hold instances of a profile anywhere on the node: charge this GPU
                 # with the share of holders its kept instances can take.
                 mine = {p: min(c, sum(1 for i in n.gpus[idx] if i[0] == p))

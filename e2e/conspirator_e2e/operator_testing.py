@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from kubernetes import client
 
+from conspirator.mig import profile_of_resource
 from conspirator.operator.placement.gpus import gpu_model
 
 GROUP, VERSION = "conspirator.io", "v1alpha1"
@@ -344,7 +345,7 @@ def check_invariants(api: client.ApiClient, namespaces: Sequence[str],
         if node is None:
             continue
         lim = p["spec"]["containers"][0]["resources"]["limits"]
-        prof = next(k for k in lim if k.startswith("conspirator.io/mig-")).split("mig-", 1)[1]
+        prof = profile_of_resource(next(k for k in lim if k.startswith("conspirator.io/mig-")))
         per_node.setdefault(node, Counter())[prof] += 1
         holder = by_uid.get(uid)
         where = {(r["node"], r["migProfile"])

@@ -11,31 +11,29 @@ from __future__ import annotations
 
 import json
 import mmap
-import secrets
 import shutil
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from conspirator_e2e.cluster import LocalCluster
-from conspirator_e2e.nodedaemon import (
-    DaemonProcess,
-    apply_crds,
-    build_dpworker_image,
-    free_port,
-    wait_for,
+from conspirator_e2e.nodedaemon import apply_crds, build_dpworker_image, wait_for
+from conspirator_e2e.realnode import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    RealNodeDaemon,
+    applied,
+    capacity,
+    condition,
+    gpunode,
 )
 from conspirator_e2e.testing import as_dict
 from kubernetes import client
 
-from conspirator.deviceplugin.testing import TestAgent
 from conspirator.wire.shm import Geometry
 
-GROUP, VERSION, PLURAL = "conspirator.io", "v1alpha1", "gpunodes"
 # H200 profiles: names no other e2e test uses, since the kubelet keeps reporting a resource
 # (at 0) for minutes after its plugin has gone.
 R1 = "conspirator.io/mig-1g.18gb"
@@ -48,58 +46,12 @@ def timing(what: str, t0: float) -> None:
     print(f"[timing] {what}: {time.monotonic() - t0:.2f}s")
 
 
-def kubelet_plugin_dir(info: dict[str, Any]) -> Path:
-    """The directory of the kubelet's ``kubelet.sock``.
-
-    cluster.json names ``<kubelet root>/device-plugins``, but kubelet 1.35 serves its
-    Registration socket at the compiled-in ``/var/lib/kubelet/device-plugins`` whatever
-    ``--root-dir`` says (k8s.io/kubelet's ``DevicePluginPath``); take whichever holds it.
-    """
-    for d in (Path(str(info["devicePluginDir"])), Path("/var/lib/kubelet/device-plugins")):
-        if (d / "kubelet.sock").is_socket():
-            return d
-    raise AssertionError(f"no kubelet.sock in {info['devicePluginDir']} or /var/lib/kubelet")
-
-
-class RealNodeDaemon:
-    def __init__(self, cluster: LocalCluster, info: dict[str, Any]) -> None:
-        self.node = str(info["realNode"])
-        self.dir = Path(tempfile.mkdtemp(prefix="cdp-", dir="/tmp"))  # short socket paths
-        token = secrets.token_urlsafe(24)
-        (self.dir / "token").write_text(token + "\n")
-        self.agent = TestAgent(self.dir / "agent" / "publish.sock", token, node=self.node)
-        spec = self.dir / "node.yaml"
-        spec.write_text("gpus:\n  - model: H200-141GB\ndpu: {present: true, model: BlueField-2}\n")
-        self.registry = self.dir / "registry" / "registry.sock"
-        self.metrics_port = free_port()
-        self.process = DaemonProcess(self.node, [
-            "--node-name", self.node, "--backend", "simulated", "--spec-file", str(spec),
-            "--state-file", str(self.dir / "gpus.json"),
-            "--kubelet-socket-dir", str(kubelet_plugin_dir(info)),
-            "--pod-resources-socket",
-            str(cluster.paths.kubelet_root / "pod-resources" / "kubelet.sock"),
-            "--registry-socket", str(self.registry),
-            "--agent-socket", str(self.agent.socket_path),
-            "--agent-token-file", str(self.dir / "token"),
-            "--dpu-agent-endpoint", "10.244.0.1:7100",
-            "--kubeconfig", str(cluster.paths.kubeconfig),
-            "--resync-seconds", "2", "--metrics-port", str(self.metrics_port),
-            "--metrics-address", "127.0.0.1",
-        ], self.dir / "daemon.log")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as r:
-            text: str = r.read().decode()
-            return text
-
-
 @pytest.fixture(scope="module")
 def daemon(cluster: LocalCluster, cluster_info: dict[str, Any],
            api: client.ApiClient) -> Iterator[RealNodeDaemon]:
     apply_crds(cluster)
     build_dpworker_image(cluster)
-    d = RealNodeDaemon(cluster, cluster_info)
+    d = RealNodeDaemon(cluster, cluster_info, "gpus:\n  - model: H200-141GB\n")
     d.agent.start()
     d.process.start()
     try:
@@ -113,44 +65,12 @@ def daemon(cluster: LocalCluster, cluster_info: dict[str, Any],
         shutil.rmtree(d.dir, ignore_errors=True)
 
 
-def gpunode(api: client.ApiClient, name: str) -> dict[str, Any] | None:
-    try:
-        obj = client.CustomObjectsApi(api).get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        return cast(dict[str, Any], obj)
-    except client.ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
 def set_layout(api: client.ApiClient, name: str, instances: list[tuple[str, int]]) -> int:
     obj: Any = client.CustomObjectsApi(api).patch_cluster_custom_object(
         GROUP, VERSION, PLURAL, name,
         {"spec": {"gpus": [{"index": 0, "instances": [{"profile": p, "start": s}
                                                       for p, s in instances]}]}})
     return int(obj["metadata"]["generation"])
-
-
-def applied(api: client.ApiClient, name: str, generation: int,
-            status: str = "True") -> dict[str, Any] | None:
-    obj = gpunode(api, name)
-    c = condition(obj, "LayoutApplied")
-    if obj and (obj.get("status") or {}).get("observedGeneration") == generation and \
-            c.get("status") == status:
-        return obj
-    return None
-
-
-def capacity(core: client.CoreV1Api, node: str) -> tuple[dict[str, str], dict[str, str]]:
-    st = as_dict(core.read_node(node))["status"]
-    return dict(st["capacity"] or {}), dict(st["allocatable"] or {})
 
 
 def worker_pod(name: str, ns: str, node: str, image: str) -> client.V1Pod:

@@ -35,6 +35,8 @@ from conspirator_e2e.operator_testing import (
 from conspirator_e2e.testing import wait_until
 from kubernetes import client
 
+from conspirator.mig import reserved_resource_name
+
 GROUP, VERSION, PLURAL = "conspirator.io", "v1alpha1", "gpunodes"
 
 
@@ -118,6 +120,10 @@ def test_operator_jobs_run_through_the_node_daemons(
         status = cast(dict[str, Any], custom.get_cluster_custom_object(
             GROUP, VERSION, PLURAL, p["spec"]["nodeName"]))["status"]
         inst = next(i for g in status["gpus"] for i in g["instances"] if i["uuid"] == device)
-        assert resource == "conspirator.io/mig-" + inst["profile"]
+        # Under the job's own resource: only the instances reserved for it carry it.
+        job = p["metadata"]["labels"]["conspirator.io/job"]
+        assert resource == reserved_resource_name(inst["profile"],
+                                                  f"{p['metadata']['namespace']}/{job}")
+        assert inst["resource"] == resource
         wait_until(f"{device} in use", partial(in_use, p["spec"]["nodeName"], device), 30)
     assert check_invariants(api, [namespace]) == []

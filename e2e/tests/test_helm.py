@@ -35,6 +35,8 @@ from conspirator_e2e.images import build_product_images
 from conspirator_e2e.testing import as_dict
 from kubernetes import client
 
+from conspirator.mig import reserved_resource_name
+
 pytestmark = pytest.mark.skipif(not (CHART / "Chart.yaml").exists(), reason="no chart")
 
 VALUE_SETS = sorted((CHART / "ci").glob("*.yaml"))
@@ -370,7 +372,9 @@ def test_the_whole_flow_runs_through_the_charts_pods(
         assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
         for p in pods:
             limits = p["spec"]["containers"][0]["resources"]["limits"]
-            assert limits == {f"conspirator.io/mig-{chart.DEMO_PROFILE}": "1"}, limits
+            # The job's own resource (its reserved instances only).
+            assert limits == {reserved_resource_name(
+                chart.DEMO_PROFILE, f"{namespace}/{JOB}"): "1"}, limits
         # The daemon pod knows who holds which slice from the kubelet's PodResources API.
         def daemon_log() -> str:
             return cluster.kubectl("logs", "-n", NAMESPACE, "-l",

@@ -17,6 +17,7 @@ from conspirator.deviceplugin.daemon import (
 )
 from conspirator.deviceplugin.kube import DEVICES_ANNOTATION, PodInfo, pod_info
 from conspirator.deviceplugin.simulated import SimulatedBackend
+from conspirator.mig import reserved_resource_name
 
 from .conftest import make_backend
 from .fakes import FakeNodeAPI
@@ -221,3 +222,69 @@ def test_holder_processes_block_too(a100x2: SimulatedBackend) -> None:
     a100x2.release(dev, os.getpid())
     d.reconcile()
     assert cluster.condition("LayoutApplied")[:2] == ("True", "Applied")
+
+
+def test_reserved_instances_are_advertised_only_under_their_jobs_resource(
+        a100x2: SimulatedBackend, kubelet: TestKubelet) -> None:
+    """The issue's isolation scenario: GPU 0 holds two 1g instances of dedicated tenant A,
+    GPU 1 one of B and one of C and a free one.  Whatever order the kubelet admits pods
+    in, a pod can only get devices of the resource it asks for, so B's pod can never be
+    handed an instance on A's GPU."""
+    cluster = FakeNodeAPI()
+    d = NodeDaemon(DaemonConfig(node="node-1", plugin_dir=kubelet.plugin_dir), a100x2, cluster)
+    a, b, c = (reserved_resource_name("1g.10gb", k) for k in ("ta/a", "tb/b", "tc/c"))
+    try:
+        cluster.set_spec([
+            {"index": 0, "instances": [{**inst("1g.10gb", 0), "reservedFor": "ta/a"},
+                                       {**inst("1g.10gb", 1), "reservedFor": "ta/a"}]},
+            {"index": 1, "instances": [{**inst("1g.10gb", 0), "reservedFor": "tb/b"},
+                                       {**inst("1g.10gb", 1), "reservedFor": "tc/c"},
+                                       inst("1g.10gb", 2)]}])
+        d.reconcile()
+        uuids = {(g, i.start): i.uuid for g in (0, 1) for i in a100x2.instances(g)}
+        assert sorted(x for x, _ in kubelet.devices(a, lambda ds: len(ds) == 2)) == sorted(
+            [uuids[(0, 0)], uuids[(0, 1)]])  # type: ignore[type-var]
+        assert [x for x, _ in kubelet.devices(b, lambda ds: len(ds) == 1)] == [uuids[(1, 0)]]
+        assert [x for x, _ in kubelet.devices(c, lambda ds: len(ds) == 1)] == [uuids[(1, 1)]]
+        # The free instance on a GPU with reservations is offered to nobody, and no
+        # shared 1g resource exists to hand out A's instances.
+        assert set(d.devices()) == {a, b, c}
+        assert R1 not in kubelet.endpoints
+        by_start = {(g.index, i.start): i.resource for g in cluster.status.gpus
+                    for i in g.instances}
+        assert by_start == {(0, 0): a, (0, 1): a, (1, 0): b, (1, 1): c, (1, 2): None}
+        # B's Allocate gets B's device and nothing else exists under B's name.
+        got = kubelet.allocate(b, [uuids[(1, 0)]]).container_responses[0]  # type: ignore[list-item]
+        assert got.envs["NVIDIA_VISIBLE_DEVICES"] == uuids[(1, 0)]
+        assert got.envs["CONSPIRATOR_GPU_UUIDS"] == a100x2.gpus()[1].uuid
+    finally:
+        if d.plugins is not None:
+            d.plugins.stop()
+
+
+def test_unreserved_layouts_keep_the_shared_profile_resource(a100x2: SimulatedBackend) -> None:
+    cluster = FakeNodeAPI()
+    d = kwok_daemon(a100x2, cluster)
+    cluster.set_spec([{"index": 0, "instances": [inst("3g.40gb", 0)]},
+                      {"index": 1, "instances": [{**inst("3g.40gb", 0), "reservedFor": "n/j"},
+                                                 inst("3g.40gb", 4)]}])
+    d.reconcile()
+    # GPU 0 has no reservation: its instance stays open to any pod asking for 3g.
+    assert cluster.capacity == {R3: (1, 1), reserved_resource_name("3g.40gb", "n/j"): (1, 1)}
+    cluster.pod_list = [PodInfo(uid="u1", namespace="n", name="w", phase="Running",
+                                requests={reserved_resource_name("3g.40gb", "n/j"): 1})]
+    d.reconcile()
+    [dev] = json.loads(cluster.pod_list[0].annotations[DEVICES_ANNOTATION]).values()
+    assert dev == [a100x2.instances(1)[0].uuid]
+    # The plan gives that instance to another job while the pod still holds it: it stays
+    # under the holder's resource until released, so the kubelet cannot hand it out twice.
+    rj, rk = (reserved_resource_name("3g.40gb", k) for k in ("n/j", "n/k"))
+    cluster.set_spec([{"index": 0, "instances": [inst("3g.40gb", 0)]},
+                      {"index": 1, "instances": [{**inst("3g.40gb", 0), "reservedFor": "n/k"},
+                                                 inst("3g.40gb", 4)]}])
+    d.reconcile()
+    assert cluster.capacity == {R3: (1, 1), rj: (1, 1)}
+    cluster.pod_list = [PodInfo(uid="u1", namespace="n", name="w", phase="Succeeded",
+                                requests={rj: 1}, annotations=cluster.pod_list[0].annotations)]
+    d.reconcile()
+    assert cluster.capacity == {R3: (1, 1), rk: (1, 1)}

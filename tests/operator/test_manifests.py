@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+from conspirator.mig import is_reserved_resource, profile_of_resource, reserved_resource_name
 from conspirator.operator.manifests import (
     deployment,
     job_event,
@@ -46,8 +49,12 @@ def test_deployment_is_pinned_to_the_node_and_asks_for_the_instances() -> None:
     assert {"key": "conspirator.io/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         pod["tolerations"]
     (c,) = pod["containers"]
-    assert c["resources"] == {"requests": {"conspirator.io/mig-1g.10gb": "1"},
-                              "limits": {"conspirator.io/mig-1g.10gb": "1"}}
+    # The job's own resource: only the instances reserved for team/resnet50 carry it.
+    res = "conspirator.io/mig-1g.10gb-r" + hashlib.sha256(b"team/resnet50").hexdigest()[:10]
+    assert c["resources"] == {"requests": {res: "1"}, "limits": {res: "1"}}
+    assert profile_of_resource(res) == "1g.10gb" and is_reserved_resource(res)
+    assert not is_reserved_resource(resource_name("1g.10gb"))
+    assert profile_of_resource(reserved_resource_name("1g.10gb+me", "a/b")) == "1g.10gb+me"
     assert c["image"] == "conspirator/worker:0.1.0" and c["args"] == ["--x"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["CONSPIRATOR_INPUT_SHAPE"] == "3,224,224" and env["CONSPIRATOR_DTYPE"] == "float16"

@@ -142,25 +142,38 @@ def test_place_returns_replicas_with_the_inventory_uuids() -> None:
 def test_desired_spec_lists_every_mig_gpu_with_its_reserved_instances() -> None:
     n = node("a", gpus=2, spec={"gpus": [{"index": 9, "instances": [
         {"profile": "7g.80gb", "start": 0}]}]})
-    reps = [Replica("a", 1, "GPU-a-1", "A100-80GB", "1g.10gb", 6, 900.0),
-            Replica("a", 1, "GPU-a-1", "A100-80GB", "3g.40gb", 0, 1600.0),
-            Replica("b", 0, "GPU-b-0", "A100-80GB", "1g.10gb", 6, 900.0)]
+    reps = {"ns/x": [Replica("a", 1, "GPU-a-1", "A100-80GB", "1g.10gb", 6, 900.0),
+                     Replica("b", 0, "GPU-b-0", "A100-80GB", "1g.10gb", 6, 900.0)],
+            "ns/y": [Replica("a", 1, "GPU-a-1", "A100-80GB", "3g.40gb", 0, 1600.0)]}
     spec = desired_spec(n, reps)
     assert spec.to_k8s() == {"gpus": [
         {"index": 0, "uuid": "GPU-a-0", "migEnabled": True, "instances": []},
         {"index": 1, "uuid": "GPU-a-1", "migEnabled": True, "instances": [
-            {"profile": "3g.40gb", "start": 0}, {"profile": "1g.10gb", "start": 6}]},
+            {"profile": "3g.40gb", "start": 0, "reservedFor": "ns/y"},
+            {"profile": "1g.10gb", "start": 6, "reservedFor": "ns/x"}]},
         # GPU 9 is not in the inventory: its entry is someone else's and stays.
         {"index": 9, "migEnabled": True, "instances": [{"profile": "7g.80gb", "start": 0}]},
     ]}
-    assert desired_spec(node("t", model="T4", gpus=2, memory=16), []).gpus == []
+    assert desired_spec(node("t", model="T4", gpus=2, memory=16), {}).gpus == []
     assert spec_key(spec) == spec_key(GPUNodeSpec.model_validate(spec.to_k8s()))
+    # The same instances reserved for another job are another spec.
+    swapped = desired_spec(n, {"ns/x": reps["ns/y"], "ns/y": reps["ns/x"]})
+    assert spec_key(swapped) != spec_key(spec)
+
+
+def test_desired_spec_reserves_a_whole_gpu_for_its_job() -> None:
+    t4 = node("t", model="T4", gpus=2, memory=16)
+    rep = Replica("t", 1, "GPU-t-1", "T4", "whole", 0, 300.0)
+    spec = desired_spec(t4, {"ns/w": [rep]})
+    assert spec.to_k8s() == {"gpus": [
+        {"index": 1, "uuid": "GPU-t-1", "migEnabled": False, "instances": [],
+         "reservedFor": "ns/w"}]}
 
 
 def test_layout_diff_and_applied() -> None:
     n = node("a", gpus=1, instances={0: [("1g.10gb", s) for s in range(7)]})
     r = Replica("a", 0, "GPU-a-0", "A100-80GB", "3g.40gb", 0, 1600.0)
-    spec = desired_spec(n, [r])
+    spec = desired_spec(n, {"ns/j": [r]})
     (change,) = layout_diff(n, spec)
     assert change.create == (("3g.40gb", 0),)
     assert change.destroy == tuple(("1g.10gb", s) for s in range(7))

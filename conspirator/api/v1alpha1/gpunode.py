@@ -27,6 +27,10 @@ from conspirator.api.v1alpha1.common import (
     k8s_extra,
 )
 
+OWNER = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""A reservation owner: a job's ``namespace/name``."""
+OWNER_MAX = 63 + 1 + 253
+
 
 def valid_start(profile: str, start: int) -> bool:
     """The start-position rule the CRD checks, by compute size of the profile.
@@ -64,6 +68,10 @@ class MigInstanceSpec(ApiModel):
     """MIG profile name, e.g. ``3g.40gb``."""
     start: int = Field(ge=0, le=MAX_MEMORY_SLICES - 2)
     """First memory slice; the instance occupies ``[start, start + size)``."""
+    reserved_for: str | None = Field(default=None, max_length=OWNER_MAX, pattern=OWNER)
+    """The job (``namespace/name``) the plan reserved this instance for.  In device-plugin
+    mode the node daemon advertises it only under that job's resource
+    (``conspirator.io/mig-<profile>-r<tag>``), which only the job's workers request."""
 
     @model_validator(mode="after")
     def _start_valid(self) -> MigInstanceSpec:
@@ -85,11 +93,19 @@ _INSTANCES_NEED_MIG = cel(
 )
 
 
+_WHOLE_RESERVATION = cel(
+    "!has(self.reservedFor) || !has(self.instances) || size(self.instances) == 0",
+    "reservedFor on a GPU reserves it whole: its instances carry their own reservedFor",
+    field_path=".reservedFor",
+)
+
+
 class GPULayout(ApiModel):
     """Desired state of one GPU: MIG mode and the GPU instances it should hold."""
 
     model_config = ConfigDict(
-        json_schema_extra=k8s_extra(validations=[_FULL_ALONE, _INSTANCES_NEED_MIG])
+        json_schema_extra=k8s_extra(validations=[_FULL_ALONE, _INSTANCES_NEED_MIG,
+                                                   _WHOLE_RESERVATION])
     )
 
     index: int = Field(ge=0, le=MAX_GPUS_PER_NODE - 1)
@@ -98,6 +114,9 @@ class GPULayout(ApiModel):
     """UUID of the GPU, when known; the node daemon refuses a layout whose UUID differs."""
     mig_enabled: bool = True
     """Desired MIG mode (``false``: the GPU is used whole)."""
+    reserved_for: str | None = Field(default=None, max_length=OWNER_MAX, pattern=OWNER)
+    """The job (``namespace/name``) the plan reserved this whole GPU for (a GPU used
+    whole, without instances)."""
     instances: list[MigInstanceSpec] = Field(
         default_factory=list,
         max_length=MAX_MIG_INSTANCES,
@@ -114,6 +133,8 @@ class GPULayout(ApiModel):
             raise ValueError(_FULL_ALONE["message"])
         if not self.mig_enabled and self.instances:
             raise ValueError(_INSTANCES_NEED_MIG["message"])
+        if self.reserved_for is not None and self.instances:
+            raise ValueError(_WHOLE_RESERVATION["message"])
         return self
 
 
@@ -146,6 +167,10 @@ class MigInstanceStatus(ApiModel):
     """MIG device UUID (``MIG-...``), the device id advertised to the kubelet."""
     in_use: bool = False
     """A container holds the device; the node daemon never destroys an instance in use."""
+    resource: str | None = Field(default=None, max_length=128)
+    """The extended resource the device is advertised under (device-plugin mode): the
+    owner's reserved resource, the profile's shared one, or none (a free instance on a GPU
+    that holds reservations is offered to nobody)."""
 
 
 _MIG_NEEDS_CAPABLE = cel(
