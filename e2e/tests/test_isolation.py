@@ -154,7 +154,7 @@ def test_no_gpu_runs_a_dedicated_tenant_beside_another(
     orders = [adverse, *(rng.sample(pods, len(pods)) for _ in range(2))]
     for order in orders:
         seen = run_round(core, api, d, ns, order)
-        for name, (job, gpu, start) in seen.items():
+        for job, gpu, start in seen.values():
             assert reserved[(gpu, start)] == job, (order, seen)  # exactly its job's instance
         assert tenants_per_gpu(seen) == {0: {a}, 1: {b, c}}, (order, seen)
 
