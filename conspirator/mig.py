@@ -365,6 +365,22 @@ def reserved_resource_name(profile: str, owner: str) -> str:
     return f"{resource_name(profile)}-r{reservation_tag(owner)}"
 
 
+DRA_DRIVER = "conspirator.io"
+"""The DRA driver's name: ResourceSlices, claims' allocation results, CDI kind prefix."""
+DRA_DEVICE_CLASS = "mig.conspirator.io"
+"""The DeviceClass of the driver's devices (the chart installs it)."""
+
+
+def dra_selector(profile: str, owner: str) -> str:
+    """The CEL selector of a worker's ResourceClaimTemplate: the driver's devices of
+    ``profile`` that the node daemon publishes as reserved for ``owner`` (device attribute
+    ``reservation`` = :func:`reservation_tag`), so the scheduler allocates a worker only an
+    instance the plan reserved for its job."""
+    a = f'device.attributes["{DRA_DRIVER}"]'
+    return (f'device.driver == "{DRA_DRIVER}" && {a}.profile == "{profile}" && '
+            f'{a}.reservation == "{reservation_tag(owner)}"')
+
+
 def profile_of_resource(resource: str) -> str:
     """Inverse of :func:`resource_name` (and the profile of a
     :func:`reserved_resource_name`)."""
@@ -384,6 +400,8 @@ def is_reserved_resource(resource: str) -> bool:
 
 __all__ = [
     "ALIASES",
+    "DRA_DEVICE_CLASS",
+    "DRA_DRIVER",
     "NON_MIG_MEMORY_GIB",
     "RESERVATION_TAG_LEN",
     "RESOURCE_PREFIX",
@@ -396,6 +414,7 @@ __all__ = [
     "catalog",
     "check_layout",
     "check_placement",
+    "dra_selector",
     "gpu_model",
     "is_reserved_resource",
     "is_valid_layout",

@@ -149,6 +149,12 @@ class Kube:
             return out
         return await self._run(call)
 
+    async def create_claim_template(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A ``resource.k8s.io/v1`` ResourceClaimTemplate (DRA mode)."""
+        return cast(dict[str, Any], await self._run(
+            self.custom.create_namespaced_custom_object, "resource.k8s.io", "v1",
+            body["metadata"]["namespace"], "resourceclaimtemplates", body))
+
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         def call() -> dict[str, Any]:
             r: Any = self.apps.read_namespaced_deployment(name, namespace,

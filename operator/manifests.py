@@ -104,13 +104,50 @@ def throughput_text(rps: float) -> str:
     return f"{round(max(rps, 0.0), 3):g}"
 
 
+CLAIM_NAME = "mig"
+"""The name of the worker pods' ResourceClaim (DRA mode), in the pod and its container."""
+
+
+def claim_template(view: JobView, node: str, profile: str) -> dict[str, Any]:
+    """DRA mode: the ResourceClaimTemplate of the workers of ``view`` on ``node``.
+
+    One device of the driver's DeviceClass whose CEL selector admits only the instances of
+    ``profile`` the node daemon publishes as reserved for this job
+    (:func:`conspirator.mig.dra_selector`), so the scheduler can allocate a worker nothing
+    else.  Named like the Deployment and owned by the job; its spec never changes for the
+    job (the API server keeps templates immutable), so scaling never rolls the workers.
+    """
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {
+            "name": worker_name(view.name, node, profile),
+            "namespace": view.namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_JOB: label_value(view.name),
+                       LABEL_JOB_UID: view.uid},
+            "ownerReferences": [owner_reference(view)],
+        },
+        "spec": {"spec": {"devices": {"requests": [{
+            "name": CLAIM_NAME,
+            "exactly": {
+                "deviceClassName": mig.DRA_DEVICE_CLASS,
+                "allocationMode": "ExactCount",
+                "count": 1,
+                "selectors": [{"cel": {"expression": mig.dra_selector(profile, view.key)}}],
+            },
+        }]}}},
+    }
+
+
 def deployment(view: JobView, node: str, profile: str, count: int,
-               throughput: float | None = None) -> dict[str, Any]:
+               throughput: float | None = None, dra: bool = False) -> dict[str, Any]:
     """The worker Deployment of ``view``'s ``count`` replicas of ``profile`` on ``node``.
 
     ``throughput`` is the placement's estimate of one replica's requests/s (the mean over
     the group, which differs only on a node mixing GPU models); the worker passes it to
-    the DPU agent as the dispatcher's weight (``CONSPIRATOR_THROUGHPUT``).
+    the DPU agent as the dispatcher's weight (``CONSPIRATOR_THROUGHPUT``).  ``dra``: the
+    node allocates through DRA, so each pod gets a ResourceClaim from
+    :func:`claim_template` instead of the job's extended resource.
     """
     ij: InferenceJob = view.job
     spec = ij.spec
@@ -151,8 +188,11 @@ def deployment(view: JobView, node: str, profile: str, count: int,
                 "imagePullPolicy": "IfNotPresent",
                 "args": list(spec.model.args),
                 "env": env,
-                "resources": {"requests": {res: "1"}, "limits": {res: "1"}},
+                "resources": {"claims": [{"name": CLAIM_NAME}]} if dra else
+                {"requests": {res: "1"}, "limits": {res: "1"}},
             }],
+            **({"resourceClaims": [{"name": CLAIM_NAME,
+                                    "resourceClaimTemplateName": name}]} if dra else {}),
         },
     }
     body: dict[str, Any] = {

@@ -34,6 +34,7 @@ from conspirator.api.v1alpha1 import (
     profile_summary,
     set_condition,
 )
+from conspirator.operator import manifests
 from conspirator.operator.placement.objective import demand_met
 from conspirator.operator.translate import device_id
 from conspirator.operator.views import JobView, NodeView, Replica
@@ -58,6 +59,12 @@ class Outcome:
     """Where the throughput figures come from (ModelProfile or built-in defaults)."""
     token_secret: str | None = None
     """Name of the job's token Secret, once it exists."""
+
+
+def claim_template(view: JobView, r: Replica, node: NodeView | None) -> str | None:
+    """The ResourceClaimTemplate of the replica's workers, on a node in DRA mode."""
+    return manifests.worker_name(view.name, r.node, r.profile) \
+        if node is not None and node.dra else None
 
 
 def _clip(text: str) -> str:
@@ -186,7 +193,8 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
     endpoints = client_endpoints(replicas, nodes)
     return InferenceJobStatus(
         phase=phase,
-        replicas=[r.to_status(device_id(nodes.get(r.node), r)) for r in replicas],
+        replicas=[r.to_status(device_id(nodes.get(r.node), r), claim_template(
+            view, r, nodes.get(r.node))) for r in replicas],
         replica_count=len(replicas),
         profiles=profile_summary([r.to_status() for r in replicas]) or None,
         estimated_throughput=round(served, 3),

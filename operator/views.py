@@ -60,7 +60,8 @@ class Replica:
         """(node, GPU index, profile, start): where the replica sits, without throughput."""
         return (self.node, self.gpu_index, self.profile, self.start)
 
-    def to_status(self, device_id: str | None = None) -> ReplicaStatus:
+    def to_status(self, device_id: str | None = None,
+                  claim_template: str | None = None) -> ReplicaStatus:
         return ReplicaStatus(
             node=self.node,
             gpuUUID=self.gpu_uuid,
@@ -68,6 +69,7 @@ class Replica:
             mig_profile=self.profile,
             start_slice=self.start,
             deviceID=device_id,
+            resource_claim_template=claim_template,
         )
 
 
@@ -147,6 +149,9 @@ class NodeView:
     resource_version: str = ""
     dpu: DpuInfo = field(default_factory=DpuInfo)
     """The node's DPU agent, as the node daemon reports it."""
+    dra: bool = False
+    """The node daemon allocates through DRA (``GPUNode.status.allocation: DRA``): workers
+    there get ResourceClaims instead of extended resources."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeView:
@@ -180,6 +185,7 @@ class NodeView:
             observed_generation=status.observed_generation if status else None,
             resource_version=gn.metadata.resource_version or "",
             dpu=dpu,
+            dra=status is not None and status.allocation == "DRA",
         )
 
     def gpu(self, index: int) -> GpuInfo | None:

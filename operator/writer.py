@@ -45,6 +45,8 @@ class Writer:
         self.errors: dict[str, str] = {}
         """Job key -> why its status could not be written in the last pass."""
         self._posting: set[asyncio.Task[None]] = set()
+        self.claim_templates: set[str] = set()
+        """``namespace/name`` of the ResourceClaimTemplates known to exist."""
 
     async def write(self, work: Work, plan: Plan, ch: Changes, now: datetime) -> None:
         """The steps of the module docstring, in order."""
@@ -190,10 +192,15 @@ class Writer:
                 if not layout_applied(snap.nodes.get(node), mine):
                     continue
                 group = [r for r in mine if r.profile == profile]
+                nv = snap.nodes.get(node)
+                dra = nv is not None and nv.dra
                 body = manifests.deployment(
                     view, node, profile, count,
-                    throughput=sum(r.throughput_rps for r in group) / max(1, len(group)))
-                tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch))
+                    throughput=sum(r.throughput_rps for r in group) / max(1, len(group)),
+                    dra=dra)
+                claims = manifests.claim_template(view, node, profile) if dra else None
+                tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch,
+                                              claims))
             # Deployments of an older job of the same name (its uid differs).
             for n, p in groups:
                 old = snap.workers.get(
@@ -210,11 +217,13 @@ class Writer:
         self.cache.mark_worker_deleting(w)
 
     async def _put_worker(self, view: JobView, body: dict[str, Any], existing: WorkerView | None,
-                          ch: Changes) -> None:
+                          ch: Changes, claims: dict[str, Any] | None = None) -> None:
         want_hash = body["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH]
         if existing is not None and existing.template_hash == want_hash:
             return
         try:
+            if claims is not None:
+                await self._put_claim_template(claims)
             if existing is None:
                 try:
                     got = await self.kube.create_deployment(body)
@@ -239,6 +248,21 @@ class Writer:
             self.metrics.api_errors.labels("Deployment").inc()
             raise
         self.cache.observe_worker(got)
+
+    async def _put_claim_template(self, body: dict[str, Any]) -> None:
+        """DRA mode: the workers' ResourceClaimTemplate, before the Deployment that names it
+        (created once: its spec is the same for the job's life, and immutable)."""
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        if key in self.claim_templates:
+            return
+        try:
+            await self.kube.create_claim_template(body)
+        except ConflictError:
+            pass  # already there (a restart, another pass)
+        except Exception:
+            self.metrics.api_errors.labels("ResourceClaimTemplate").inc()
+            raise
+        self.claim_templates.add(key)
 
     # --- 5: events and gauges -------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class FakeKube(FakeSecrets):
         self.nodes: dict[str, dict[str, Any]] = {}
         self.profiles: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
+        self.claim_templates: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.fail: dict[str, Exception] = {}
         self.lists = 0
@@ -148,6 +149,16 @@ class FakeKube(FakeSecrets):
         body["spec"] = spec
         self.writes_made.append(("patch_node_spec", name))
         return self._touch(body)
+
+    async def create_claim_template(self, body: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        self._maybe_fail("create_claim_template")
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        if key in self.claim_templates:
+            raise ConflictError(key)
+        self.claim_templates[key] = copy.deepcopy(body)
+        self.writes_made.append(("create_claim_template", key))
+        return body
 
     async def create_deployment(self, body: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0)

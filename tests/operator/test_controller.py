@@ -11,6 +11,7 @@ from typing import Any, cast
 import kopf
 import pytest
 
+from conspirator.mig import dra_selector
 from conspirator.operator.controller import PENDING_DELAY, RETRY_DELAY, Controller
 from conspirator.operator.datapath import TokenUnusableError
 from conspirator.operator.handlers import on_job_changed, on_job_deleted, on_watch_event
@@ -201,5 +202,40 @@ def test_out_of_scope_jobs_are_ignored() -> None:
     async def go() -> None:
         await on_job_changed(controller, body(api, "other/j"))
         assert "status" not in api.jobs["other/j"] and api.lists == 0
+
+    asyncio.run(go())
+
+
+def test_a_dra_node_gets_workers_with_a_claim_for_the_reserved_instances_only() -> None:
+    api, controller = setup()
+    api.nodes["n1"]["status"]["allocation"] = "DRA"
+
+    async def go() -> None:
+        await on_job_changed(controller, body(api, "ns/j0"))
+        apply_layouts(api)
+        on_watch_event(controller, "gpunodes", event("MODIFIED", api.nodes["n1"]),
+                       kbody(api.nodes["n1"]))
+        await controller.reconcile()
+        (key,) = api.deployments
+        (tkey,) = api.claim_templates
+        assert tkey == key  # named like the Deployment, created before it
+        assert api.writes_made.index(("create_claim_template", tkey)) < \
+            api.writes_made.index(("create_deployment", key))
+        pod = api.deployments[key]["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["resources"] == {"claims": [{"name": "mig"}]}
+        assert pod["resourceClaims"] == [{"name": "mig",
+                                          "resourceClaimTemplateName": key.split("/")[1]}]
+        t = api.claim_templates[tkey]
+        assert t["metadata"]["ownerReferences"][0]["name"] == "j0"
+        (req,) = t["spec"]["spec"]["devices"]["requests"]
+        (rep,) = api.jobs["ns/j0"]["status"]["replicas"]
+        assert req["exactly"]["selectors"] == [{"cel": {"expression": dra_selector(
+            rep["migProfile"], "ns/j0")}}]
+        assert rep["resourceClaimTemplate"] == key.split("/")[1]
+        # Another pass writes nothing new: the template exists.
+        n = len(api.writes_made)
+        await controller.reconcile()
+        assert ("create_claim_template", tkey) not in api.writes_made[n:]
 
     asyncio.run(go())

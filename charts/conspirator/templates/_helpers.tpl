@@ -132,4 +132,20 @@ imagePullSecrets:
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
+{{- if eq (include "conspirator.dra" .) "true" }}
+- apiGroups: [resource.k8s.io]
+  resources: [resourceclaimtemplates]
+  verbs: [get, create]
+{{- end }}
 {{- end -}}
+
+{{/*
+Whether the node daemon may run as a DRA driver: `allocation: dra`, or `auto` where the API
+server serves resource.k8s.io/v1 (the daemon then still falls back to the device plugin on a
+node whose kubelet registers no DRA plugin).
+*/}}
+{{- define "conspirator.dra" -}}
+{{- if or (eq .Values.allocation "dra") (and (eq .Values.allocation "auto") (.Capabilities.APIVersions.Has "resource.k8s.io/v1")) -}}
+true
+{{- end -}}
+{{- end }}

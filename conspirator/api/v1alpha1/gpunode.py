@@ -240,6 +240,10 @@ class GPUNodeStatus(ApiModel):
     """The node's DPU and data-path agent."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The ``metadata.generation`` of the spec last applied."""
+    allocation: Literal["DevicePlugin", "DRA"] | None = None
+    """How pods get the node's devices: ``DRA`` (the daemon publishes ResourceSlices and
+    prepares claims; the operator gives workers ResourceClaims) or ``DevicePlugin``
+    (extended resources; the default when unset)."""
     conditions: list[Condition] = conditions_field(
         "Ready (daemon healthy), LayoutApplied (status matches spec), DPUReady."
     )

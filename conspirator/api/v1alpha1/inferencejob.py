@@ -200,6 +200,10 @@ class ReplicaStatus(ApiModel):
     """First memory slice of the GPU instance (MIG placement start)."""
     device_id: str | None = Field(default=None, max_length=128, alias="deviceID")
     """Device id the device plugin advertises (the MIG device UUID on real GPUs)."""
+    resource_claim_template: str | None = Field(default=None, max_length=253)
+    """DRA mode: the ResourceClaimTemplate (in the job's namespace) whose claims the
+    replica's worker pods get; its selector admits only the instances the plan reserved
+    for the job."""
 
 
 def profile_summary(replicas: Sequence[ReplicaStatus]) -> str:
