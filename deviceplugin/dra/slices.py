@@ -29,7 +29,14 @@ per slice once any consumes counters; :func:`build_slices` splits the pool accor
 
 Device attributes: ``type`` (``mig`` or ``gpu``), ``uuid``, ``parentUUID``, ``productName``
 (the catalog model), ``profile`` (``whole`` for a GPU), ``start``, ``node``, ``index`` (the
-GPU's), ``migEnabled``; capacity ``memory`` (bytes) and ``computeSlices``.  A placement's
+GPU's), ``migEnabled``, ``reservation``; capacity ``memory`` (bytes) and ``computeSlices``.
+
+Reservations (the GPUNode spec's ``reservedFor``, as in device-plugin mode): a device
+reserved for a job carries ``reservation`` = :func:`conspirator.mig.reservation_tag` of the
+job, which the operator's claim templates select on (:func:`conspirator.mig.dra_selector`);
+every other device carries ``reservation`` = ``""`` (always present: a CEL selector that
+reads a missing attribute fails at run time).  On a GPU that holds a reservation only the
+reserved devices are published: its free room is the plan's, not anybody's.  A placement's
 MIG instance may not exist yet (it is created at NodePrepareResources), so its ``uuid`` is
 a deterministic placeholder, a UUID-5 of the GPU UUID, profile and start, not the MIG
 device UUID; the real one reaches the container through the CDI spec's environment.
@@ -45,9 +52,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from conspirator.deviceplugin.backend import GpuInfo
-from conspirator.mig import WHOLE, GpuModel, MigProfile
+from conspirator.mig import DRA_DRIVER, WHOLE, GpuModel, MigProfile, reservation_tag
 
-DRIVER = "conspirator.io"
+DRIVER = DRA_DRIVER
 API_VERSION = "resource.k8s.io/v1"
 KIND = "ResourceSlice"
 NODE_LABEL = "conspirator.io/node"
@@ -201,8 +208,9 @@ def consumption(gpu: GpuInfo, d: DevicePlacement) -> dict[str, Any]:
     return {"counterSet": counter_set_name(gpu.index), "counters": counters}
 
 
-def device_object(node: str, gpu: GpuInfo, d: DevicePlacement) -> dict[str, Any]:
-    """The ``spec.devices[]`` entry of one device."""
+def device_object(node: str, gpu: GpuInfo, d: DevicePlacement, reservation: str = ""
+                  ) -> dict[str, Any]:
+    """The ``spec.devices[]`` entry of one device (``reservation``: the tag, or "")."""
     mig_device = not d.whole
     attrs: dict[str, Any] = {
         "type": {"string": "mig" if mig_device else "gpu"},
@@ -215,6 +223,7 @@ def device_object(node: str, gpu: GpuInfo, d: DevicePlacement) -> dict[str, Any]
         "node": {"string": node},
         "index": {"int": gpu.index},
         "migEnabled": {"bool": _mig_on(gpu)},
+        "reservation": {"string": reservation},
     }
     out: dict[str, Any] = {
         "name": d.name,
@@ -257,11 +266,28 @@ def _slice(node: str, name: str, spec: dict[str, Any], generation: int, count: i
     }
 
 
+def _published(gpu: GpuInfo, reservations: Mapping[tuple[int, str, int], str]
+               ) -> list[tuple[DevicePlacement, str]]:
+    """The devices of a GPU to publish, with their reservation tags."""
+    reserved_gpu = any(k[0] == gpu.index for k in reservations)
+    out = []
+    for d in gpu_devices(gpu):
+        owner = reservations.get((gpu.index, d.profile, d.start))
+        if owner is None and reserved_gpu:
+            continue
+        out.append((d, reservation_tag(owner) if owner is not None else ""))
+    return out
+
+
 def build_slices(node: str, gpus: Sequence[GpuInfo], unhealthy: Collection[str] = (),
-                 generation: int = 0) -> list[dict[str, Any]]:
+                 generation: int = 0,
+                 reservations: Mapping[tuple[int, str, int], str] | None = None,
+                 ) -> list[dict[str, Any]]:
     """The ResourceSlices of ``node``'s pool (named after the node).
 
-    ``unhealthy``: UUIDs of GPUs to leave out.  Counter-set slices come first (at most
+    ``unhealthy``: UUIDs of GPUs to leave out.  ``reservations``: (GPU index, profile,
+    start) -> owner (``namespace/name``), a whole GPU as (index, ``whole``, 0); the
+    daemon's ``Reservations.instances`` and ``whole`` of the GPUNode spec.  Counter-set slices come first (at most
     :data:`MAX_COUNTER_SETS` sets each), then device slices, each holding whole GPUs'
     devices up to the API's per-slice limit.  A node without healthy GPUs publishes one
     empty device slice, so that the pool says it has nothing (rather than vanishing).
@@ -274,7 +300,8 @@ def build_slices(node: str, gpus: Sequence[GpuInfo], unhealthy: Collection[str] 
     current: list[dict[str, Any]] = []
     consuming = False
     for gpu in healthy:
-        devices = [device_object(node, gpu, d) for d in gpu_devices(gpu)]
+        devices = [device_object(node, gpu, d, tag)
+                   for d, tag in _published(gpu, reservations or {})]
         if len(devices) > MAX_DEVICES_CONSUMING:  # no catalog model comes near (26 at most)
             raise SliceError(f"GPU {gpu.index} has {len(devices)} devices, more than "
                                f"one slice holds")

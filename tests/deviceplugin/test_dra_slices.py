@@ -277,3 +277,26 @@ def test_diff_by_name() -> None:
                                                           "n-conspirator.io-devices-0"]
     assert d.create == [] and d.delete == []
     assert diff_slices(a, a).empty
+
+
+def test_reservations_are_published_as_the_operators_selector_reads_them() -> None:
+    from conspirator.mig import dra_selector, reservation_tag
+
+    gpus = [gpu(0, "A100-80GB"), gpu(1, "A100-80GB"), gpu(2, "A100-80GB")]
+    reserved = {(0, "3g.40gb", 4): "team-a/echo", (0, "1g.10gb", 0): "team-b/x",
+                (2, WHOLE, 0): "team-c/big"}
+    out = sl.build_slices("n", gpus, reservations=reserved)
+    sl.validate_pool(out)
+    devs = devices(out)
+    # A GPU holding reservations publishes only its reserved devices; others all theirs.
+    assert {n for n in devs if n.startswith("gpu-0")} == {"gpu-0-mig-3g-40gb-4",
+                                                          "gpu-0-mig-1g-10gb-0"}
+    assert {n for n in devs if n.startswith("gpu-2")} == {"gpu-2"}
+    assert len([n for n in devs if n.startswith("gpu-1")]) == 26
+    tag = devs["gpu-0-mig-3g-40gb-4"]["attributes"]["reservation"]["string"]
+    assert tag == reservation_tag("team-a/echo")
+    selector = dra_selector("3g.40gb", "team-a/echo")
+    assert f'.reservation == "{tag}"' in selector and '.profile == "3g.40gb"' in selector
+    assert all(d["attributes"]["reservation"] == {"string": ""}
+               for n, d in devs.items() if n.startswith("gpu-1"))
+    assert set(counter_sets(out)) == {"gpu-0-counters", "gpu-1-counters", "gpu-2-counters"}
