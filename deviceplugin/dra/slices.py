@@ -287,10 +287,12 @@ def build_slices(node: str, gpus: Sequence[GpuInfo], unhealthy: Collection[str] 
 
     ``unhealthy``: UUIDs of GPUs to leave out.  ``reservations``: (GPU index, profile,
     start) -> owner (``namespace/name``), a whole GPU as (index, ``whole``, 0); the
-    daemon's ``Reservations.instances`` and ``whole`` of the GPUNode spec.  Counter-set slices come first (at most
-    :data:`MAX_COUNTER_SETS` sets each), then device slices, each holding whole GPUs'
-    devices up to the API's per-slice limit.  A node without healthy GPUs publishes one
-    empty device slice, so that the pool says it has nothing (rather than vanishing).
+    daemon's ``Reservations.instances`` and ``whole`` of the GPUNode spec.
+
+    Counter-set slices come first (at most :data:`MAX_COUNTER_SETS` sets each), then
+    device slices, each holding whole GPUs' devices up to the API's per-slice limit.  A
+    node without healthy GPUs publishes one empty device slice, so that the pool says it
+    has nothing (rather than vanishing).
     """
     healthy = [g for g in sorted(gpus, key=lambda g: g.index) if g.uuid not in unhealthy]
     sets = [counter_set(g) for g in healthy if _mig_on(g)]
