@@ -10,11 +10,11 @@ What runs (all as background processes of this machine, root required):
 
 - control plane on loopback: etcd, kube-apiserver (https://127.0.0.1:6443), kube-controller-manager,
   kube-scheduler, with a generated CA, serving and client certificates, a service-account key
-  pair and kubeconfigs;
-- one real node: containerd (Debian's package, own config/state under the state dir, CRI plugin,
-  sandbox image = the project's own pause), runc, the bridge CNI plugin, and the kubelet
-  (cgroupfs driver, cgroup v1 allowed); the images are built here as OCI archives (e2e/oci.py)
-  and imported with ``ctr``;
+  pair and kubeconfigs; every Kubernetes component (and the kubelet) gets FEATURE_GATES;
+- one real node: containerd 2.x (built by e2e/build.sh; own config/state under the state dir,
+  CRI plugin with CDI, sandbox image = the project's own pause), Debian's runc and bridge CNI
+  plugin, and the kubelet (cgroupfs driver, cgroup v1 allowed); the images are built here as OCI
+  archives (e2e/oci.py) and imported with ``ctr``;
 - simulated GPU nodes: Node objects from the cluster spec, managed by kwok, whose capacity
   advertises ``conspirator.io/mig-<profile>`` resources.
 
@@ -104,8 +104,25 @@ from conspirator_e2e.spec import ClusterSpec, GPUNodeSpec
 # --------------------------------------------------------------------------------------------
 # Paths and versions
 
+# Feature gates of every Kubernetes component (API server, scheduler, controller manager,
+# kubelet).  resource.k8s.io/v1 (DRA) is GA and served by default since 1.34; partitionable
+# devices (ResourceSlice sharedCounters, devices' consumesCounters, MIG as DRA devices) are
+# alpha and off in 1.35: an API server without the gate silently drops those fields.
+FEATURE_GATES: dict[str, bool] = {"DRAPartitionableDevices": True}
+# Where the node's containerd reads CDI specs (its own default order is the reverse).
+CDI_SPEC_DIRS = ("/var/run/cdi", "/etc/cdi")
 
-def read_versions(path: Path = E2E_DIR / "versions.env") -> dict[str, str]:
+
+def feature_gates_flag() -> str:
+    return "--feature-gates=" + ",".join(
+        f"{k}={str(v).lower()}" for k, v in sorted(FEATURE_GATES.items()))
+
+
+
+def read_versions(path: Path | None = None) -> dict[str, str]:
+    """The pins of e2e/versions.env (or of the file $CONSPIRATOR_E2E_VERSIONS names)."""
+    if path is None:
+        path = Path(os.environ.get("CONSPIRATOR_E2E_VERSIONS") or E2E_DIR / "versions.env")
     out: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -140,10 +157,12 @@ class Paths:
             return self.cache / "bin" / f"kwok-{v['KWOK_VERSION']}" / "kwok"
         if name == "helm":
             return self.cache / "bin" / f"helm-{v['HELM_VERSION']}" / "helm"
+        if name in ("containerd", "containerd-shim-runc-v2", "ctr"):
+            return self.cache / "bin" / f"containerd-{v['CONTAINERD_VERSION']}" / name
         return self.cache / "bin" / f"kubernetes-{v['KUBERNETES_VERSION']}" / name
 
     def bin_dirs(self) -> list[Path]:
-        return sorted({self.binary(n).parent for n in ("etcd", "kubectl", "kwok", "helm")})
+        return sorted({self.binary(n).parent for n in ("etcd", "kubectl", "kwok", "helm", "ctr")})
 
     # state
     @property
@@ -337,8 +356,8 @@ class LocalCluster:
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120
             ) -> subprocess.CompletedProcess[str]:
-        return run(["ctr", "--address", self.paths.containerd_sock, "-n", "k8s.io", *args],
-                   check=check, timeout=timeout)
+        return run([self.paths.binary("ctr"), "--address", self.paths.containerd_sock,
+                    "-n", "k8s.io", *args], check=check, timeout=timeout)
 
     # ---- up -----------------------------------------------------------------------------
 
@@ -359,8 +378,8 @@ class LocalCluster:
         t0 = time.monotonic()
         if build:
             run(["bash", E2E_DIR / "build.sh"], capture=False, timeout=3 * 3600)
-        missing = [n for n in (*COMPONENTS[:4], "kubelet", "kubectl", "kwok")
-                   if n != "containerd" and not self.paths.binary(n).exists()]
+        missing = [n for n in (*COMPONENTS, "kubectl", "containerd-shim-runc-v2", "ctr")
+                   if not self.paths.binary(n).exists()]
         if missing:
             raise ClusterError(f"missing binaries {missing}: run e2e/build.sh")
         step("binaries", t0)
@@ -536,6 +555,7 @@ class LocalCluster:
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
+            feature_gates_flag(),
             "--profiling=false",
             "--v=1",
         ])
@@ -557,6 +577,7 @@ class LocalCluster:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            feature_gates_flag(),
             "--profiling=false",
             "--v=1",
         ])
@@ -571,6 +592,7 @@ class LocalCluster:
             "--bind-address=127.0.0.1",
             f"--secure-port={SCHEDULER_PORT}",
             "--leader-elect=false",
+            feature_gates_flag(),
             "--profiling=false",
             "--v=1",
         ])
@@ -625,45 +647,67 @@ class LocalCluster:
         cni_conf = self.paths.state / "cni" / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
         (cni_conf / "10-conspirator.conflist").write_text(json.dumps(self._cni_config(), indent=2))
+        # containerd watches the CDI spec dirs that exist when it starts; the first is where
+        # DRA drivers write their (per-claim) specs.  Left in place by `down`: machine-wide.
+        Path(CDI_SPEC_DIRS[0]).mkdir(parents=True, exist_ok=True)
+        runtime = "io.containerd.cri.v1.runtime"
         config = f"""\
-# Generated by e2e/cluster.py: containerd for the e2e cluster's real node.
-version = 2
+# Generated by e2e/cluster.py: containerd {self.paths.versions["CONTAINERD_VERSION"]} (built by
+# e2e/build.sh) for the e2e cluster's real node.  Config version 3 (containerd 2.x): the CRI
+# plugin is split into a runtime, an images and a server ("grpc.v1.cri") plugin.
+version = 3
 root = "{c / 'root'}"
 state = "{c / 'state'}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
+# Snapshotters the node does not use (btrfs is not even built without cgo), and tracing.
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs", "io.containerd.differ.v1.erofs",
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 
 [grpc]
   address = "{self.paths.containerd_sock}"
 
-[plugins."io.containerd.internal.v1.opt"]
+[plugins.'io.containerd.internal.v1.opt']
   path = "{c / 'opt'}"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
+# NRI (on by default in 2.x) would listen on the machine-wide /var/run/nri/nri.sock.
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+
+[plugins.'{runtime}']
   # These sandboxes withhold CAP_SYS_RESOURCE even from root, so no process may lower its
   # oom_score_adj (runc fails with "can't get final child's PID from pipe").  Clamp the
   # sandbox's -998 and Guaranteed pods' -997 to containerd's own score instead.
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
-  enable_cdi = false
-  stream_server_address = "127.0.0.1"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  # CDI (DRA drivers and device plugins hand devices over as CDI names): specs in these dirs.
+  enable_cdi = true
+  cdi_spec_dirs = {json.dumps(list(CDI_SPEC_DIRS))}
+  [plugins.'{runtime}'.containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins.'{runtime}'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      # The shim built with this containerd, not whatever containerd-shim-runc-v2 is on PATH
+      # (Debian's 1.6 one may be installed).  runc itself comes from PATH (Debian's).
+      runtime_path = "{self.paths.binary('containerd-shim-runc-v2')}"
+      [plugins.'{runtime}'.containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "{c / 'runc'}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins.'{runtime}'.cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "{cni_conf}"
     max_conf_num = 1
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
 """
         (c / "config.toml").write_text(config)
-        self._spawn("containerd", ["containerd", "--config", c / "config.toml"])
+        self._spawn("containerd", [self.paths.binary("containerd"), "--config", c / "config.toml"])
 
     def _cni_config(self) -> dict[str, Any]:
         return {
@@ -709,10 +753,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             },
             "authorization": {"mode": "Webhook"},
             "containerRuntimeEndpoint": f"unix://{self.paths.containerd_sock}",
-            # containerd 1.6 cannot tell the kubelet its cgroup driver; these hosts run cgroup
-            # v1, which kubelet 1.35 refuses unless told otherwise.
+            # containerd 2.x tells the kubelet its cgroup driver (CRI RuntimeConfig: cgroupfs,
+            # since SystemdCgroup = false); this setting is the fallback for runtimes that
+            # cannot.  These hosts run cgroup v1, which kubelets since 1.35 refuse unless told.
             "cgroupDriver": "cgroupfs",
             "failCgroupV1": False,
+            "featureGates": dict(FEATURE_GATES),
             "cgroupRoot": f"/{CGROUP_ROOT}",
             "failSwapOn": False,
             "clusterDomain": "cluster.local",

@@ -17,8 +17,8 @@ from conspirator_e2e.procs import ClusterError, log, run
 # --------------------------------------------------------------------------------------------
 # Host setup and teardown: packages, bridge, cgroups, mounts, sysctls
 
-NODE_PACKAGES = {"containerd": "containerd", "runc": "runc",
-                 "/usr/lib/cni/bridge": "containernetworking-plugins"}
+# containerd itself is built by e2e/build.sh (2.x, for CDI); runc and the CNI plugins are Debian's.
+NODE_PACKAGES = {"runc": "runc", "/usr/lib/cni/bridge": "containernetworking-plugins"}
 
 # What the kubelet sets at start (protectKernelDefaults: false); restored by `down`.
 KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
