@@ -4,7 +4,8 @@
 #   e2e/build.sh            build what is missing (idempotent: a warm run takes seconds)
 #   e2e/build.sh --print    print the directory of each component, one per line
 #
-# Versions come from e2e/versions.env and nothing else.  Output:
+# Versions come from e2e/versions.env and nothing else (or, to try a pin move without making it,
+# from the file $CONSPIRATOR_E2E_VERSIONS names; cluster.py reads the same file).  Output:
 #   ${CONSPIRATOR_CACHE:-$HOME/.cache/conspirator}/bin/kubernetes-<v>/{kube-apiserver,kube-scheduler,
 #       kube-controller-manager,kubelet,kubectl}
 #   .../bin/etcd-<v>/etcd   .../bin/kwok-<v>/kwok   .../bin/helm-<v>/helm
@@ -19,7 +20,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
-source "$here/versions.env"
+source "${CONSPIRATOR_E2E_VERSIONS:-$here/versions.env}"
 
 CACHE="${CONSPIRATOR_CACHE:-$HOME/.cache/conspirator}"
 BIN="$CACHE/bin"
