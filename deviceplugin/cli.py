@@ -89,6 +89,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="address the metrics server binds (default %(default)s)")
     p.add_argument("--log-level", default=_env("CONSPIRATOR_LOG_LEVEL", "INFO"),
                    help="logging level (default %(default)s)")
+    p.add_argument("--allocation", choices=("auto", "dra", "devicePlugin"),
+                   default=_env("CONSPIRATOR_ALLOCATION", "devicePlugin"),
+                   help="how pods get devices: a kubelet device plugin, the DRA driver "
+                        "conspirator.io, or auto (DRA when the API server serves "
+                        "resource.k8s.io/v1 and the kubelet has a plugin-registration "
+                        "directory; default %(default)s)")
+    p.add_argument("--dra-plugin-dir", default=_env("CONSPIRATOR_DRA_PLUGIN_DIR",
+                                                    "/var/lib/kubelet/plugins/conspirator.io"),
+                   help="DRA mode: the driver's socket and checkpoint (default %(default)s)")
+    p.add_argument("--plugins-registry-dir",
+                   default=_env("CONSPIRATOR_PLUGINS_REGISTRY_DIR",
+                                "/var/lib/kubelet/plugins_registry"),
+                   help="DRA mode: the kubelet's plugin-registration directory "
+                        "(default %(default)s)")
+    p.add_argument("--cdi-dir", default=_env("CONSPIRATOR_CDI_DIR", "/var/run/cdi"),
+                   help="DRA mode: where the claims' CDI specs go (default %(default)s)")
     p.set_defaults(func=_run)
 
 

@@ -41,8 +41,21 @@ from conspirator.api.v1alpha1 import (
     MigInstanceStatus,
     set_condition,
 )
+from conspirator.deviceplugin.allocation import (
+    AllocationConfig,
+    ContainerAllocation,
+    container_allocation,
+)
 from conspirator.deviceplugin.applier import Applier, ApplyResult
 from conspirator.deviceplugin.backend import BackendError, GpuBackend, GpuInstance
+from conspirator.deviceplugin.dramode import (
+    DEVICE_PLUGIN,
+    DRA,
+    DraConfig,
+    DraMode,
+    choose,
+    given_of,
+)
 from conspirator.deviceplugin.holders import (
     DeviceHolders,
     devices_of,
@@ -55,7 +68,7 @@ from conspirator.deviceplugin.kube import (
     PodInfo,
 )
 from conspirator.deviceplugin.metrics import Metrics
-from conspirator.deviceplugin.plugin import ContainerAllocation, Device, PluginManager
+from conspirator.deviceplugin.plugin import Device, PluginManager
 from conspirator.deviceplugin.reservations import Reservations
 
 log = logging.getLogger(__name__)
@@ -120,15 +133,19 @@ class NodeDaemon:
 
     def __init__(self, config: DaemonConfig, backend: GpuBackend, cluster: NodeAPI,
                  metrics: Metrics | None = None, registry: BufferRegistry | None = None,
-                 holders: DeviceHolders | None = None) -> None:
+                 holders: DeviceHolders | None = None, dra: DraMode | None = None) -> None:
         self.config = config
+        self.dra = dra
+        """DRA mode (:mod:`.dramode`): slices and claims instead of device plugins."""
+        if dra is not None:
+            dra.health_from(lambda: self.unhealthy)
         self.backend = backend
         self.cluster = cluster
         self.metrics = metrics or Metrics(config.node)
         self.registry = registry
         self.applier = Applier(backend, in_use=self.in_use)
         self.plugins: PluginManager | None = None
-        if not config.kwok:
+        if not config.kwok and dra is None:
             self.plugins = PluginManager(config.plugin_dir, self.allocate,
                                          on_allocate=self._allocated,
                                          on_register=self._registered)
@@ -154,7 +171,9 @@ class NodeDaemon:
     # ---- in use ---------------------------------------------------------------------
 
     def in_use(self, inst: GpuInstance) -> bool:
-        return inst.in_use or (inst.uuid is not None and inst.uuid in self.held)
+        if inst.in_use or inst.uuid is None:
+            return inst.in_use
+        return inst.uuid in self.held or (self.dra is not None and inst.uuid in self.dra.held())
 
     def _allocated(self, resource: str, ids: list[str]) -> None:
         with self._lock:
@@ -258,26 +277,12 @@ class NodeDaemon:
         return out
 
     def allocate(self, resource: str, devices: list[Device]) -> ContainerAllocation:
-        """What a container gets for its devices (NVIDIA's env var, device files, and the
-        buffer-registration socket)."""
-        ids = [d.id for d in devices]
-        envs = {
-            "NVIDIA_VISIBLE_DEVICES": ",".join(ids),
-            "CONSPIRATOR_DEVICES": ",".join(ids),
-            "CONSPIRATOR_RESOURCE": resource,
-            "CONSPIRATOR_MIG_PROFILE": ",".join(sorted({d.profile for d in devices})),
-            "CONSPIRATOR_GPU_UUIDS": ",".join(sorted({d.gpu_uuid for d in devices})),
-            "CONSPIRATOR_NODE_NAME": self.config.node,
-        }
-        mounts: list[tuple[str, str, bool]] = []
-        reg = self.config.registry_socket
-        if reg is not None:
-            cdir = self.config.container_socket_dir
-            envs["CONSPIRATOR_REGISTRY_SOCKET"] = f"{cdir}/{reg.name}"
-            mounts.append((cdir, str(reg.parent), True))
-        return ContainerAllocation(
-            envs=envs, mounts=mounts, devices=self.backend.device_nodes(ids),
-            annotations={DEVICES_ANNOTATION: json.dumps({resource: ids})})
+        """What a container gets for its devices (:mod:`.allocation`, the same in DRA
+        mode), with the backend's device files."""
+        return container_allocation(
+            AllocationConfig(self.config.node, self.config.registry_socket,
+                             self.config.container_socket_dir),
+            resource, given_of(devices), self.backend.device_nodes([d.id for d in devices]))
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -325,7 +330,12 @@ class NodeDaemon:
             counts[(res, "healthy")] = healthy
             counts[(res, "unhealthy")] = len(ds) - healthy
         self.metrics.set_advertised(counts)
-        if self.plugins is not None:
+        if self.dra is not None:
+            diff = self.dra.publish(self.reservations)
+            if not diff.empty:
+                log.info("ResourceSlices: %d created, %d updated, %d deleted",
+                         len(diff.create), len(diff.update), len(diff.delete))
+        elif self.plugins is not None:
             self.plugins.set_devices(devices)
         else:
             self.cluster.set_capacity({
@@ -404,7 +414,8 @@ class NodeDaemon:
                           observed_generation=gen)
         else:
             msg = f"{n_dev} device(s) of {len(devices)} resource(s) advertised"
-            msg += " to the Node's capacity (kwok)" if self.config.kwok else " to the kubelet"
+            msg += " to the Node's capacity (kwok)" if self.config.kwok else \
+                " as ResourceSlices (DRA)" if self.dra is not None else " to the kubelet"
             if sick:
                 msg += f"; unhealthy: {', '.join(sick)}"
             set_condition(conditions, "Ready", T, "DevicesAdvertised", msg,
@@ -440,6 +451,7 @@ class NodeDaemon:
                           "the data-path agent has not connected", observed_generation=gen)
         return GPUNodeStatus(
             gpus=gpus, gpu_count=len(gpus), dpu=dpu,
+            allocation=DRA if self.dra is not None else DEVICE_PLUGIN,
             observed_generation=gen if r is not None else old.observed_generation,
             conditions=conditions)
 
@@ -477,6 +489,8 @@ class NodeDaemon:
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         if self.plugins is not None:
             self.plugins.start()
+        if self.dra is not None:
+            self.dra.start()
         for fn in extra or []:
             threading.Thread(target=fn, daemon=True).start()
         try:
@@ -491,6 +505,8 @@ class NodeDaemon:
         finally:
             if self.plugins is not None:
                 self.plugins.stop()
+            if self.dra is not None:
+                self.dra.stop()
             self.backend.close()
 
 
@@ -504,6 +520,16 @@ def make_backend(args: argparse.Namespace) -> tuple[GpuBackend, DPUStatus]:
     from conspirator.deviceplugin.nvml import NvmlBackend
 
     return NvmlBackend(), detect_dpu()
+
+
+def counters_kept(api: object, node: str, backend: GpuBackend) -> bool:
+    """The API server keeps the shared counters of this node's first counter slice (true
+    where the node publishes none: nothing to keep)."""
+    from conspirator.deviceplugin.dra.kubeclient import keeps_counters
+    from conspirator.deviceplugin.dra.slices import build_slices
+
+    first = [s for s in build_slices(node, backend.gpus()) if s["spec"].get("sharedCounters")]
+    return not first or keeps_counters(api, first[0])
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -530,13 +556,28 @@ def run_from_args(args: argparse.Namespace) -> int:
         registry, serve = make_registry(args, cluster, metrics,
                                         lambda pod: devices_of(holders, pod))
         extra.append(serve)
-    daemon = NodeDaemon(config, backend, cluster, metrics, registry, holders)
+    dra: DraMode | None = None
+    if not args.kwok and choose(args.allocation, cluster.serves_resource_v1,
+                                Path(args.plugins_registry_dir),
+                                lambda: counters_kept(cluster.api, args.node_name, backend)
+                                ) == DRA:
+        from conspirator.deviceplugin.dra.kubeclient import KubeClaimReader, KubeSliceClient
+
+        dra = DraMode(args.node_name, backend, KubeClaimReader(cluster.api),
+                      KubeSliceClient(cluster.api, args.node_name),
+                      AllocationConfig(config.node, config.registry_socket,
+                                       config.container_socket_dir),
+                      DraConfig(plugin_dir=Path(args.dra_plugin_dir),
+                                registry_dir=Path(args.plugins_registry_dir),
+                                cdi_dir=Path(args.cdi_dir)))
+    daemon = NodeDaemon(config, backend, cluster, metrics, registry, holders, dra)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     log.info("node daemon for %s: backend %s, %s", args.node_name, backend.name,
-             "kwok mode" if args.kwok else f"kubelet at {config.plugin_dir}")
+             "kwok mode" if args.kwok else f"DRA driver at {args.dra_plugin_dir}"
+             if dra is not None else f"kubelet at {config.plugin_dir}")
     try:
         daemon.run(extra)
     finally:

@@ -165,6 +165,14 @@ class KubeNodeAPI(NodeAPI):
 
     # ---- GPUNode --------------------------------------------------------------------
 
+
+    def serves_resource_v1(self) -> bool:
+        """The API server serves ``resource.k8s.io/v1`` (DRA, Kubernetes 1.34+)."""
+        from kubernetes import client
+
+        groups = client.ApisApi(self.api).get_api_versions().groups or []
+        return any(g.name == "resource.k8s.io" and any(v.version == "v1" for v in g.versions)
+                   for g in groups)
     def _node_owner(self) -> list[dict[str, Any]]:
         from kubernetes.client.exceptions import ApiException
 

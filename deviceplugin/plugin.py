@@ -31,12 +31,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from conspirator.deviceplugin.backend import DeviceNode
+from conspirator.deviceplugin.allocation import ContainerAllocation
 from conspirator.deviceplugin.v1beta1 import api_pb2 as pb
 from conspirator.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc
 
@@ -60,25 +60,15 @@ class Device:
     start: int = 0
 
 
-@dataclass
-class ContainerAllocation:
-    """What one container gets for its devices (``ContainerAllocateResponse``)."""
-
-    envs: dict[str, str] = field(default_factory=dict)
-    mounts: list[tuple[str, str, bool]] = field(default_factory=list)
-    """(container path, host path, read-only)."""
-    devices: list[DeviceNode] = field(default_factory=list)
-    annotations: dict[str, str] = field(default_factory=dict)
-
-    def to_proto(self) -> pb.ContainerAllocateResponse:
-        return pb.ContainerAllocateResponse(
-            envs=self.envs,
-            mounts=[pb.Mount(container_path=c, host_path=h, read_only=ro)
-                    for c, h, ro in self.mounts],
-            devices=[pb.DeviceSpec(container_path=d.path, host_path=d.path,
-                                   permissions=d.permissions) for d in self.devices],
-            annotations=self.annotations,
-        )
+def allocate_response(a: ContainerAllocation) -> pb.ContainerAllocateResponse:
+    """The gRPC form of a container's allocation."""
+    return pb.ContainerAllocateResponse(
+        envs=a.envs,
+        mounts=[pb.Mount(container_path=c, host_path=h, read_only=ro) for c, h, ro in a.mounts],
+        devices=[pb.DeviceSpec(container_path=d.path, host_path=d.path,
+                               permissions=d.permissions) for d in a.devices],
+        annotations=a.annotations,
+    )
 
 
 class AllocationError(Exception):
@@ -257,7 +247,7 @@ class ResourcePlugin(pb_grpc.DevicePluginServicer):
             if self.on_allocate is not None:
                 self.on_allocate(self.resource, ids)
             self.allocations += 1
-            out.append(alloc.to_proto())
+            out.append(allocate_response(alloc))
         return pb.AllocateResponse(container_responses=out)
 
     def PreStartContainer(self, request: pb.PreStartContainerRequest,  # noqa: N802

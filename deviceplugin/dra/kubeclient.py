@@ -9,6 +9,8 @@ slices are built and diffed as dicts anyway.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any
 
 from conspirator.deviceplugin.dra.slices import DRIVER
@@ -75,4 +77,32 @@ class KubeSliceClient:
                 raise
 
 
-__all__ = ["KubeClaimReader", "KubeSliceClient"]
+def keeps_counters(api_client: Any, counter_slice: dict[str, Any]) -> bool:
+    """Whether the API server keeps a ResourceSlice's ``sharedCounters`` (the
+    DRAPartitionableDevices feature gate: an API server without it drops the field
+    silently).  Writes ``counter_slice`` under a probe name and pool, reads what was
+    stored, deletes it."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    custom = client.CustomObjectsApi(api_client)
+    body = copy.deepcopy(counter_slice)
+    name = body["metadata"]["name"] = body["metadata"]["name"][:240] + "-probe"
+    body["metadata"].pop("resourceVersion", None)
+    body["spec"]["pool"]["name"] = body["spec"]["pool"]["name"] + "-probe"
+    stored: Any
+    try:
+        stored = custom.create_cluster_custom_object(GROUP, VERSION, SLICES, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        custom.delete_cluster_custom_object(GROUP, VERSION, SLICES, name)
+        stored = custom.create_cluster_custom_object(GROUP, VERSION, SLICES, body)
+    try:
+        return bool(((stored or {}).get("spec") or {}).get("sharedCounters"))
+    finally:
+        with contextlib.suppress(ApiException):
+            custom.delete_cluster_custom_object(GROUP, VERSION, SLICES, name)
+
+
+__all__ = ["KubeClaimReader", "KubeSliceClient", "keeps_counters"]

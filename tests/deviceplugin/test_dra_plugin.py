@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from conspirator.deviceplugin.daemon import DaemonConfig, NodeDaemon
+from conspirator.deviceplugin.allocation import AllocationConfig, Given, container_allocation
 from conspirator.deviceplugin.dra.checkpoint import PreparedDevice
 from conspirator.deviceplugin.dra.claims import ClaimRef
 from conspirator.deviceplugin.dra.prepare import ContainerEdits, DraDriver
@@ -20,11 +20,9 @@ from conspirator.deviceplugin.dra.registration import api_pb2_grpc as reg_grpc
 from conspirator.deviceplugin.dra.server import DraPluginServer
 from conspirator.deviceplugin.dra.v1 import api_pb2 as pb
 from conspirator.deviceplugin.dra.v1 import api_pb2_grpc as pb_grpc
-from conspirator.deviceplugin.plugin import Device
 from conspirator.deviceplugin.simulated import SimulatedBackend
 
 from .conftest import make_backend
-from .fakes import FakeNodeAPI
 
 NODE = "test-node"
 
@@ -53,15 +51,13 @@ class Claims:
 
 
 def daemon_edits(backend: SimulatedBackend, tmp: Path) -> Any:
-    """The device plugin's own Allocate (the node daemon's), as the DRA driver's edits."""
-    daemon = NodeDaemon(DaemonConfig(node=NODE, kwok=True,
-                                     registry_socket=tmp / "reg" / "registry.sock"),
-                        backend, FakeNodeAPI(NODE))
+    """The device plugin's own Allocate environment (:mod:`.allocation`), as the DRA
+    driver's edits."""
+    config = AllocationConfig(NODE, tmp / "reg" / "registry.sock")
 
     def edits(resource: str, devices: list[PreparedDevice]) -> ContainerEdits:
-        return daemon.allocate(resource, [
-            Device(id=d.uuid, gpu_index=d.gpu_index, gpu_uuid=d.gpu_uuid, profile=d.profile,
-                   start=d.start) for d in devices])
+        return container_allocation(config, resource,
+                                    [Given(d.uuid, d.profile, d.gpu_uuid) for d in devices])
 
     return edits
 
