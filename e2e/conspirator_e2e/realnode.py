@@ -12,7 +12,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from conspirator.deviceplugin.testing import TestAgent
-from conspirator_e2e.cluster import LocalCluster
+from conspirator_e2e.cluster import CDI_SPEC_DIRS, LocalCluster
 from conspirator_e2e.datapath import kubelet_plugin_dir
 from conspirator_e2e.nodedaemon import DaemonProcess, free_port
 from conspirator_e2e.testing import as_dict
@@ -22,9 +22,11 @@ GROUP, VERSION, PLURAL = "conspirator.io", "v1alpha1", "gpunodes"
 
 class RealNodeDaemon:
     """The node daemon as its own process on the real node, with the simulated GPUs of
-    ``gpus_yaml`` (a node spec's ``gpus:`` list), publishing to a test DPU agent."""
+    ``gpus_yaml`` (a node spec's ``gpus:`` list), publishing to a test DPU agent;
+    ``extra_args`` for the mode (``--allocation dra ...``: :func:`dra_args`)."""
 
-    def __init__(self, cluster: LocalCluster, info: dict[str, Any], gpus_yaml: str) -> None:
+    def __init__(self, cluster: LocalCluster, info: dict[str, Any], gpus_yaml: str,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.node = str(info["realNode"])
         self.dir = Path(tempfile.mkdtemp(prefix="cdp-", dir="/tmp"))  # short socket paths
         token = secrets.token_urlsafe(24)
@@ -46,7 +48,7 @@ class RealNodeDaemon:
             "--dpu-agent-endpoint", "10.244.0.1:7100",
             "--kubeconfig", str(cluster.paths.kubeconfig),
             "--resync-seconds", "2", "--metrics-port", str(self.metrics_port),
-            "--metrics-address", "127.0.0.1",
+            "--metrics-address", "127.0.0.1", *extra_args,
         ], self.dir / "daemon.log")
 
     def metrics(self) -> str:
@@ -54,6 +56,15 @@ class RealNodeDaemon:
                                     timeout=5) as r:
             text: str = r.read().decode()
             return text
+
+
+def dra_args(cluster: LocalCluster, state: Path) -> tuple[str, ...]:
+    """The daemon as the DRA driver of the real node's kubelet (its plugin registry under
+    the kubelet's root), its socket and checkpoint under ``state``, CDI specs where the
+    node's containerd reads them."""
+    return ("--allocation", "dra", "--dra-plugin-dir", str(state / "dra"),
+            "--plugins-registry-dir", str(cluster.paths.kubelet_root / "plugins_registry"),
+            "--cdi-dir", CDI_SPEC_DIRS[0])
 
 
 def gpunode(api: client.ApiClient, name: str) -> dict[str, Any] | None:
