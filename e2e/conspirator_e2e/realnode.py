@@ -7,13 +7,13 @@ import secrets
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client
 
 from conspirator.deviceplugin.testing import TestAgent
 from conspirator_e2e.cluster import CDI_SPEC_DIRS, LocalCluster
-from conspirator_e2e.datapath import kubelet_plugin_dir
+from conspirator_e2e.datapath import condition, gpunode, kubelet_plugin_dir
 from conspirator_e2e.nodedaemon import DaemonProcess, free_port
 from conspirator_e2e.testing import as_dict
 
@@ -65,23 +65,6 @@ def dra_args(cluster: LocalCluster, state: Path) -> tuple[str, ...]:
     return ("--allocation", "dra", "--dra-plugin-dir", str(state / "dra"),
             "--plugins-registry-dir", str(cluster.paths.kubelet_root / "plugins_registry"),
             "--cdi-dir", CDI_SPEC_DIRS[0])
-
-
-def gpunode(api: client.ApiClient, name: str) -> dict[str, Any] | None:
-    try:
-        obj = client.CustomObjectsApi(api).get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        return cast(dict[str, Any], obj)
-    except client.ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
 
 
 def applied(api: client.ApiClient, name: str, generation: int,

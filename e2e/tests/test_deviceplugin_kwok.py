@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from conspirator_e2e.cluster import (
@@ -25,6 +25,7 @@ from conspirator_e2e.cluster import (
     GPUNodeSpec,
     LocalCluster,
 )
+from conspirator_e2e.datapath import condition, gpunode
 from conspirator_e2e.nodedaemon import NodeDaemons, wait_for
 from conspirator_e2e.testing import as_dict
 from kubernetes import client
@@ -62,23 +63,6 @@ def daemons(cluster: LocalCluster) -> Iterator[NodeDaemons]:
         for n in NODES:
             cluster.kubectl("delete", "node", n.name, "--ignore-not-found", check=False)
         shutil.rmtree(work, ignore_errors=True)
-
-
-def gpunode(api: client.ApiClient, name: str) -> dict[str, Any] | None:
-    try:
-        obj = client.CustomObjectsApi(api).get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        return cast(dict[str, Any], obj)
-    except client.ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
-def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return {}
 
 
 def set_layouts(api: client.ApiClient, name: str,

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import pytest
 from conspirator_e2e.cluster import CDI_SPEC_DIRS, LocalCluster
+from conspirator_e2e.datapath import condition, gpunode
 from conspirator_e2e.nodedaemon import apply_crds, build_dpworker_image, wait_for
 from conspirator_e2e.realnode import (
     GROUP,
@@ -34,9 +35,7 @@ from conspirator_e2e.realnode import (
     VERSION,
     RealNodeDaemon,
     applied,
-    condition,
     dra_args,
-    gpunode,
 )
 from conspirator_e2e.testing import as_dict
 from kubernetes import client

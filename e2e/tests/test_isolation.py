@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from conspirator_e2e.cluster import LocalCluster
+from conspirator_e2e.datapath import condition, gpunode
 from conspirator_e2e.nodedaemon import apply_crds, build_dpworker_image, wait_for
 from conspirator_e2e.realnode import (
     GROUP,
@@ -29,8 +30,6 @@ from conspirator_e2e.realnode import (
     RealNodeDaemon,
     applied,
     capacity,
-    condition,
-    gpunode,
 )
 from conspirator_e2e.testing import as_dict
 from kubernetes import client
