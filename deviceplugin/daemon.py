@@ -54,6 +54,7 @@ from conspirator.deviceplugin.dramode import (
     DraConfig,
     DraMode,
     choose,
+    counters_kept,
     given_of,
 )
 from conspirator.deviceplugin.holders import (
@@ -520,16 +521,6 @@ def make_backend(args: argparse.Namespace) -> tuple[GpuBackend, DPUStatus]:
     from conspirator.deviceplugin.nvml import NvmlBackend
 
     return NvmlBackend(), detect_dpu()
-
-
-def counters_kept(api: object, node: str, backend: GpuBackend) -> bool:
-    """The API server keeps the shared counters of this node's first counter slice (true
-    where the node publishes none: nothing to keep)."""
-    from conspirator.deviceplugin.dra.kubeclient import keeps_counters
-    from conspirator.deviceplugin.dra.slices import build_slices
-
-    first = [s for s in build_slices(node, backend.gpus()) if s["spec"].get("sharedCounters")]
-    return not first or keeps_counters(api, first[0])
 
 
 def run_from_args(args: argparse.Namespace) -> int:

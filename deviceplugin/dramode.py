@@ -85,6 +85,16 @@ def choose(wanted: str, serves_resource_v1: Callable[[], bool], registry_dir: Pa
     return DRA
 
 
+def counters_kept(api: object, node: str, backend: GpuBackend) -> bool:
+    """The API server keeps the shared counters of this node's first counter slice (true
+    where the node publishes none: nothing to keep)."""
+    from conspirator.deviceplugin.dra.kubeclient import keeps_counters
+    from conspirator.deviceplugin.dra.slices import build_slices
+
+    first = [s for s in build_slices(node, backend.gpus()) if s["spec"].get("sharedCounters")]
+    return not first or keeps_counters(api, first[0])
+
+
 class DraMode:
     """The driver, its kubelet sockets and its slice publisher, for one node."""
 
@@ -138,4 +148,5 @@ def given_of(devices: Sequence[Any]) -> list[Given]:
     return [Given(d.id, d.profile, d.gpu_uuid) for d in devices]
 
 
-__all__ = ["DEVICE_PLUGIN", "DRA", "DraConfig", "DraMode", "Mode", "choose", "given_of"]
+__all__ = ["DEVICE_PLUGIN", "DRA", "DraConfig", "DraMode", "Mode", "choose", "counters_kept",
+           "given_of"]
