@@ -78,6 +78,9 @@ def daemon(cluster: LocalCluster, cluster_info: dict[str, Any], api: client.ApiC
         cluster.kubectl("delete", "gpunode", d.node, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "resourceslices", "--field-selector",
                         f"spec.nodeName={d.node}", check=False)
+        # The chart installs the class itself (test_helm): leave none behind.
+        cluster.kubectl("delete", "deviceclass", DRA_DEVICE_CLASS, "--ignore-not-found",
+                        check=False)
         shutil.rmtree(d.dir, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
 

@@ -38,7 +38,9 @@ from conspirator.mig import reserved_resource_name, resource_name
 
 from .test_deviceplugin_kubelet import GEOMETRY
 
-PROFILE = "1g.10gb"
+# A100-40GB: a profile name no other test advertises on the real node (the kubelet keeps
+# reporting a resource, at 0, for minutes after its plugin has gone).
+PROFILE = "1g.5gb"
 IMAGE = "conspirator.local/e2e/dpworker:v1"
 
 
@@ -47,7 +49,7 @@ def daemon(cluster: LocalCluster, cluster_info: dict[str, Any]) -> Iterator[Real
     apply_crds(cluster)
     build_dpworker_image(cluster)
     d = RealNodeDaemon(cluster, cluster_info,
-                       "gpus:\n  - model: A100-80GB\n  - model: A100-80GB\n")
+                       "gpus:\n  - model: A100-40GB\n  - model: A100-40GB\n")
     d.agent.start()
     d.process.start()
     try:

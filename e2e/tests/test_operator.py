@@ -39,6 +39,8 @@ from conspirator_e2e.operator_testing import (
 from conspirator_e2e.testing import wait_until
 from kubernetes import client
 
+from conspirator.mig import profile_of_resource
+
 
 def wait_phase(api: client.ApiClient, ns: str, name: str, phase: str, op: OperatorProcess,
                timeout: float = 120) -> dict[str, Any]:
@@ -91,8 +93,8 @@ def test_examples_run_where_the_plan_says(cluster: LocalCluster, api: client.Api
             # The real scheduler bound the workers where the plan put the replicas.
             planned = Counter((r["node"], r["migProfile"]) for r in st["replicas"])
             bound = Counter(
-                (p["spec"]["nodeName"], next(iter(p["spec"]["containers"][0]["resources"]
-                                                  ["limits"])).split("mig-", 1)[1])
+                (p["spec"]["nodeName"], profile_of_resource(next(iter(
+                    p["spec"]["containers"][0]["resources"]["limits"]))))
                 for p in pods if p["metadata"]["labels"]["conspirator.io/job-uid"]
                 == job["metadata"]["uid"] and p["status"]["phase"] == "Running")
             assert bound == planned, (name, bound, planned)
