@@ -309,7 +309,10 @@ def test_both_policies_register_publish_and_withdraw(policy_registry: tuple[str,
     else:  # the agent's --local-registry: the claim, nothing more
         assert pub.pod_uid == "" and pub.extra == {}
     [entry] = registry.entries.values()
-    assert entry.caller.pid == os.getpid() and registry.agent_connected()
+    assert entry.caller.pid == os.getpid()
+    # A registration that races the publisher's start goes out in its resync snapshot,
+    # before the publisher calls itself connected.
+    agent.wait("the publisher to call itself connected", registry.agent_connected)
     worker.close()
     agent.wait("the withdrawal", lambda: (bid, "worker disconnected") in agent.withdrawn)
     assert registry.count() == 0
