@@ -77,6 +77,10 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
             "replanInterval": 0, "peering": {"lifetime": 10},
             "image": {"name": refs["operator"].rsplit("/", 1)[1].split(":")[0]},
         },
+        # The flow these tests check is device-plugin mode: the local kubelet's root (and so
+        # its plugin registry) is not the /var/lib/kubelet that `auto` would look at;
+        # e2e/tests/test_dra.py covers DRA mode on this kubelet.
+        "allocation": "devicePlugin",
         "nodeDaemon": {
             "nodeSelector": gpu_node, "hostNetwork": True, "backend": "simulated",
             "simulated": {"spec": {"gpus": [dict(g) for g in gpus],
