@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="how pods get devices: a kubelet device plugin, the DRA driver "
                         "conspirator.io, or auto (DRA when the API server serves "
                         "resource.k8s.io/v1 and the kubelet has a plugin-registration "
-                        "directory; default %(default)s)")
+                        "directory it registers the driver from; default %(default)s)")
     p.add_argument("--dra-plugin-dir", default=_env("CONSPIRATOR_DRA_PLUGIN_DIR",
                                                     "/var/lib/kubelet/plugins/conspirator.io"),
                    help="DRA mode: the driver's socket and checkpoint (default %(default)s)")
@@ -105,6 +105,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                         "(default %(default)s)")
     p.add_argument("--cdi-dir", default=_env("CONSPIRATOR_CDI_DIR", "/var/run/cdi"),
                    help="DRA mode: where the claims' CDI specs go (default %(default)s)")
+    p.add_argument("--dra-registration-timeout", type=float,
+                   default=float(_env("CONSPIRATOR_DRA_REGISTRATION_TIMEOUT", "60") or 60),
+                   help="--allocation auto: seconds to wait for the kubelet to register the "
+                        "DRA driver before serving device plugins instead (default "
+                        "%(default)s)")
     p.set_defaults(func=_run)
 
 

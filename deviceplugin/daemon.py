@@ -168,6 +168,8 @@ class NodeDaemon:
         self.last_result: ApplyResult | None = None
         self.last_status: GPUNodeStatus | None = None
         self.passes = 0
+        self.notices: list[tuple[str, str, str]] = []
+        """Events (type, reason, message) for the GPUNode, recorded on the next pass."""
 
     # ---- in use ---------------------------------------------------------------------
 
@@ -290,6 +292,8 @@ class NodeDaemon:
     def reconcile(self) -> ApplyResult | None:
         self.passes += 1
         gpunode = self.cluster.read()
+        while self.notices:  # the GPUNode exists now: its Events can name it
+            self.cluster.event(*self.notices.pop(0))
         self.reservations = Reservations.of(gpunode.spec)
         gen = gpunode.metadata.generation
         pods = self.cluster.pods()
@@ -539,15 +543,22 @@ def run_from_args(args: argparse.Namespace) -> int:
     metrics = Metrics(args.node_name)
     cluster = KubeNodeAPI(args.node_name, args.kubeconfig)
     holders = kubelet_holders(config.plugin_dir, config.pod_resources_socket)
+    dra: DraMode | None = None
+
+    def pod_devices(pod: PodInfo) -> list[str]:
+        """The devices a registering worker holds: its prepared claims' in DRA mode (the
+        mode is settled before the registry serves), the kubelet's allocation otherwise."""
+        if dra is not None:
+            return dra.driver.devices_of_pod(pod.uid)
+        return devices_of(holders, pod)
+
     registry: BufferRegistry | None = None
     extra: list[Callable[[], None]] = []
     if config.registry_socket is not None and not args.kwok:
         from conspirator.deviceplugin.podregistry import make_registry
 
-        registry, serve = make_registry(args, cluster, metrics,
-                                        lambda pod: devices_of(holders, pod))
+        registry, serve = make_registry(args, cluster, metrics, pod_devices)
         extra.append(serve)
-    dra: DraMode | None = None
     if not args.kwok and choose(args.allocation, cluster.serves_resource_v1,
                                 Path(args.plugins_registry_dir),
                                 lambda: counters_kept(cluster.api, args.node_name, backend)
@@ -561,7 +572,17 @@ def run_from_args(args: argparse.Namespace) -> int:
                       DraConfig(plugin_dir=Path(args.dra_plugin_dir),
                                 registry_dir=Path(args.plugins_registry_dir),
                                 cdi_dir=Path(args.cdi_dir)))
+    fallback = None
+    if dra is not None and args.allocation == "auto" and not dra.await_registration(
+            args.dra_registration_timeout):
+        fallback = (f"no kubelet registered the DRA driver from {args.plugins_registry_dir} "
+                    f"within {args.dra_registration_timeout:g}s: serving device plugins")
+        log.warning("allocation auto: %s", fallback)
+        dra.withdraw()
+        dra = None
     daemon = NodeDaemon(config, backend, cluster, metrics, registry, holders, dra)
+    if fallback is not None:
+        daemon.notices.append(("Warning", "DRANotRegistered", fallback))
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_address)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

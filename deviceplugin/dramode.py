@@ -10,7 +10,11 @@ use, so the layout applier never destroys one.
 
 :func:`choose` decides the mode for ``--allocation auto``: DRA where the API server serves
 ``resource.k8s.io/v1`` and the kubelet's plugin-registration directory exists (a kubelet
-that runs DRA plugins), else the device plugin.
+that runs DRA plugins), else the device plugin.  The directory existing does not prove that
+*this node's* kubelet watches it (its ``--root-dir`` may be elsewhere): the daemon then starts
+the driver and waits for the kubelet's registration (:meth:`DraMode.await_registration`);
+without it within ``--dra-registration-timeout`` an ``auto`` daemon withdraws its slices and
+serves device plugins instead.
 """
 
 from __future__ import annotations
@@ -125,7 +129,28 @@ class DraMode:
         self.driver.unhealthy = unhealthy
 
     def start(self) -> None:
-        self.server.start()
+        if not self.server.serving:
+            self.server.start()
+
+    def await_registration(self, timeout: float) -> bool:
+        """Serve the driver and wait up to ``timeout`` s for the kubelet to register it.
+
+        False (the sockets closed again, nothing published) when no kubelet called: the
+        registry directory is not one a kubelet watches.  A checkpoint that still holds
+        prepared claims means a kubelet did use this driver: True without waiting, so that
+        their Unprepare finds it.
+        """
+        self.start()
+        if self.driver.held() or self.server.registration.registered.wait(timeout):
+            return True
+        self.stop()
+        return False
+
+    def withdraw(self) -> SliceDiff:
+        """Delete the node's ResourceSlices (an earlier DRA run's): the node no longer
+        offers its devices through DRA."""
+        self.last = self.publisher.publish([])
+        return self.last
 
     def stop(self) -> None:
         self.server.stop()

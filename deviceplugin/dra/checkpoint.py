@@ -42,17 +42,21 @@ class PreparedClaim:
     devices: tuple[PreparedDevice, ...]
     cdi_spec: str
     """Path of the claim's CDI spec file."""
+    consumers: tuple[str, ...] = ()
+    """UIDs of the pods the claim was reserved for when prepared (``status.reservedFor``):
+    whose buffer registrations carry these devices."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["devices"] = [asdict(x) for x in self.devices]
+        d["consumers"] = list(self.consumers)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PreparedClaim:
         return cls(uid=d["uid"], namespace=d["namespace"], name=d["name"],
                    devices=tuple(PreparedDevice(**x) for x in d["devices"]),
-                   cdi_spec=d["cdi_spec"])
+                   cdi_spec=d["cdi_spec"], consumers=tuple(d.get("consumers") or ()))
 
 
 class CheckpointError(RuntimeError):

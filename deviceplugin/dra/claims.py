@@ -70,4 +70,12 @@ def allocated_devices(claim: Mapping[str, Any], ref: ClaimRef, driver: str = DRI
     return out
 
 
-__all__ = ["AllocatedDevice", "ClaimError", "ClaimReader", "ClaimRef", "allocated_devices"]
+def consumer_pods(claim: Mapping[str, Any]) -> tuple[str, ...]:
+    """UIDs of the pods ``status.reservedFor`` names (the scheduler reserves the claim for
+    its pod before binding, so they are there when the kubelet prepares it)."""
+    return tuple(sorted(str(r["uid"]) for r in (claim.get("status") or {}).get(
+        "reservedFor") or [] if r.get("resource") == "pods" and r.get("uid")))
+
+
+__all__ = ["AllocatedDevice", "ClaimError", "ClaimReader", "ClaimRef", "allocated_devices",
+           "consumer_pods"]

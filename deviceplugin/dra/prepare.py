@@ -50,6 +50,7 @@ from conspirator.deviceplugin.dra.claims import (
     ClaimReader,
     ClaimRef,
     allocated_devices,
+    consumer_pods,
 )
 from conspirator.deviceplugin.dra.slices import DRIVER, DevicePlacement, device_table
 from conspirator.mig import resource_name
@@ -133,6 +134,14 @@ class DraDriver:
         with self._lock:
             return {d.uuid: c.uid for c in self.checkpoint.claims.values() for d in c.devices}
 
+    def devices_of_pod(self, pod_uid: str) -> list[str]:
+        """The MIG device (or GPU) UUIDs of the prepared claims reserved for the pod: what
+        its buffer registration carries, as the kubelet's PodResources API gives it in
+        device-plugin mode."""
+        with self._lock:
+            return sorted(d.uuid for c in self.checkpoint.claims.values()
+                          if pod_uid in c.consumers for d in c.devices)
+
     # ---- prepare --------------------------------------------------------------------
 
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
@@ -162,7 +171,8 @@ class DraDriver:
         path = self._write_cdi(ref.uid, devices)
         self.checkpoint.put(PreparedClaim(uid=ref.uid, namespace=ref.namespace,
                                           name=ref.name, devices=tuple(devices),
-                                          cdi_spec=str(path)))
+                                          cdi_spec=str(path),
+                                          consumers=consumer_pods(claim)))
         log.info("prepared %s: %s", ref, ", ".join(d.device for d in devices) or "no devices")
         return tuple(devices)
 

@@ -35,13 +35,16 @@ class Claims:
         self.reads = 0
 
     def add(self, name: str, uid: str, devices: list[str], pool: str = NODE,
-            namespace: str = "team-a", driver: str = "conspirator.io") -> ClaimRef:
+            namespace: str = "team-a", driver: str = "conspirator.io",
+            pods: tuple[str, ...] = ()) -> ClaimRef:
         self.objects[(namespace, name)] = {
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
             "metadata": {"namespace": namespace, "name": name, "uid": uid},
             "status": {"allocation": {"devices": {"results": [
                 {"request": "gpu", "driver": driver, "pool": pool, "device": d}
-                for d in devices]}}},
+                for d in devices]}},
+                "reservedFor": [{"resource": "pods", "name": f"pod-{u}", "uid": u}
+                                for u in pods]},
         }
         return ClaimRef(namespace=namespace, name=name, uid=uid)
 
@@ -103,6 +106,24 @@ def test_prepare_creates_the_instance_and_writes_the_cdi_spec(
     assert env["CONSPIRATOR_RESOURCE"] == "conspirator.io"  # two profiles
     assert spec["containerEdits"]["mounts"][0]["containerPath"] == "/run/conspirator"
     assert driver.held() == {d.uuid: "uid-1" for d in result.devices}
+
+
+def test_a_pods_devices_are_those_of_the_claims_reserved_for_it(
+        backend: SimulatedBackend, claims: Claims, tmp_path: Path) -> None:
+    """What the worker registry attaches to a DRA pod's buffer registration (the kubelet's
+    PodResources API only lists device-plugin devices)."""
+    driver = make_driver(backend, claims, tmp_path)
+    mine = claims.add("c1", "uid-1", ["gpu-0-mig-1g-10gb-0"], pods=("pod-a",))
+    other = claims.add("c2", "uid-2", ["gpu-1-mig-1g-10gb-0"], pods=("pod-b",))
+    results = driver.prepare([mine, other])
+    assert driver.devices_of_pod("pod-a") == [results["uid-1"].devices[0].uuid]
+    assert driver.devices_of_pod("pod-b") == [results["uid-2"].devices[0].uuid]
+    assert driver.devices_of_pod("pod-c") == []
+    # Kept across a restart, and gone with the claim.
+    again = make_driver(backend, claims, tmp_path)
+    assert again.devices_of_pod("pod-a") == driver.devices_of_pod("pod-a")
+    again.unprepare([mine])
+    assert again.devices_of_pod("pod-a") == []
 
 
 def test_prepare_is_idempotent_and_survives_a_restart(

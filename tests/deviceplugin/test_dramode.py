@@ -3,13 +3,17 @@ spec's reservations, prepared claims counting as in use, and the status it repor
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from conspirator.deviceplugin.allocation import AllocationConfig
 from conspirator.deviceplugin.daemon import DaemonConfig, NodeDaemon
+from conspirator.deviceplugin.dra.registration import api_pb2 as reg_pb
+from conspirator.deviceplugin.dra.registration import api_pb2_grpc as reg_grpc
 from conspirator.deviceplugin.dramode import DEVICE_PLUGIN, DRA, DraConfig, DraMode, choose
 from conspirator.deviceplugin.simulated import SimulatedBackend
 from conspirator.mig import reservation_tag
@@ -110,3 +114,65 @@ def test_dra_mode_publishes_the_reservations_and_prepared_devices_stay(
     d.reconcile()
     assert cluster.condition("LayoutApplied")[:2] == ("True", "Applied")
     assert d.backend.instances(1) == []
+
+
+def test_auto_falls_back_when_no_kubelet_registers_the_driver(
+        dra_daemon: tuple[NodeDaemon, FakeNodeAPI, Slices, Claims], tmp_path: Path) -> None:
+    """A registry directory no kubelet watches (another ``--root-dir``): nobody calls
+    GetInfo, so the wait times out, both sockets close and the slices an earlier DRA run
+    left are withdrawn."""
+    d, _, slices, _ = dra_daemon
+    mode = d.dra
+    assert mode is not None
+    mode.publish(d.reservations)
+    assert slices.objects
+    assert mode.await_registration(0.2) is False
+    assert not mode.server.serving
+    assert not mode.server.registration_socket.exists()
+    assert not mode.server.plugin_socket.exists()
+    diff = mode.withdraw()
+    assert diff.delete and not slices.objects
+
+
+def test_auto_keeps_dra_once_the_kubelet_registers_it(
+        dra_daemon: tuple[NodeDaemon, FakeNodeAPI, Slices, Claims]) -> None:
+    """The kubelet's plugin watcher, played over the real registration socket: GetInfo,
+    then NotifyRegistrationStatus(registered)."""
+    d, _, _, _ = dra_daemon
+    mode = d.dra
+    assert mode is not None
+    mode.start()
+    done = threading.Event()
+
+    def kubelet() -> None:
+        with grpc.insecure_channel(f"unix://{mode.server.registration_socket}") as ch:
+            stub = reg_grpc.RegistrationStub(ch)
+            stub.GetInfo(reg_pb.InfoRequest(), timeout=10)
+            stub.NotifyRegistrationStatus(reg_pb.RegistrationStatus(plugin_registered=True),
+                                          timeout=10)
+        done.set()
+
+    t = threading.Thread(target=kubelet)
+    t.start()
+    try:
+        assert mode.await_registration(30) is True
+        assert mode.server.serving
+    finally:
+        t.join(30)
+        mode.stop()
+    assert done.is_set()
+
+
+def test_a_checkpoint_with_prepared_claims_keeps_dra_without_waiting(
+        dra_daemon: tuple[NodeDaemon, FakeNodeAPI, Slices, Claims]) -> None:
+    """Claims an earlier run prepared must find the driver for their Unprepare."""
+    d, _, _, claims = dra_daemon
+    mode = d.dra
+    assert mode is not None
+    ref = claims.add("a-0", "uid-a", ["gpu-0-mig-1g-10gb-0"])
+    (res,) = mode.driver.prepare([ref]).values()
+    assert res.error == ""
+    try:
+        assert mode.await_registration(0) is True
+    finally:
+        mode.stop()
