@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from conspirator_e2e.cluster import APISERVER_PORT, REPO, LocalCluster
+from conspirator_e2e.cluster import APISERVER_PORT, CDI_SPEC_DIRS, REPO, LocalCluster
 
 CHART = REPO / "charts" / "conspirator"
 RELEASE = "conspirator"
@@ -51,7 +51,7 @@ def helm(cluster: LocalCluster, *args: str, home: Path | None = None, timeout: f
 
 def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
                  gpus: Sequence[Mapping[str, Any]] = ({"model": "H200-141GB"},),
-                 ) -> dict[str, Any]:
+                 allocation: str = "devicePlugin") -> dict[str, Any]:
     """Values that run the chart on this cluster's real node.
 
     ``images`` maps component (operator, node-daemon, dpu-agent) to the image refs that
@@ -77,16 +77,19 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
             "replanInterval": 0, "peering": {"lifetime": 10},
             "image": {"name": refs["operator"].rsplit("/", 1)[1].split(":")[0]},
         },
-        # The flow these tests check is device-plugin mode: the local kubelet's root (and so
-        # its plugin registry) is not the /var/lib/kubelet that `auto` would look at;
-        # e2e/tests/test_dra.py covers DRA mode on this kubelet.
-        "allocation": "devicePlugin",
+        # Device-plugin mode unless asked: `auto` would wait for a registration from
+        # /var/lib/kubelet/plugins_registry, which is not this kubelet's (its root is
+        # elsewhere); DRA mode gets the kubelet's own directories below.
+        "allocation": allocation,
         "nodeDaemon": {
             "nodeSelector": gpu_node, "hostNetwork": True, "backend": "simulated",
             "simulated": {"spec": {"gpus": [dict(g) for g in gpus],
                                    "dpu": {"present": True, "model": "BlueField-3"}}},
             "runDir": str(host / "run"), "stateDir": str(host / "state"),
             "podResourcesDir": str(cluster.paths.kubelet_root / "pod-resources"),
+            "kubeletPluginsDir": str(cluster.paths.kubelet_root / "plugins"),
+            "kubeletRegistryDir": str(cluster.paths.kubelet_root / "plugins_registry"),
+            "cdiDir": CDI_SPEC_DIRS[0],
             "resyncSeconds": 2, "metricsPort": NODE_METRICS_PORT,
             "image": {"name": refs["node-daemon"].rsplit("/", 1)[1].split(":")[0]},
         },

@@ -171,9 +171,31 @@ def cdi_specs() -> set[str]:
     return {p.name for p in Path(CDI_SPEC_DIRS[0]).glob("conspirator.io-mig_*.json")}
 
 
+def readable(cluster: LocalCluster, node: str, ns: str, pods: list[str]) -> None:
+    """What an SRE reads: ``kubectl get resourceslices,resourceclaims`` names the node, the
+    driver and each claim's state; ``describe`` shows the devices' attributes by name."""
+    out = cluster.kubectl("get", "resourceslices,resourceclaims", "-n", ns).stdout
+    print(out)
+    lines = [line.split() for line in out.splitlines()]
+    slice_rows = [r for r in lines if r and r[0].startswith("resourceslice.")]
+    claim_rows = [r for r in lines if r and r[0].startswith("resourceclaim.")]
+    mine = [r for r in slice_rows if r[1] == node]
+    assert mine and all(r[2] == DRA_DRIVER and r[3] == node for r in mine), out
+    assert len(claim_rows) == len(pods), out
+    assert all(r[1] == "allocated,reserved" for r in claim_rows), out
+    assert all(any(r[0].startswith(f"resourceclaim.resource.k8s.io/{p}-") for r in claim_rows)
+               for p in pods), out
+    names = cluster.kubectl("get", "resourceslices", "--field-selector",
+                            f"spec.nodeName={node}", "-o", "name").stdout.split()
+    text = cluster.kubectl("describe", *names).stdout
+    for word in ("Product Name", "A100-80GB", "Profile", PROFILE, "Parent UUID", "Start",
+                 "Reservation", "Uuid", "Shared Counters", "Consumes Counters"):
+        assert word in text, (word, text[:3000])
+
+
 def test_twenty_workers_see_exactly_their_jobs_instances(
-        daemon: RealNodeDaemon, api: client.ApiClient, core: client.CoreV1Api,
-        namespace: str) -> None:
+        cluster: LocalCluster, daemon: RealNodeDaemon, api: client.ApiClient,
+        core: client.CoreV1Api, namespace: str) -> None:
     d, ns = daemon, namespace
     wait_for("the daemon's GPUNode", lambda: condition(gpunode(api, d.node), "Ready").get(
         "status") == "True", 90, on_timeout=d.process.tail)
@@ -206,6 +228,7 @@ def test_twenty_workers_see_exactly_their_jobs_instances(
     assert len(set(seen.values())) == 20
     claims = resource_claims(custom, ns)
     assert len(claims) == 20
+    readable(cluster, d.node, ns, names)
     assert len(cdi_specs() & {f"conspirator.io-mig_{c['metadata']['uid']}.json"
                               for c in claims}) == 20
 

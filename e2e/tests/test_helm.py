@@ -21,7 +21,6 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,7 @@ import yaml
 from conspirator_e2e import chart
 from conspirator_e2e.chart import CHART, NAMESPACE, RELEASE
 from conspirator_e2e.cluster import LocalCluster
-from conspirator_e2e.datapath import build_dpserve_image
-from conspirator_e2e.images import build_product_images
+from conspirator_e2e.release import Release, describe, installed_release
 from conspirator_e2e.testing import as_dict
 from kubernetes import client
 
@@ -125,65 +123,18 @@ def test_values_that_break_the_schema_are_refused(cluster: LocalCluster, tmp_pat
 
 # ---- installed from the chart ----------------------------------------------------------
 
-@dataclass
-class Release:
-    cluster: LocalCluster
-    values: Path
-    images: dict[str, str]
-    worker_image: str
-    home: Path
-
-    def pods(self) -> dict[str, dict[str, Any]]:
-        return chart.component_pods(self.cluster)
-
-
-def _cleanup_host(cluster: LocalCluster) -> None:
-    cluster.kubectl("delete", "gpunode", str(cluster.read_info()["realNode"]),
-                    "--ignore-not-found", "--wait=true", check=False)
-    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true",
-                    "--timeout=120s", check=False)
-    subprocess.run(["rm", "-rf", str(cluster.paths.state / "chart")], check=False)
-
-
 @pytest.fixture(scope="module")
 def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    images = build_product_images(cluster)
-    worker = build_dpserve_image(cluster)
-    home = tmp_path_factory.mktemp("helm")
-    values = chart.write_values(home / "local.yaml", chart.local_values(cluster, images))
-    if chart.installed(cluster):
-        chart.uninstall(cluster)
-    _cleanup_host(cluster)
-    t0 = time.monotonic()
-    proc = chart.install(cluster, values)
-    assert proc.returncode == 0, proc.stdout + proc.stderr + _describe(cluster)
-    print(f"[timing] helm install --wait: {time.monotonic() - t0:.1f}s")
-    rel = Release(cluster, values, images, worker, home)
-    # helm --wait can see a DaemonSet before its controller counted the nodes (0 of 0 ready).
-    chart.wait("the chart's three pods to be ready", lambda: _all_ready(rel), 180,
-               lambda: _describe(cluster))
-    print(f"[timing] helm install -> all three components ready: "
-          f"{time.monotonic() - t0:.1f}s")
-    try:
+    with installed_release(cluster, tmp_path_factory.mktemp("helm")) as rel:
         yield rel
-    finally:
-        for ns in cluster.kubectl("get", "ij", "-A", "-o",
-                                  "jsonpath={.items[*].metadata.namespace}",
-                                  check=False).stdout.split():
-            cluster.kubectl("delete", "ij", "--all", "-n", ns, "--wait=true", "--timeout=60s",
-                            check=False)
-        if chart.installed(cluster):
-            chart.uninstall(cluster)
-        _cleanup_host(cluster)
 
 
 def _all_ready(rel: Release) -> bool:
-    return chart.components_ready(rel.cluster)
+    return rel.ready()
 
 
 def _describe(cluster: LocalCluster) -> str:
-    pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
-    return f"\n{pods}\n{chart.component_logs(cluster, 30)}"
+    return describe(cluster)
 
 
 def test_components_run_as_the_charts_pods_on_the_real_node(
