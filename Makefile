@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-build e2e-up e2e-down install \
+.PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
 	generate bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
@@ -40,7 +40,7 @@ demo-sim: install
 
 # Quickstart 2: every check CI runs, the real local cluster's end-to-end tests included
 # (a cold build of the Kubernetes binaries takes about 6 minutes; then it is cached).
-test: install lint typecheck unit e2e
+test: install lint typecheck unit e2e e2e-oldest
 
 # Every generated file, from one command (tests fail when any is stale): the CRDs and the API
 # reference, the chart's copy of the CRDs, the chart's default ModelProfiles, the gRPC stubs.
@@ -82,6 +82,13 @@ e2e-down:
 
 e2e: install e2e-build
 	$(BIN)/pytest e2e/tests -q
+
+# The same suite on the oldest supported Kubernetes (e2e/versions-oldest.env: 1.35), on a
+# cluster of its own binaries (built and cached like the pinned ones).
+OLDEST := $(CURDIR)/e2e/versions-oldest.env
+e2e-oldest: install
+	CONSPIRATOR_E2E_VERSIONS=$(OLDEST) nice -n 10 e2e/build.sh
+	CONSPIRATOR_E2E_VERSIONS=$(OLDEST) $(BIN)/pytest e2e/tests -q
 
 # Benchmarks: each writes its results under benchmarks/results/ (committed).
 bench-fractional: install

@@ -42,7 +42,12 @@ def cluster() -> Iterator[LocalCluster]:
     with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         started = False
-        if not c.is_up():
+        if c.is_up():
+            running = c.read_info().get("versions")
+            if running != c.paths.versions:
+                pytest.exit(f"a local cluster of other versions is up ({running}); these tests "
+                            f"want {c.paths.versions}: run `e2e/cluster.sh down` first", 2)
+        else:
             c.up(build=os.environ.get("CONSPIRATOR_E2E_BUILD", "1") != "0")
             started = True
         try:
