@@ -573,13 +573,9 @@ def run_from_args(args: argparse.Namespace) -> int:
                                 registry_dir=Path(args.plugins_registry_dir),
                                 cdi_dir=Path(args.cdi_dir)))
     fallback = None
-    if dra is not None and args.allocation == "auto" and not dra.await_registration(
-            args.dra_registration_timeout):
-        fallback = (f"no kubelet registered the DRA driver from {args.plugins_registry_dir} "
-                    f"within {args.dra_registration_timeout:g}s: serving device plugins")
-        log.warning("allocation auto: %s", fallback)
-        dra.withdraw()
-        dra = None
+    if dra is not None and args.allocation == "auto":
+        fallback = dra.fall_back_unless_registered(args.dra_registration_timeout)
+        dra = None if fallback else dra
     daemon = NodeDaemon(config, backend, cluster, metrics, registry, holders, dra)
     if fallback is not None:
         daemon.notices.append(("Warning", "DRANotRegistered", fallback))

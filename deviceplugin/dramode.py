@@ -146,6 +146,18 @@ class DraMode:
         self.stop()
         return False
 
+    def fall_back_unless_registered(self, timeout: float) -> str | None:
+        """``--allocation auto`` after choosing DRA: None once the kubelet registers the
+        driver; else the driver is withdrawn and the reason (for the GPUNode's Event) comes
+        back, the daemon then serving device plugins."""
+        if self.await_registration(timeout):
+            return None
+        why = (f"no kubelet registered the DRA driver from {self.server.registration_socket.parent}"
+               f" within {timeout:g}s: serving device plugins")
+        log.warning("allocation auto: %s", why)
+        self.withdraw()
+        return why
+
     def withdraw(self) -> SliceDiff:
         """Delete the node's ResourceSlices (an earlier DRA run's): the node no longer
         offers its devices through DRA."""
