@@ -238,10 +238,29 @@ def _granularity(pb: PatternProblem) -> float:
 
 
 
+def _kept_served(pb: PatternProblem) -> set[int]:
+    """Jobs a re-plan must keep served: their replicas still valid meet their demand.
+
+    Keeping every such replica where it is remains a feasible plan, so fixing these jobs'
+    ``delta`` at 0 costs no feasibility; without it the objective may drop a served job
+    when the GPUs it frees weigh more than its unmet penalty, and a re-plan would then
+    take capacity away from a running job.
+    """
+    if not pb.replan:
+        return set()
+    rps: dict[int, float] = defaultdict(float)
+    for ex in pb.existing:
+        if ex.groups:
+            rps[ex.job_index] += ex.inst.throughput_rps
+    return {i for i, r in rps.items()
+            if r >= pb.jobs[i].demand_rps * (1.0 - DEMAND_TOLERANCE)}
+
+
 def formulate(pb: PatternProblem) -> None:
     """Write ``pb.model`` (and ``pb.vars``, ``keepable``, ``granularity``) from ``pb``."""
     md, v = pb.model, pb.vars
     md.offset = pb.e1 * pb.constant_gpus
+    served = _kept_served(pb)
     # y and delta
     for i, job in enumerate(pb.jobs):
         d = pb.demand[i]
@@ -252,7 +271,7 @@ def formulate(pb: PatternProblem) -> None:
             ub = float(math.ceil(d / thr - 1e-9))
             for t in jg:
                 v.y[(i, mname, pname, t)] = md.var(0.0, ub)
-        v.delta[i] = md.var(0.0, 1.0, pb.e2 * job.weight)
+        v.delta[i] = md.var(0.0, 0.0 if i in served else 1.0, pb.e2 * job.weight)
     # N / K per class
     for ci, cl in enumerate(pb.classes):
         for cj, conf in enumerate(cl.configs):

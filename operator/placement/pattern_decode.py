@@ -117,6 +117,9 @@ def unplaced_jobs(pb: PatternProblem, sol: Solution | None) -> list[Unplaced]:
         if i in pb.vars.delta:
             if sol is not None and round(sol.values[pb.vars.delta[i]]) < 1:
                 continue
+            if sol is None and pb.replan and \
+                    pb.state.served_rps(job.id) >= job.demand_rps * (1.0 - DEMAND_TOLERANCE):
+                continue  # no plan in time: the state, and this job's service, are unchanged
         elif pb.demand[i] <= job.demand_rps * DEMAND_TOLERANCE:
             continue
         served = pb.state.served_rps(job.id)

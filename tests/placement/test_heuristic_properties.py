@@ -101,3 +101,20 @@ def test_arrivals_departures_and_replan_stay_valid(
     # A re-plan never loses a job that was served before it.
     assert before.isdisjoint(re.unplaced_ids())
     check_plan(state, live, {u for u in unplaced if not state.served_rps(u)})
+
+
+def test_milp_replan_keeps_served_jobs_served_even_when_dropping_saves_a_gpu() -> None:
+    """The penalty of an unmet job is finite: a re-plan must still never pay it for a job
+    that its valid replicas serve (hypothesis found the raw MILP dropping two such jobs)."""
+    from conspirator.operator.placement.milp import MilpPolicy
+
+    state = ClusterState.from_nodes([("n0", gpu_model("A100-80GB"), 2)])
+    jobs = [Job(id=f"j{k}", model="bert-base", demand_rps=1.0, latency_slo_ms=100.0,
+                memory_gib=9.0, tenant=t, dedicated_gpu=True) for k, t in enumerate("ab")]
+    assert not MilpPolicy().place(state, jobs, TABLE).unplaced_ids()
+    assert state.gpus_used() == 2
+    # An unmet job now weighs less than the GPU it holds, and no move can merge them.
+    re = MilpPolicy(e2=0.4).replan(state, jobs, TABLE, migration_budget=3)
+    assert not re.unplaced_ids()
+    check_plan(state, jobs, set())
+    assert state.gpus_used() == 2
