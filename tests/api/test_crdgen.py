@@ -145,7 +145,9 @@ def test_inferencejob_printer_columns() -> None:
     for name in ("Phase", "Replicas", "Profiles", "Throughput", "Demand", "Age"):
         assert name in cols and cols[name].get("priority", 0) == 0
     assert cols["Throughput"]["jsonPath"] == ".status.estimatedThroughput"
-    assert cols["Demand"]["jsonPath"] == ".spec.demand.requestsPerSecond"
+    assert cols["Demand"]["jsonPath"] == ".status.demand"
+    assert cols["Observed"]["jsonPath"] == ".status.observed.offeredRPS"
+    assert cols["P99ms"]["jsonPath"] == ".status.observed.p99LatencyMs"
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     status = schema["properties"]["status"]["properties"]
     assert status["replicaCount"]["type"] == "integer"

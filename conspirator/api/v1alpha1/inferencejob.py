@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
@@ -81,6 +82,55 @@ class MigrationPolicy(ApiModel):
         return self
 
 
+class ScalingMode(StrEnum):
+    """Who decides the capacity a job is planned for."""
+
+    STATIC = "Static"
+    """``demand.requestsPerSecond``, as written."""
+    AUTO = "Auto"
+    """The load the DPU agents observe; ``demand.requestsPerSecond`` is the first guess."""
+
+
+_SCALING_RULES = [
+    cel("!has(self.minRequestsPerSecond) || !has(self.maxRequestsPerSecond)"
+        " || self.minRequestsPerSecond <= self.maxRequestsPerSecond",
+        "minRequestsPerSecond must not exceed maxRequestsPerSecond",
+        field_path=".minRequestsPerSecond"),
+]
+
+
+class Scaling(ApiModel):
+    """How the capacity follows the load (HPA's conventions: a utilization target, a
+    stabilization window per direction).
+
+    The bounds are on the capacity planned, in requests/s, not on a replica count: with
+    MIG re-slicing one large instance may replace several small ones, so a replica count
+    says little about capacity.
+    """
+
+    model_config = ConfigDict(json_schema_extra=k8s_extra(validations=_SCALING_RULES))
+
+    mode: ScalingMode = Field(default=ScalingMode.STATIC, strict=False)
+    """``Static`` (default) or ``Auto``."""
+    target_utilization_percent: int = Field(default=80, ge=10, le=100)
+    """Auto: plan for the observed request rate divided by this share of capacity."""
+    min_requests_per_second: float | None = Field(default=None, gt=0, le=10_000_000)
+    """Auto: never plan for less (absent: no floor but one replica)."""
+    max_requests_per_second: float | None = Field(default=None, gt=0, le=10_000_000)
+    """Auto: never plan for more (absent: no ceiling)."""
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    """Auto: scale out to the lowest recommendation of this window (0: at once)."""
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    """Auto: scale in only to the highest recommendation of this window."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        lo, hi = self.min_requests_per_second, self.max_requests_per_second
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(_SCALING_RULES[0]["message"])
+        return self
+
+
 class DType(StrEnum):
     """Element type of the input tensor."""
 
@@ -144,6 +194,8 @@ class InferenceJobSpec(ApiModel):
         default_factory=MigrationPolicy, json_schema_extra=k8s_extra(default={})
     )
     """Whether and how fast re-planning may move this job's replicas."""
+    scaling: Scaling = Field(default_factory=Scaling, json_schema_extra=k8s_extra(default={}))
+    """Whether the observed load drives the capacity (``mode: Auto``)."""
 
     @field_validator("allowed_accelerators")
     @classmethod
@@ -229,6 +281,45 @@ class ClientEndpoint(ApiModel):
     """The node reports its agent connected (GPUNode condition ``DPUReady`` is True)."""
 
 
+class ObservedLoad(ApiModel):
+    """The load the DPU agents measured over their last window, summed over the agents
+    that serve the job (p99: the worst agent's)."""
+
+    offered_rps: float = Field(ge=0, alias="offeredRPS")
+    """Requests arriving, per second."""
+    served_rps: float = Field(ge=0, alias="servedRPS")
+    """Responses returned, per second."""
+    errors_per_second: float = Field(default=0.0, ge=0)
+    """Requests answered with an error, per second."""
+    p50_latency_ms: float | None = Field(default=None, ge=0)
+    """Median latency at the agent (arrival to response), milliseconds."""
+    p99_latency_ms: float | None = Field(default=None, ge=0)
+    """99th percentile latency at the agent, milliseconds."""
+    outstanding: int = Field(default=0, ge=0)
+    """Requests in the replicas' input buffers at the scrape."""
+    waiting: int = Field(default=0, ge=0)
+    """Requests queued at the agents for a free slot at the scrape."""
+    window_seconds: float = Field(default=0.0, ge=0)
+    """Length of the agents' measurement window."""
+    agents: int = Field(default=0, ge=0)
+    """Agents that reported the job."""
+    time: datetime = Field(strict=False)
+    """When the operator read the agents."""
+
+
+class AutoscalingStatus(ApiModel):
+    """What the autoscaler last decided (Auto mode)."""
+
+    planned_rps: float = Field(gt=0, alias="plannedRPS")
+    """The request rate the placement is made for."""
+    recommended_rps: float | None = Field(default=None, ge=0, alias="recommendedRPS")
+    """The latest recommendation, before the stabilization windows."""
+    last_scale_time: datetime | None = Field(default=None, strict=False)
+    """When ``plannedRPS`` last changed."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """Why, with the figures."""
+
+
 class InferenceJobStatus(ApiModel):
     """Observed state of an InferenceJob, written by the operator."""
 
@@ -259,6 +350,10 @@ class InferenceJobStatus(ApiModel):
     (what a client proves to the DPU agent); absent until the operator created it."""
     message: str | None = Field(default=None, max_length=1024)
     """Human-readable detail on the phase."""
+    observed: ObservedLoad | None = None
+    """The load the DPU agents measure (absent until an agent reported the job)."""
+    autoscaling: AutoscalingStatus | None = None
+    """Auto mode: the capacity the autoscaler plans for, and why."""
 
 
 class InferenceJob(ApiModel):
@@ -293,7 +388,14 @@ InferenceJob.crd = CRDInfo(
         PrinterColumn(
             "Throughput", "number", ".status.estimatedThroughput", "Estimated requests/s"
         ),
-        PrinterColumn("Demand", "number", ".spec.demand.requestsPerSecond", "Demand, requests/s"),
+        PrinterColumn("Demand", "number", ".status.demand", "Demand planned for, requests/s"),
+        PrinterColumn("Observed", "number", ".status.observed.offeredRPS",
+                      "Observed request rate at the DPU agents, requests/s"),
+        PrinterColumn("P99ms", "number", ".status.observed.p99LatencyMs",
+                      "Observed p99 latency at the DPU agents, ms"),
+        PrinterColumn("SLOms", "number", ".spec.demand.p99LatencyMs", "p99 latency SLO, ms",
+                      priority=1),
+        PrinterColumn("Scaling", "string", ".spec.scaling.mode", "Static or Auto", priority=1),
         PrinterColumn("Model", "string", ".spec.model.name", "Model name", priority=1),
         PrinterColumn("Tenant", "string", ".spec.tenant", "Tenant (empty: namespace)", priority=1),
         PrinterColumn(
