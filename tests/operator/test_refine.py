@@ -1,0 +1,44 @@
+"""Learned profiles (operator/refine.py): a median of saturated samples, never one outlier."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from conspirator.operator.refine import MIN_SAMPLES, Refiner, saturated
+
+KEY = ("resnet50", "A100-80GB", "1g.10gb", 8)
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def test_written_only_with_enough_samples_and_a_real_change() -> None:
+    r = Refiner()
+    for _ in range(MIN_SAMPLES - 1):
+        r.add(KEY, 200.0)
+    assert r.refinements({KEY: (100.0, 20.0)}, NOW) == []
+    r.add(KEY, 200.0)
+    (ref,) = r.refinements({KEY: (100.0, 20.0)}, NOW)
+    assert ref.throughput == 200.0 and ref.p99_latency_ms == 20.0 and ref.samples == 3
+    assert ref.previous == 100.0
+    assert r.refinements({KEY: (198.0, 20.0)}, NOW) == []  # within 5 %
+
+
+def test_one_outlier_does_not_swing_the_entry() -> None:
+    r = Refiner()
+    for v in (100.0, 101.0, 99.0, 100.5, 5000.0):
+        r.add(KEY, v)
+    assert r.refinements({KEY: (100.0, 20.0)}, NOW) == []
+    r.add(KEY, 0.0)  # not a sample
+    assert r.samples[KEY].total == 5
+
+
+def test_entries_are_refined_never_invented() -> None:
+    r = Refiner()
+    for _ in range(5):
+        r.add(KEY, 300.0)
+    assert r.refinements({}, NOW) == []
+
+
+def test_saturation() -> None:
+    assert saturated(3, 100.0, 100.0)
+    assert saturated(0, 150.0, 100.0)
+    assert not saturated(0, 101.0, 100.0)
