@@ -135,8 +135,8 @@ def decide(scaling: Scaling, slo_ms: float, load: JobLoad, state: ScalerState, n
     keep = max(up_w, down_w)
     while state.history and state.history[0][0] < now - keep:
         state.history.popleft()
-    up = min(r for t, r in state.history if t >= now - up_w)
-    down = max(r for t, r in state.history if t >= now - down_w)
+    up = min(r for t, r in state.history if t >= now - up_w) if up_w > 0 else rec
+    down = max(r for t, r in state.history if t >= now - down_w) if down_w > 0 else rec
     old = state.planned_rps
     new: float | None = None
     direction = ""
@@ -163,7 +163,7 @@ def _round(rps: float) -> float:
     not make a new plan."""
     if rps <= 0:
         return rps
-    digits = 2 - int(math.floor(math.log10(rps)))
+    digits = 2 - math.floor(math.log10(rps))
     return round(rps, digits) if digits > 0 else float(round(rps, digits))
 
 

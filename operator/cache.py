@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from conspirator.api.v1alpha1 import AutoscalingStatus, ObservedLoad
 from conspirator.operator.translate import SpecKey, spec_key
 from conspirator.operator.views import (
     JobView,
@@ -82,6 +83,13 @@ class ObservationCache:
         writer last decided for it (a node whose spec differs is dirty)."""
         self.token_secrets: dict[str, str] = {}
         """Job key -> name of its token Secret, once the data path made or found it."""
+        self.planned: dict[str, float] = {}
+        """Job key -> the rate the autoscaler decided to plan for (``Auto`` jobs); it wins
+        over the ``status.autoscaling`` of bodies that predate the decision."""
+        self.loads: dict[str, ObservedLoad] = {}
+        """Job key -> the load the DPU agents last reported (``status.observed``)."""
+        self.autoscaling: dict[str, AutoscalingStatus] = {}
+        """Job key -> the autoscaler's last decision (``status.autoscaling``)."""
         self._uid_key: dict[str, str] = {}
         self._scope = set(namespaces)
         self._replay: list[Callable[[], object]] | None = None
@@ -114,6 +122,10 @@ class ObservationCache:
         if old is not None and old.uid == view.uid and \
                 not newer(view.resource_version, old.resource_version):
             return view.key
+        planned = self.planned.get(view.key)
+        if planned is not None and view.planned_rps != planned and (old is None or
+                                                                   old.uid == view.uid):
+            view = dataclasses.replace(view, planned_rps=planned)
         self.snap.jobs[view.key] = view
         self._uid_key[view.uid] = view.key
         if old is None or old.uid != view.uid or old.generation != view.generation \
@@ -128,7 +140,29 @@ class ObservationCache:
         if view is not None:
             self._uid_key.pop(view.uid, None)
         self.token_secrets.pop(key, None)
+        self.planned.pop(key, None)
+        self.loads.pop(key, None)
+        self.autoscaling.pop(key, None)
         self.spec_dirty.add(key)
+
+    def set_planned(self, key: str, rps: float, status: AutoscalingStatus) -> bool:
+        """The autoscaler plans job ``key`` for ``rps`` now (the next pass re-places it)."""
+        view = self.snap.jobs.get(key)
+        if view is None or view.deleting:
+            return False
+        self.planned[key] = rps
+        self.autoscaling[key] = status
+        self.snap.jobs[key] = dataclasses.replace(view, planned_rps=rps)
+        self.spec_dirty.add(key)
+        return True
+
+    def observe_load(self, key: str, load: ObservedLoad, render: bool) -> None:
+        """The agents' latest figures for job ``key``; ``render``: worth a status write."""
+        if key not in self.snap.jobs:
+            return
+        self.loads[key] = load
+        if render:
+            self.status_dirty.add(key)
 
     def token_changed(self, key: str, secret: str | None) -> bool:
         """Record the job's token Secret (None: gone); whether its status must re-render."""

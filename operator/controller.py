@@ -37,10 +37,13 @@ from typing import Any, Protocol
 from conspirator.operator.cache import ObservationCache
 from conspirator.operator.datapath import TokenUnusableError
 from conspirator.operator.kubeapi import KubeAPI
+from conspirator.operator.loadcontrol import LoadControl, RoundResult
 from conspirator.operator.metrics import Metrics
+from conspirator.operator.observe import AgentReport
 from conspirator.operator.placement.conspirator import ConspiratorPolicy
 from conspirator.operator.placement.policy import PlacementPolicy
 from conspirator.operator.planner import Decision, Inputs, Plan, decide, profiles_key
+from conspirator.operator.scrape import RoundStats
 from conspirator.operator.settings import Settings
 from conspirator.operator.views import JobView, Snapshot
 from conspirator.operator.writer import Writer
@@ -100,6 +103,8 @@ class Controller:
         self._pass_started: float | None = None
         self._last_pass = 0.0
         self._last_replan = time.monotonic()
+        self.load = LoadControl(self.cache, kube, self.metrics)
+        """Observed load, autoscaling and learned profiles (fed by the agents' scrapes)."""
 
     # --- what handlers call -----------------------------------------------------------
 
@@ -180,6 +185,24 @@ class Controller:
         """The job's token Secret exists (its name) or is gone (None): re-render its status."""
         if self.cache.token_changed(key, secret):
             self.nudge()
+
+    # --- the agents' load (operator/scrape.py) ----------------------------------------
+
+    async def observe_load(self, reports: list[AgentReport],
+                           stats: RoundStats | None = None) -> RoundResult:
+        """A round of agent reports: statuses, autoscaling, profiles; then a pass if needed."""
+        if stats is not None:
+            self.metrics.agent_scrapes.labels("ok").inc(stats.ok)
+            self.metrics.agent_scrapes.labels("error").inc(stats.failed)
+            self.metrics.agent_scrape_duration.observe(stats.seconds)
+        if not self._synced:
+            return RoundResult()
+        table = self.plan.table.table if self.plan.table is not None else None
+        res = await self.load.apply(reports, self.plan, table, time.monotonic(),
+                                    datetime.now(UTC))
+        if res.rendered or res.decisions or res.refinements:
+            self.nudge()
+        return res
 
     # --- passes -------------------------------------------------------------------------
 

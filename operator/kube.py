@@ -135,6 +135,13 @@ class Kube:
             JOBS, name, {"status": status})
         return cast(dict[str, Any], r)
 
+    async def patch_profile_status(self, name: str, status: dict[str, Any]
+                                   ) -> dict[str, Any]:
+        r = await self._run(
+            self.custom.patch_cluster_custom_object_status, GROUP, VERSION, PROFILES, name,
+            {"status": status})
+        return cast(dict[str, Any], r)
+
     async def patch_node_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         r = await self._run(
             self.custom.patch_cluster_custom_object, GROUP, VERSION, NODES, name,

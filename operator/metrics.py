@@ -54,6 +54,33 @@ class Metrics:
                                   ["kind"], registry=r)
         self.workers = Gauge("conspirator_worker_deployments",
                              "Worker Deployments the operator manages", registry=r)
+        job = ["namespace", "job"]
+        self.observed_rps = Gauge(
+            "conspirator_job_observed_requests_per_second",
+            "Request rate the DPU agents observe for the job (summed over agents)", job,
+            registry=r)
+        self.observed_p99 = Gauge(
+            "conspirator_job_observed_p99_seconds",
+            "p99 latency the DPU agents observe for the job (worst agent)", job, registry=r)
+        self.scaling_planned = Gauge(
+            "conspirator_job_planned_requests_per_second",
+            "Auto jobs: the request rate the autoscaler plans for", job, registry=r)
+        self.scaling_recommended = Gauge(
+            "conspirator_job_recommended_requests_per_second",
+            "Auto jobs: the autoscaler's latest recommendation, before stabilization", job,
+            registry=r)
+        self.scaling_decisions = Counter(
+            "conspirator_scaling_decisions", "Autoscaler changes of planned capacity, by "
+            "direction (up, down)", ["direction"], registry=r)
+        self.profile_refinements = Counter(
+            "conspirator_profile_refinements",
+            "ModelProfile entries rewritten from observed replica throughput", registry=r)
+        self.agent_scrapes = Counter(
+            "conspirator_agent_scrapes", "Scrapes of DPU agents' metrics, by result "
+            "(ok, error)", ["result"], registry=r)
+        self.agent_scrape_duration = Histogram(
+            "conspirator_agent_scrape_round_seconds",
+            "Time to scrape every DPU agent once", buckets=DURATION_BUCKETS, registry=r)
 
 
 def serve(metrics: Metrics, port: int, addr: str = "0.0.0.0") -> None:

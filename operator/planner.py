@@ -82,7 +82,7 @@ class Plan:
     def served(self, view: JobView) -> bool:
         reps = self.reserved.get(view.key)
         return bool(reps) and demand_met(sum(r.throughput_rps for r in reps or []),
-                                         view.job.spec.demand.requests_per_second)
+                                         view.demand_rps)
 
     def jobs_on_node(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -364,7 +364,7 @@ def phase_diff(c: Cycle) -> None:
             ch.events.append((k, "Placed", (
                 f"placed {len(reps)} replica(s) ({profile_counts(reps)}) on "
                 f"{', '.join(sorted({r.node for r in reps}))}: {total:.0f} of "
-                f"{c.live[k].job.spec.demand.requests_per_second:g} requests/s"), False))
+                f"{c.live[k].demand_rps:g} requests/s"), False))
 
 
 def _announce(plan: Plan, ch: Changes, key: str, reason: str, message: str, memo: str) -> None:

@@ -44,6 +44,10 @@ class Settings:
     """The aggregate Secret of every job's token for the DPU agents ('': none)."""
     token_resync_interval: float = 60.0
     """Seconds between checks that every job's token Secret exists (0: at start only)."""
+    observe_interval: float = 15.0
+    """Seconds between scrapes of the DPU agents' load (0: never; no autoscaling)."""
+    agent_metrics_port: int = 9403
+    """Port of the DPU agents' /metrics endpoint (the chart's dpuAgent.metricsPort)."""
 
 
 DEFAULT_NAMESPACE = "conspirator-system"
@@ -191,6 +195,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("token_resync_interval", _float_at_least(0.0),
            "seconds between checks that every job's token Secret exists, recreating "
            "deleted ones (0: at start only)"),
+    Option("observe_interval", _float_at_least(0.0),
+           "seconds between scrapes of the DPU agents' metrics: observed load, autoscaling "
+           "and learned profiles (0: never)"),
+    Option("agent_metrics_port", _port, "port of the DPU agents' /metrics endpoint, on "
+                                        "the host of GPUNode.status.dpu.agentEndpoint"),
 )
 
 

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from conspirator.api.v1alpha1 import (
+    AutoscalingStatus,
     ClientEndpoint,
     ConditionStatus,
     ConditionType,
     InferenceJobStatus,
     JobPhase,
+    ObservedLoad,
+    ScalingMode,
     profile_summary,
     set_condition,
 )
@@ -59,6 +62,10 @@ class Outcome:
     """Where the throughput figures come from (ModelProfile or built-in defaults)."""
     token_secret: str | None = None
     """Name of the job's token Secret, once it exists."""
+    observed: ObservedLoad | None = None
+    """The load the DPU agents last reported (None: keep what the status shows)."""
+    autoscaling: AutoscalingStatus | None = None
+    """The autoscaler's last decision (None: keep what the status shows)."""
 
 
 def claim_template(view: JobView, r: Replica, node: NodeView | None) -> str | None:
@@ -123,7 +130,7 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
     prev = view.job.status
     conditions = list(prev.conditions) if prev else []
     gen = view.generation
-    demand = view.job.spec.demand.requests_per_second
+    demand = view.demand_rps
     replicas = list(outcome.replicas)
     served = sum(r.throughput_rps for r in replicas)
     applied = outcome.applied or {}
@@ -205,7 +212,23 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
         client_endpoints=endpoints,
         token_secret=outcome.token_secret,
         message=_clip(message),
+        observed=outcome.observed or (prev.observed if prev else None),
+        autoscaling=_autoscaling(view, outcome, prev),
     )
+
+
+def _autoscaling(view: JobView, outcome: Outcome,
+                 prev: InferenceJobStatus | None) -> AutoscalingStatus | None:
+    """``Auto`` jobs: the controller's decision, else what the status said, else the spec's
+    first guess (so that a restarted operator plans for what was planned)."""
+    if view.job.spec.scaling.mode is not ScalingMode.AUTO:
+        return None
+    if outcome.autoscaling is not None:
+        return outcome.autoscaling
+    if prev is not None and prev.autoscaling is not None:
+        return prev.autoscaling
+    return AutoscalingStatus(plannedRPS=view.demand_rps, reason="initial expectation "
+                             "(spec.demand.requestsPerSecond)")
 
 
 def same_status(a: InferenceJobStatus | None, b: InferenceJobStatus) -> bool:

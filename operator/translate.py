@@ -117,7 +117,7 @@ def engine_job(view: JobView) -> Job:
     return Job(
         id=view.key,
         model=spec.model.name,
-        demand_rps=spec.demand.requests_per_second,
+        demand_rps=view.demand_rps,
         latency_slo_ms=spec.demand.p99_latency_ms,
         memory_gib=spec.demand.gpu_memory_gib,
         tenant=view.job.tenant,

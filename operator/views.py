@@ -23,6 +23,7 @@ from conspirator.api.v1alpha1 import (
     InferenceJob,
     ModelProfile,
     ReplicaStatus,
+    ScalingMode,
 )
 
 MANAGED_BY = "conspirator-operator"
@@ -219,6 +220,17 @@ class JobView:
     replicas: tuple[ReplicaStatus, ...] = ()
     """The reservation recorded in ``status.replicas`` (read back after a restart)."""
     resource_version: str = ""
+    planned_rps: float | None = None
+    """``Auto`` scaling: the rate the autoscaler plans for (``status.autoscaling``, or the
+    controller's newer decision); None for ``Static`` jobs."""
+
+    @property
+    def demand_rps(self) -> float:
+        """The request rate the job is planned for: the autoscaler's in ``Auto`` mode once
+        it decided, else ``spec.demand.requestsPerSecond``."""
+        if self.planned_rps is not None and self.job.spec.scaling.mode is ScalingMode.AUTO:
+            return self.planned_rps
+        return self.job.spec.demand.requests_per_second
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> JobView:
@@ -238,6 +250,9 @@ class JobView:
             job=ij,
             replicas=tuple(ij.status.replicas) if ij.status else (),
             resource_version=meta.resource_version or "",
+            planned_rps=(ij.status.autoscaling.planned_rps
+                         if ij.status is not None and ij.status.autoscaling is not None
+                         and ij.spec.scaling.mode is ScalingMode.AUTO else None),
         )
 
     @property

@@ -126,7 +126,9 @@ class Writer:
         source = plan.table.sources.get(view.job.spec.model.name, "") if plan.table else ""
         return Outcome(replicas=reps, reason=plan.reasons.get(k), failure=plan.failures.get(k),
                        applied=applied, workers=workers, source=source,
-                       token_secret=self.cache.token_secrets.get(k))
+                       token_secret=self.cache.token_secrets.get(k),
+                       observed=self.cache.loads.get(k),
+                       autoscaling=self.cache.autoscaling.get(k))
 
     # --- 2: layouts -----------------------------------------------------------------------
 

@@ -82,7 +82,7 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     used: set[str] = set()
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
-            used.update(re.findall(r"\bconspirator_[a-z_]+", target["expr"]))
+            used.update(re.findall(r"\bconspirator_[a-z0-9_]+", target["expr"]))
     assert used, "the dashboard queries nothing"
     missing = sorted(used - known)
     assert not missing, f"the dashboard queries metrics no component exports: {missing}"

@@ -126,6 +126,19 @@ class FakeKube(FakeSecrets):
     async def list_workers(self) -> list[dict[str, Any]]:
         return copy.deepcopy(list(self.deployments.values()))
 
+    async def patch_profile_status(self, name: str, status: dict[str, Any]
+                                   ) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        self._maybe_fail("patch_profile_status")
+        try:
+            body = self.profiles[name]
+        except KeyError:
+            raise NotFoundError(name) from None
+        merged = {**(body.get("status") or {}), **status}
+        body["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.writes_made.append(("patch_profile_status", name))
+        return self._touch(body)
+
     async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]
                                ) -> dict[str, Any]:
         await asyncio.sleep(0)
