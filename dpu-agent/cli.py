@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="staging slot of one-sided clients")
     p.add_argument("--request-timeout", type=float, default=30.0)
     p.add_argument("--no-replica-timeout", type=float, default=5.0)
+    p.add_argument("--observe-window", type=float, default=60.0,
+                   help="seconds of the observed load's window (rates, latency percentiles)")
+    p.add_argument("--observe-slice", type=float, default=5.0,
+                   help="how often the window's snapshots are taken, seconds")
     p.add_argument("--rdma", nargs="?", const="", default=None, metavar="DEVICE",
                    help="serve RDMA clients (first device, or DEVICE)")
     p.add_argument("--cpu", help="pin the agent to these CPUs (the DPU's reserved cores)")
@@ -127,7 +131,10 @@ def main(args: argparse.Namespace) -> int:
                       staging_budget=max(args.staging_budget, args.max_payload),
                       request_timeout=args.request_timeout,
                       no_replica_timeout=args.no_replica_timeout,
-                      local_slot_bytes=args.local_slot, busy_poll_us=args.busy_poll_us)
+                      local_slot_bytes=args.local_slot, busy_poll_us=args.busy_poll_us,
+                      observe_window=args.observe_window, observe_slice=args.observe_slice)
+    if not 0 < cfg.observe_slice <= cfg.observe_window:
+        raise SystemExit("--observe-slice must be positive and at most --observe-window")
     loop_factory, loop_name = event_loop(args.event_loop)
     logging.getLogger("conspirator.dpu_agent").info("event loop: %s", loop_name)
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -22,10 +22,12 @@ import logging
 import os
 import secrets
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from conspirator.dpu_agent.load import BOUNDS, JobLoad
 from conspirator.dpu_agent.state import JobState, Pending, ReplicaHandle, Session
 from conspirator.wire.frames import BufferInfo, ErrorCode
 from conspirator.wire.native import Impl, impl
@@ -53,6 +55,8 @@ class AgentConfig:
     handshake_timeout: float = 5.0
     local_slot_bytes: int = 4 << 20  # staging slot of a one-sided (local/RDMA) client
     busy_poll_us: int = 0  # poll instead of sleeping for this long after an event (0: off)
+    observe_window: float = 60.0  # the window of the observed load (``load.py``), seconds
+    observe_slice: float = 5.0  # how often the window's snapshots are taken, seconds
 
 
 @dataclass
@@ -119,7 +123,9 @@ class AgentCore:
     def job(self, name: str) -> JobState:
         j = self.jobs.get(name)
         if j is None:
-            j = self.jobs[name] = JobState(name)
+            cfg = self.config
+            j = self.jobs[name] = JobState(name, JobLoad(time.monotonic(), cfg.observe_window,
+                                                         cfg.observe_slice))
         return j
 
     def publish(self, pub: Publication, fds: list[int], owner: object) -> ReplicaHandle:
@@ -218,6 +224,14 @@ class AgentCore:
         p.deadline = now + self.config.request_timeout
         p.session.inflight[p.request_id] = p
         self.stats.requests += 1
+        (self.jobs.get(p.session.job) or self.job(p.session.job)).load.requests += 1
+
+    def refused(self, session: Session) -> None:
+        """A request refused from its header (``check``): an answered error."""
+        self.stats.errors += 1
+        load = self.job(session.job).load
+        load.requests += 1
+        load.errors += 1
 
     def submit(self, p: Pending, admit: bool = False) -> None:
         """The request's bytes are in staging: dispatch it or queue it (``admit``: admit
@@ -231,6 +245,8 @@ class AgentCore:
             stats.requests += 1
         stats.bytes_in += p.length
         job = self.jobs.get(p.session.job) or self.job(p.session.job)
+        if admit:
+            job.load.requests += 1
         rep = job.single
         if (rep is not None and not job.queue and not p.target and rep.free_slots
                 and rep.slot_bytes >= p.length):
@@ -377,43 +393,57 @@ class AgentCore:
         g = rep.geometry
         nslots, result_bytes, max_result = g.slots, g.result_bytes, self.config.max_result
         tags, free, inflight, stats = rep.ctl.tags, rep.free_slots, rep.inflight, self.stats
-        for tag, slot, n, status, _micros in entries:
-            if not 0 <= slot < nslots or tag == 0 or tags[slot] != tag:
-                rep.bad_completions += 1
-                log.warning("buffer %d: completion for slot %d with an unknown tag",
-                            rep.buffer_id, slot)
-                if rep.bad_completions > MAX_BAD_COMPLETIONS:
-                    self.withdraw(rep.buffer_id, "too many bogus completions")
-                    return
-                continue
-            tags[slot] = 0
-            free.append(slot)
-            if rep.orphans:
-                rep.orphans.discard(slot)
-            p = inflight.pop(slot, None)
-            if p is None:
-                continue  # left by a previous agent
-            rep.outstanding_bytes -= p.length
-            rep.completed += 1
-            mm = rep._ctl_mm
-            if status or p.done or n > result_bytes or n > max_result or mm is None:
-                self._deliver(rep, p, n, status)
-                continue
-            # The common ending, inline (what _deliver, _finish_ok and _end do for it).
-            if p.held is not None or p.release is not None:
-                p.free_source()
-            p.done = True
-            s = p.session
-            s.inflight.pop(p.request_id, None)
-            if s.paused:  # on_request_done only has work for a paused session
-                s.on_request_done()
-            if s.closed:
-                stats.dropped_no_session += 1
-                continue
-            stats.responses += 1
-            s.answered += 1
-            off = rep.result_off[slot]
-            s.send_response(p.request_id, rep.buffer_id, mm[off:off + n])
+        # The observed load (load.py): one clock read per batch, one bucket per response.
+        load, now, bounds = rep.load, time.monotonic(), BOUNDS
+        hist, answered, latency = load.hist, 0, 0.0
+        try:
+            for tag, slot, n, status, _micros in entries:
+                if not 0 <= slot < nslots or tag == 0 or tags[slot] != tag:
+                    rep.bad_completions += 1
+                    log.warning("buffer %d: completion for slot %d with an unknown tag",
+                                rep.buffer_id, slot)
+                    if rep.bad_completions > MAX_BAD_COMPLETIONS:
+                        self.withdraw(rep.buffer_id, "too many bogus completions")
+                        return
+                    continue
+                tags[slot] = 0
+                free.append(slot)
+                if rep.orphans:
+                    rep.orphans.discard(slot)
+                p = inflight.pop(slot, None)
+                if p is None:
+                    continue  # left by a previous agent
+                rep.outstanding_bytes -= p.length
+                rep.completed += 1
+                mm = rep._ctl_mm
+                if status or p.done or n > result_bytes or n > max_result or mm is None:
+                    self._deliver(rep, p, n, status)
+                    continue
+                # The common ending, inline (what _deliver, _finish_ok and _end do for it).
+                if p.held is not None or p.release is not None:
+                    p.free_source()
+                p.done = True
+                s = p.session
+                s.inflight.pop(p.request_id, None)
+                if s.paused:  # on_request_done only has work for a paused session
+                    s.on_request_done()
+                if s.closed:
+                    stats.dropped_no_session += 1
+                    load.dropped += 1
+                    continue
+                stats.responses += 1
+                s.answered += 1
+                lat = now - p.enqueued
+                hist[bisect_left(bounds, lat)] += 1
+                latency += lat
+                answered += 1
+                off = rep.result_off[slot]
+                s.send_response(p.request_id, rep.buffer_id, mm[off:off + n])
+        finally:
+            if answered:
+                load.responses += answered
+                load.latency_sum += latency
+                rep.responses += answered
 
     def _deliver(self, rep: ReplicaHandle, p: Pending, n: int, status: int) -> None:
         g = rep.geometry
@@ -449,18 +479,25 @@ class AgentCore:
         s.on_request_done()
         if s.closed:
             self.stats.dropped_no_session += 1
+            self.job(s.job).load.dropped += 1
             return False
         return True
 
     def _finish_ok(self, p: Pending, buffer_id: int, data: memoryview) -> None:
         if self._end(p):
             self.stats.responses += 1
+            load = self.job(p.session.job).load
+            load.responses += 1
+            load.record(time.monotonic() - p.enqueued)
+            if p.replica is not None:
+                p.replica.responses += 1
             p.session.answered += 1
             p.session.send_response(p.request_id, buffer_id, data)
 
     def _finish_error(self, p: Pending, code: ErrorCode, message: str) -> None:
         if self._end(p):
             self.stats.errors += 1
+            self.job(p.session.job).load.errors += 1
             p.session.answered += 1
             p.session.send_error(p.request_id, code, message)
 
@@ -476,12 +513,15 @@ class AgentCore:
                 p.free_source()
                 p.done = True
                 self.stats.dropped_no_session += 1
+                if job is not None:
+                    job.load.dropped += 1
         session.inflight.clear()
 
     def sweep(self, now: float | None = None) -> None:
         """Time out what waited too long: queued without any replica, or unanswered."""
         now = time.monotonic() if now is None else now
         cfg = self.config
+        self.observe(now)
         for job in list(self.jobs.values()):
             for p in list(job.queue):
                 if not job.replicas and now - p.enqueued > cfg.no_replica_timeout:
@@ -500,6 +540,14 @@ class AgentCore:
                     self._finish_error(p, ErrorCode.TIMEOUT,
                                        f"replica {rep.name} did not answer within "
                                        f"{cfg.request_timeout:g} s")
+
+    def observe(self, now: float) -> None:
+        """Snapshot every job's counters once per slice (the load window, ``load.py``)."""
+        for job in self.jobs.values():
+            if now - job.load.ring[-1].t >= job.load.slice_s:
+                completed = {b: r.completed for b, r in self.replicas.items()
+                             if r.job == job.name}
+                job.load.tick(now, completed)
 
     def shutdown(self, reason: str = "the agent is shutting down") -> None:
         self.shutting_down = True

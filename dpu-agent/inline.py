@@ -133,7 +133,7 @@ class InlineProtocol(SessionProtocol, asyncio.BufferedProtocol):
         refusal = core.check(s, h.request_id, h.aux, h.length)
         if refusal is not None:
             s.send_error(h.request_id, *refusal)
-            core.stats.errors += 1
+            core.refused(s)
             if h.length:
                 self._expect(self.DISCARD, memoryview(self._scratch), h.length)
             else:

@@ -105,7 +105,7 @@ class StagedProtocol(SessionProtocol, asyncio.Protocol):
                     or (job.slot_max and length > job.slot_max)):
                 refusal = core.check(s, request_id, aux, length)
                 if refusal is not None:
-                    core.stats.errors += 1
+                    core.refused(s)
                     s.send_error(request_id, *refusal)
                     continue
             busy.add(slot)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conspirator.dpu_agent.load import JobLoad
 from conspirator.dpu_agent.targets import CudaTarget, ShmTarget, Target, is_eventfd
 from conspirator.wire.frames import BufferInfo, ErrorCode
 from conspirator.wire.native import Impl
@@ -82,6 +83,15 @@ class ReplicaHandle:
         self.buffer_id = pub.buffer_id
         self.job = spec.job
         self.name = spec.replica
+        # Who the replica is, for the metrics (``load.py``): the pod the node daemon found
+        # behind the registration (``extra["pod"]``, namespace/name) where there is one,
+        # else the name the worker claimed (``CONSPIRATOR_POD``); its pod UID and the
+        # devices the kubelet gave the pod (the reservation's device ids).
+        pod = pub.extra.get("pod", "")
+        self.label = pod.partition("/")[2] or spec.replica
+        self.pod = pod
+        self.pod_uid = pub.pod_uid
+        self.devices = pub.extra.get("devices", "")
         self.weight = spec.weight
         self.owner = owner
         self.geometry = g = Geometry(spec.slots, spec.slot_bytes, spec.result_bytes)
@@ -120,10 +130,16 @@ class ReplicaHandle:
         self.inflight: dict[int, Pending] = {}
         self.outstanding_bytes = 0
         self.submitted = 0
-        self.completed = 0
+        self.completed = 0  # completions reaped (whatever their ending)
+        self.responses = 0  # completions answered with a RESPONSE
+        self.published_at = time.monotonic()
+        self.load = JobLoad(self.published_at)  # the job's, once JobState.add attaches it
         self.bad_completions = 0
         self.needs_ring = False
         self.closed = False
+        # Draining (make-before-break): no new request; drained: none left in flight.
+        self.draining = False
+        self.drained = False
 
     def info(self) -> BufferInfo:
         return BufferInfo(self.buffer_id, self.geometry.slots, self.geometry.slot_bytes,
@@ -186,24 +202,52 @@ class ReplicaHandle:
         self._fds.clear()
 
 
+def _new_load() -> JobLoad:
+    return JobLoad(time.monotonic())
+
+
 @dataclass
 class JobState:
     name: str
-    replicas: dict[int, ReplicaHandle] = field(default_factory=dict)
+    load: JobLoad = field(default_factory=_new_load)
+    replicas: dict[int, ReplicaHandle] = field(default_factory=dict)  # taking requests
+    draining: dict[int, ReplicaHandle] = field(default_factory=dict)  # finishing theirs
     queue: deque[Pending] = field(default_factory=deque)
     turn: int = 0
     slot_max: int = 0  # the largest slot of the job's replicas (kept by add/remove)
     single: ReplicaHandle | None = None  # the replica, when the job has exactly one
+    drained_total: int = 0  # replicas that finished draining
+    # Since when the job has had no replica taking requests (0: it had one, or never).
+    empty_since: float = 0.0
+
+    def all_replicas(self) -> dict[int, ReplicaHandle]:
+        """Every published replica of the job, draining ones included."""
+        return {**self.replicas, **self.draining} if self.draining else self.replicas
 
     def add(self, rep: ReplicaHandle) -> None:
+        rep.load = self.load
         self.replicas[rep.buffer_id] = rep
         self.slot_max = max(self.slot_max, rep.geometry.slot_bytes)
+        self.empty_since = 0.0
         self._single()
 
     def remove(self, buffer_id: int) -> None:
-        self.replicas.pop(buffer_id, None)
+        if self.replicas.pop(buffer_id, None) is not None and not self.replicas:
+            self.empty_since = time.monotonic()
+        self.draining.pop(buffer_id, None)
         self.slot_max = max((r.geometry.slot_bytes for r in self.replicas.values()), default=0)
         self._single()
+
+    def start_draining(self, rep: ReplicaHandle, now: float) -> None:
+        """``rep`` takes no new request from now on (its in-flight ones go on)."""
+        rep.draining = True
+        if self.replicas.pop(rep.buffer_id, None) is not None:
+            self.draining[rep.buffer_id] = rep
+            self.slot_max = max((r.geometry.slot_bytes for r in self.replicas.values()),
+                                default=0)
+            self._single()
+            if not self.replicas:
+                self.empty_since = now
 
     def _single(self) -> None:
         self.single = next(iter(self.replicas.values())) if len(self.replicas) == 1 else None

@@ -131,7 +131,13 @@ class Side:
                 sorted(session.inflight), session.answered, sorted(session.paused),
                 list(session.sent), [p.request_id for p in self.job.queue],
                 stats.requests, stats.responses, stats.errors, stats.dropped_no_session,
-                stats.bytes_in, stats.copy_bytes)
+                stats.bytes_in, stats.copy_bytes, rep.responses, self.load_state())
+
+    def load_state(self) -> tuple[Any, ...]:
+        """The job's observed load (load.py), which the inlined paths keep too."""
+        load = self.job.load
+        return (load.requests, load.responses, load.errors, load.dropped, list(load.hist),
+                load.latency_sum)
 
     def close(self) -> None:
         self.core.shutdown()
@@ -254,8 +260,9 @@ def test_reap_inlines_the_common_ending(completions: list[tuple[int, int, bool]]
                     side.core._finish_error(side.rep.inflight[slot], ErrorCode.TIMEOUT, "late")
                 side.worker.complete(tag, slot, n, status)
         b.rep._ctl_mm = None
-        a.core.on_completion(a.rep, woken=False)
-        b.core.on_completion(b.rep, woken=False)
+        with frozen_clock():  # the same latencies on both sides
+            a.core.on_completion(a.rep, woken=False)
+            b.core.on_completion(b.rep, woken=False)
         assert a.state(sa) == b.state(sb)
     finally:
         a.close()
