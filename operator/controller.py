@@ -34,12 +34,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from conspirator.operator.agentload import AgentReport
 from conspirator.operator.cache import ObservationCache
 from conspirator.operator.datapath import TokenUnusableError
 from conspirator.operator.kubeapi import KubeAPI
 from conspirator.operator.loadcontrol import LoadControl, RoundResult
 from conspirator.operator.metrics import Metrics
-from conspirator.operator.observe import AgentReport
 from conspirator.operator.placement.conspirator import ConspiratorPolicy
 from conspirator.operator.placement.policy import PlacementPolicy
 from conspirator.operator.planner import Decision, Inputs, Plan, decide, profiles_key

@@ -4,7 +4,7 @@ The scraper (:mod:`~conspirator.operator.scrape`) hands every round of agent rep
 :meth:`LoadControl.apply`, which, like the watch handlers, only feeds the cache:
 
 1. each job's aggregated load becomes ``status.observed`` (written when it changed enough,
-   :func:`~conspirator.operator.observe.worth_writing`);
+   :func:`~conspirator.operator.agentload.worth_writing`);
 2. ``Auto`` jobs go through the autoscaler (:mod:`~conspirator.operator.autoscale`); a
    change sets the rate the job is planned for (``ObservationCache.set_planned``), posts a
    ``ScaledOut``/``ScaledIn`` Event with the figures and counts it; the next pass re-places
@@ -28,11 +28,11 @@ from typing import Any, Protocol
 from conspirator.api.v1alpha1 import WHOLE, AutoscalingStatus, ObservedEntry, ScalingMode
 from conspirator.mig import gpu_model
 from conspirator.operator import manifests
+from conspirator.operator.agentload import AgentReport, aggregate, to_status, worth_writing
 from conspirator.operator.autoscale import JobLoad, ScaleDecision, ScalerState, decide
 from conspirator.operator.cache import ObservationCache
 from conspirator.operator.kubeapi import KubeAPI
 from conspirator.operator.metrics import Metrics
-from conspirator.operator.observe import AgentReport, aggregate, to_status, worth_writing
 from conspirator.operator.placement.throughput import ThroughputTable
 from conspirator.operator.refine import EntryKey, Refinement, Refiner, saturated
 from conspirator.operator.translate import device_id, engine_job

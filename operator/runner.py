@@ -15,6 +15,7 @@ from conspirator.operator.datapath import DataPath, resync_loop
 from conspirator.operator.handlers import build_registry
 from conspirator.operator.kube import Kube, load_client
 from conspirator.operator.metrics import Metrics, serve
+from conspirator.operator.scrape import parse, scrape_loop
 from conspirator.operator.settings import Settings, operator_namespace
 
 log = logging.getLogger("conspirator.operator")
@@ -82,6 +83,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if settings.replan_interval > 0:
         tasks.append(asyncio.create_task(
             replan_loop(controller, active, settings.replan_interval), name="replan"))
+    if settings.observe_interval > 0:
+        tasks.append(asyncio.create_task(
+            scrape_loop(lambda: controller.snap.nodes, settings.agent_metrics_port,
+                        settings.observe_interval, parse, controller.observe_load, active),
+            name="observe-load"))
     tasks.append(asyncio.create_task(
         resync_loop(datapath, active, settings.token_resync_interval,
                     lambda: controller.synced), name="token-resync"))

@@ -21,13 +21,36 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from conspirator.operator.observe import AgentReport
+from conspirator.observe import AgentObservation, parse_agent_metrics
+from conspirator.operator.agentload import AgentReport, ReplicaSample
+from conspirator.operator.autoscale import JobLoad
 from conspirator.operator.views import NodeView
 
 log = logging.getLogger("conspirator.operator")
 
 Parse = Callable[[str, str], AgentReport]
 """(node, exposition text) -> the agent's report; raises ``ValueError`` on bad text."""
+
+
+def report_of(node: str, obs: AgentObservation) -> AgentReport:
+    """The operator's view of one agent's observation.  A replica is named by the first
+    device id the kubelet gave its pod (``InferenceJob.status.replicas[].deviceID``), else
+    by its pod's name; replicas draining or drained are not throughput samples."""
+    jobs = {k: JobLoad(offered_rps=j.offered_rps, served_rps=j.served_rps,
+                       errors_rps=j.error_rps, p50_ms=j.p50_ms, p99_ms=j.p99_ms,
+                       outstanding=j.outstanding, waiting=j.waiting, window_s=j.window_s)
+            for k, j in obs.jobs.items()}
+    reps = tuple(ReplicaSample(job=k, replica=r.devices[0] if r.devices else r.replica,
+                               throughput_rps=r.throughput_rps, outstanding=r.outstanding)
+                 for k, j in sorted(obs.jobs.items()) for r in j.replicas
+                 if r.state == "ready")
+    return AgentReport(node, jobs, reps)
+
+
+def parse(node: str, text: str) -> AgentReport:
+    """:data:`Parse` with the agent's own parser (``conspirator.observe``); raises
+    ``ValueError`` (its ``MalformedMetricsError``) for text that is not an agent's."""
+    return report_of(node, parse_agent_metrics(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +111,7 @@ async def scrape(session: aiohttp.ClientSession, ts: list[Target], parse: Parse,
 
 async def scrape_loop(nodes: Callable[[], Mapping[str, NodeView]], metrics_port: int,
                       interval: float, parse: Parse,
-                      deliver: Callable[[list[AgentReport], RoundStats], Awaitable[None]],
+                      deliver: Callable[[list[AgentReport], RoundStats], Awaitable[object]],
                       active: Callable[[], Awaitable[bool]]) -> None:
     """Every ``interval`` seconds (while this operator replica is the active one), scrape
     the agents and hand the round to ``deliver``."""
@@ -109,4 +132,5 @@ async def scrape_loop(nodes: Callable[[], Mapping[str, NodeView]], metrics_port:
                 log.warning("observing the agents' load failed: %s", e)
 
 
-__all__ = ["Parse", "RoundStats", "Target", "scrape", "scrape_loop", "targets"]
+__all__ = ["Parse", "RoundStats", "Target", "parse", "report_of", "scrape", "scrape_loop",
+           "targets"]

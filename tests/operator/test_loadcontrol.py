@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from conspirator.operator.agentload import AgentReport, ReplicaSample
 from conspirator.operator.autoscale import JobLoad
 from conspirator.operator.controller import Controller
 from conspirator.operator.handlers import on_job_changed
-from conspirator.operator.observe import AgentReport, ReplicaSample
 from conspirator.operator.settings import Settings
 
 from .builders import job_body
