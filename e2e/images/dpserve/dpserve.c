@@ -13,7 +13,11 @@
  * Identity comes from the environment the operator sets: CONSPIRATOR_NAMESPACE,
  * CONSPIRATOR_JOB, CONSPIRATOR_POD.  It exits 0 on SIGTERM and 3 if the registry closes.
  *
- * usage: dpserve [SLOT_BYTES [SLOTS]]     (defaults 65536 and 2)
+ * usage: dpserve [SLOT_BYTES [SLOTS [SERVICE_US]]]   (defaults 65536, 2 and 0)
+ *
+ * SERVICE_US > 0 makes each request take that long (a model of known speed: one replica
+ * serves at most 1e6 / SERVICE_US requests/s, whatever the host), for the autoscaling and
+ * profile-refinement tests.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -96,6 +100,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     uint64_t slot_bytes = argc > 1 ? strtoull(argv[1], NULL, 10) : 65536;
     uint32_t slots = argc > 2 ? (uint32_t)atoi(argv[2]) : 2;
+    long service_us = argc > 3 ? atol(argv[3]) : 0;
     const uint64_t result_bytes = 64;
     const char *sock_path = getenv("CONSPIRATOR_REGISTRY_SOCKET");
     const char *ns = getenv("CONSPIRATOR_NAMESPACE");
@@ -209,6 +214,10 @@ int main(int argc, char **argv) {
         uint32_t slot, len;
         while (ring_pop(ctl + sq, cap, &tag, &slot, &len)) {
             uint32_t status = 0, out = 24;
+            if (service_us > 0) {
+                struct timespec ts = {service_us / 1000000, (service_us % 1000000) * 1000};
+                while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !stop) {}
+            }
             if (slot >= slots || len > slot_bytes) {
                 status = 3; /* BAD_INPUT */
                 out = 0;
