@@ -11,7 +11,12 @@
  * the payload length and its first and last 8 bytes (three little-endian u64).
  *
  * Identity comes from the environment the operator sets: CONSPIRATOR_NAMESPACE,
- * CONSPIRATOR_JOB, CONSPIRATOR_POD.  It exits 0 on SIGTERM and 3 if the registry closes.
+ * CONSPIRATOR_JOB, CONSPIRATOR_POD.  SIGTERM (the kubelet deleting the pod) is a graceful
+ * drain as conspirator.runtime does it (docs/datapath.md, "Moves that drop nothing"):
+ * state DRAINING in the control block, DRAIN to the registry, serving on until the agent
+ * sets the drained flag (nothing in flight) or CONSPIRATOR_DRAIN_TIMEOUT s (25) pass, then
+ * exit 0 (closing the socket withdraws the buffer).  SIGINT stops at once; it exits 3 if
+ * the registry closes.
  *
  * usage: dpserve [SLOT_BYTES [SLOTS [SERVICE_US]]]   (defaults 65536, 2 and 0)
  *
@@ -39,9 +44,13 @@
 #define REGISTER 32
 #define REGISTERED 33
 #define ERROR 7
+#define ACK 36
+#define DRAIN 37
+#define OFF_DRAINED 56
 
-static volatile sig_atomic_t stop;
-static void on_term(int sig) { (void)sig; stop = 1; }
+static volatile sig_atomic_t stop, drain;
+static void on_int(int sig) { (void)sig; stop = 1; }
+static void on_term(int sig) { (void)sig; drain = 1; }
 
 static uint64_t round_up(uint64_t n, uint64_t to) { return (n + to - 1) / to * to; }
 
@@ -115,7 +124,7 @@ int main(int argc, char **argv) {
     }
     if (!pod || !*pod) pod = host;
     signal(SIGTERM, on_term);
-    signal(SIGINT, on_term);
+    signal(SIGINT, on_int);
 
     /* Geometry, as conspirator.wire.shm.Geometry computes it. */
     uint64_t cap = 1;
@@ -197,8 +206,53 @@ int main(int argc, char **argv) {
     printf("serving %u slots of %llu bytes as %s/%s replica %s\n", slots,
            (unsigned long long)slot_bytes, ns, job, pod);
 
+    const char *bid_at = strstr((char *)reply + 24, "\"buffer_id\"");
+    unsigned long buffer_id = bid_at ? strtoul(strchr(bid_at, ':') + 1, NULL, 10) : 0;
+    const char *dt = getenv("CONSPIRATOR_DRAIN_TIMEOUT");
+    double drain_timeout = dt && *dt ? atof(dt) : 25.0;
+    struct timespec drain_end = {0, 0};
+    int draining = 0;
+
     unsigned long served = 0;
     while (!stop) {
+        if (drain && !draining) {
+            draining = 1;
+            clock_gettime(CLOCK_MONOTONIC, &drain_end);
+            drain_end.tv_sec += (time_t)drain_timeout;
+            u32 = 3; /* DRAINING */
+            memcpy(ctl + 36, &u32, 4);
+            char dbody[128];
+            int dn = snprintf(dbody, sizeof dbody,
+                              "{\"buffer_id\":%lu,\"reason\":\"worker stopping\"}", buffer_id);
+            unsigned char dframe[24 + sizeof dbody];
+            header(dframe, DRAIN, 2, (uint32_t)dn);
+            memcpy(dframe + 24, dbody, (size_t)dn);
+            struct pollfd ap = {s, POLLIN, 0};
+            ssize_t ar = -1;
+            if (send(s, dframe, 24 + (size_t)dn, 0) > 0 && poll(&ap, 1, 5000) > 0)
+                ar = recv(s, reply, sizeof reply - 1, 0);
+            if (ar >= 24) reply[ar] = 0;
+            if (ar < 24 || reply[5] != ACK || !strstr((char *)reply + 24, "true")) {
+                fprintf(stderr, "drain refused: stopping now\n");
+                break;
+            }
+            printf("draining buffer %lu (up to %g s)\n", buffer_id, drain_timeout);
+        }
+        if (draining) {
+            uint32_t drained;
+            memcpy(&drained, ctl + OFF_DRAINED, 4);
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (drained) {
+                printf("drained\n");
+                break;
+            }
+            if (now.tv_sec > drain_end.tv_sec ||
+                (now.tv_sec == drain_end.tv_sec && now.tv_nsec >= drain_end.tv_nsec)) {
+                fprintf(stderr, "drain timed out\n");
+                break;
+            }
+        }
         struct pollfd p[2] = {{bell, POLLIN, 0}, {s, POLLIN, 0}};
         if (poll(p, 2, 500) < 0 && errno != EINTR) break;
         if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -216,7 +270,7 @@ int main(int argc, char **argv) {
             uint32_t status = 0, out = 24;
             if (service_us > 0) {
                 struct timespec ts = {service_us / 1000000, (service_us % 1000000) * 1000};
-                while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !stop) {}
+                while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
             }
             if (slot >= slots || len > slot_bytes) {
                 status = 3; /* BAD_INPUT */
