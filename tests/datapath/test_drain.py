@@ -23,10 +23,11 @@ from conspirator.client import Client, RequestFailed
 from conspirator.dpu_agent.core import AgentConfig
 from conspirator.dpu_agent.metrics import registry_for
 from conspirator.observe import JobObservation, parse_agent_metrics
-from conspirator.runtime import UnixRegistrar
+from conspirator.runtime import Identity, Replica, UnixRegistrar
 from conspirator.runtime.reference import touch
 from conspirator.wire.frames import ErrorCode
 from conspirator.wire.registration import BufferSpec, Publication
+from conspirator.wire.workerregistry import TrustClaims, WorkerRegistry
 
 from .harness import NODE, Node, gather_futures, node, stop_process, wait_for, worker_process
 
@@ -260,3 +261,35 @@ def test_drain_is_carried_in_the_publication_and_only_for_the_owner() -> None:
         assert observed(n).draining == 0
         assert n.registry is not None
         assert not n.registry.entries[rep.buffer_id].draining
+
+
+def test_a_drain_nobody_finishes_ends_at_the_workers_timeout(tmp_path: Path) -> None:
+    """A registry with no agent behind it accepts the drain, but no agent will ever say
+    drained: the worker stops at its drain timeout (its buffer then goes with it)."""
+    registry = WorkerRegistry("node-x", tmp_path / "r.sock", TrustClaims())  # no publisher
+    registry.start()
+    rep = Replica((64,), "uint8", slots=2, result_bytes=64, identity=Identity(JOB, "r"))
+    try:
+        rep.register(UnixRegistrar(tmp_path / "r.sock"))
+        rep.drain_timeout = 0.2
+        t = threading.Thread(target=rep.serve, args=(touch,), daemon=True)
+        t.start()
+        rep.drain()
+        t.join(timeout=60)
+        assert not t.is_alive() and rep.drain_result == "timeout"
+        assert registry.entries[rep.buffer_id].draining
+    finally:
+        rep.close()
+        registry.close()
+
+
+def test_a_drain_that_cannot_be_announced_stops_at_once() -> None:
+    rep = Replica((64,), "uint8", slots=2, result_bytes=64, identity=Identity(JOB, "r"))
+    try:  # never registered: nobody to announce the drain to
+        t = threading.Thread(target=rep.serve, args=(touch,), daemon=True)
+        t.start()
+        rep.drain()
+        t.join(timeout=60)
+        assert not t.is_alive() and rep.drain_result == "refused"
+    finally:
+        rep.close()
