@@ -103,6 +103,10 @@ class PublisherBuffers:
         rep = self.core.replicas.get(buffer_id)
         return rep is not None and rep.owner is self and self.core.withdraw(buffer_id, reason)
 
+    def drain(self, buffer_id: int, reason: str) -> bool:
+        rep = self.core.replicas.get(buffer_id)
+        return rep is not None and rep.owner is self and self.core.drain(buffer_id, reason)
+
 
 async def serve_publisher(core: AgentCore, tokens: TokenStore, sock: socket.socket) -> None:
     """The node's buffer registry on the publish socket (``SOCK_SEQPACKET``): after the

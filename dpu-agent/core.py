@@ -24,15 +24,17 @@ import secrets
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from conspirator.dpu_agent.config import AgentConfig, Stats
 from conspirator.dpu_agent.load import BOUNDS, JobLoad
 from conspirator.dpu_agent.state import JobState, Pending, ReplicaHandle, Session
 from conspirator.wire.frames import BufferInfo, ErrorCode
 from conspirator.wire.native import Impl, impl
 from conspirator.wire.registration import Publication
 from conspirator.wire.shm import LayoutError, Status, WorkerState
+
+__all__ = ["MAX_BAD_COMPLETIONS", "AgentConfig", "AgentCore", "Stats", "no_kick"]
 
 log = logging.getLogger("conspirator.dpu_agent")
 
@@ -42,36 +44,6 @@ _STATUS_ERRORS = {int(Status.RESULT_TOO_LARGE): ErrorCode.RESULT_TOO_LARGE,
                   int(Status.BAD_INPUT): ErrorCode.BAD_INPUT}
 #: A replica whose completions are this often nonsense is dropped.
 MAX_BAD_COMPLETIONS = 16
-
-
-@dataclass
-class AgentConfig:
-    window: int = 16  # outstanding requests per connection
-    max_payload: int = 64 << 20
-    max_result: int = 64 << 20
-    staging_budget: int = 512 << 20
-    request_timeout: float = 30.0
-    no_replica_timeout: float = 5.0
-    handshake_timeout: float = 5.0
-    local_slot_bytes: int = 4 << 20  # staging slot of a one-sided (local/RDMA) client
-    busy_poll_us: int = 0  # poll instead of sleeping for this long after an event (0: off)
-    observe_window: float = 60.0  # the window of the observed load (``load.py``), seconds
-    observe_slice: float = 5.0  # how often the window's snapshots are taken, seconds
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    responses: int = 0
-    errors: int = 0
-    dropped_no_session: int = 0
-    bytes_in: int = 0
-    connections: int = 0
-    protocol_errors: int = 0
-    auth_failures: int = 0
-    copy_ns: int = 0  # time inside the copy engine (staging -> slot)
-    copy_bytes: int = 0
-    idle_poll_ns: int = 0  # busy polling that found nothing (``poller.py``)
 
 
 class AgentCore:
@@ -144,8 +116,44 @@ class AgentCore:
         log.info("replica %s of %s published as buffer %d (%d x %d bytes, weight %g, %s)",
                  rep.name, rep.job, rep.buffer_id, rep.geometry.slots,
                  rep.geometry.slot_bytes, rep.weight, rep.target.kind)
-        self._pump(self.job(rep.job))
+        if pub.draining or rep.ctl.state is WorkerState.DRAINING:  # published mid-drain
+            self.drain(rep.buffer_id, "published while draining")
+        else:
+            self._pump(self.job(rep.job))
         return rep
+
+    def drain(self, buffer_id: int, reason: str) -> bool:
+        """Send the replica nothing new (make-before-break): its queued work goes to the
+        job's other replicas, its in-flight requests finish and are answered; once none
+        is left it is *drained* (the control block's flag tells the worker, which then
+        withdraws).  Whether there was such a replica."""
+        rep = self.replicas.get(buffer_id)
+        if rep is None:
+            return False
+        job = self.job(rep.job)
+        if not rep.draining:
+            job.start_draining(rep, time.monotonic())
+            rep.ring()  # what was submitted to it and not yet rung
+            log.info("replica %s of %s (buffer %d) draining, %d in flight: %s", rep.name,
+                     rep.job, buffer_id, len(rep.inflight), reason)
+            for p in [p for p in job.queue if p.target == buffer_id]:
+                job.queue.remove(p)
+                self._finish_error(p, ErrorCode.REPLICA_FAILED,
+                                   f"target buffer {buffer_id} is draining: {reason}")
+            self._pump(job)
+        self._drained(rep)
+        return True
+
+    def _drained(self, rep: ReplicaHandle) -> None:
+        """A draining replica with nothing left in flight is drained: tell its worker."""
+        if rep.drained or rep.inflight or rep.orphans or rep.closed:
+            return
+        rep.drained = True
+        rep.ctl.drained = True
+        self.native.doorbell_ring(rep.doorbell_fd)  # the worker wakes and sees the flag
+        self.job(rep.job).drained_total += 1
+        log.info("replica %s of %s (buffer %d) drained: nothing in flight", rep.name,
+                 rep.job, rep.buffer_id)
 
     def withdraw(self, buffer_id: int, reason: str) -> bool:
         rep = self.replicas.pop(buffer_id, None)
@@ -166,8 +174,8 @@ class AgentCore:
                                f"request in flight: {reason}")
         rep.inflight.clear()
         rep.close()
-        log.info("replica %s of %s withdrawn (buffer %d): %s", rep.name, rep.job, buffer_id,
-                 reason)
+        log.info("replica %s of %s withdrawn (buffer %d%s): %s", rep.name, rep.job, buffer_id,
+                 ", drained" if rep.drained else ", draining" if rep.draining else "", reason)
         if job is not None:
             for p in [p for p in job.queue if p.target == buffer_id]:
                 job.queue.remove(p)
@@ -201,6 +209,8 @@ class AgentCore:
             if rep is None or rep.job != session.job:
                 return ErrorCode.TARGET_REFUSED, (f"buffer {target} is not one of job "
                                                   f"{session.job}'s buffers")
+            if rep.draining:
+                return ErrorCode.TARGET_REFUSED, f"buffer {target} is draining"
             if length > rep.geometry.slot_bytes:
                 return ErrorCode.TARGET_REFUSED, (
                     f"{length} bytes exceed buffer {target}'s slots of "
@@ -375,7 +385,9 @@ class AgentCore:
         self.batch_depth += 1
         try:
             self._reap(rep)
-            if not rep.closed:
+            if rep.draining:
+                self._drained(rep)
+            elif not rep.closed:
                 job = self.jobs.get(rep.job)
                 if job is not None and job.queue:
                     self._pump(job)
@@ -524,7 +536,9 @@ class AgentCore:
         self.observe(now)
         for job in list(self.jobs.values()):
             for p in list(job.queue):
-                if not job.replicas and now - p.enqueued > cfg.no_replica_timeout:
+                # Without a replica taking requests (none, or all draining) for the timeout.
+                if (not job.replicas
+                        and now - max(p.enqueued, job.empty_since) > cfg.no_replica_timeout):
                     job.queue.remove(p)
                     self._finish_error(p, ErrorCode.NO_REPLICA,
                                        f"job {job.name} has no replica (waited "
@@ -564,6 +578,7 @@ class AgentCore:
         self.replicas.clear()
         for job in self.jobs.values():
             job.replicas.clear()
+            job.draining.clear()
             job.slot_max = 0
             job.single = None
 

@@ -113,7 +113,8 @@ def current() -> Replica:
 
 def serve(fn: Model, *, replica: Replica | None = None, stop: threading.Event | None = None,
           handle_signals: bool = True) -> int:
-    """Run the request loop until SIGTERM/SIGINT (or ``stop``); returns requests served.
+    """Run the request loop until SIGTERM (a drain: see :meth:`Replica.drain`), SIGINT or
+    ``stop`` (at once); returns requests served.
 
     Also watches the registration: if the registry goes away, the buffer is registered
     again once it is back (the agent sees a withdrawal, then a new publication).
@@ -130,8 +131,8 @@ def serve(fn: Model, *, replica: Replica | None = None, stop: threading.Event | 
     else:
         model = fn
     if handle_signals and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: rep.stop())
+        signal.signal(signal.SIGTERM, lambda *_: rep.drain())
+        signal.signal(signal.SIGINT, lambda *_: rep.stop())
     watcher = None
     if isinstance(rep._registrar, UnixRegistrar):
         watcher = threading.Thread(target=_watch_registry, args=(rep, stop), daemon=True,

@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--delay", type=float, default=0.0,
                    help="seconds of simulated model time per request (demos, tests)")
     p.add_argument("--cpu", help="pin to these CPUs, e.g. 0 or 0-1")
+    p.add_argument("--drain-timeout", type=float,
+                   help="on SIGTERM, seconds to wait for the agent to finish this replica's "
+                        "in-flight requests before stopping anyway (default: "
+                        "CONSPIRATOR_DRAIN_TIMEOUT or 25)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=main)
 
@@ -57,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     runtime.input_tensor(shape, dtype, slots=args.slots, result_bytes=args.result_bytes,
                          device=args.device, framework="numpy", registry=args.registry,
                          job=args.job, replica=args.replica, weight=args.weight)
+    if args.drain_timeout is not None:
+        runtime.current().drain_timeout = args.drain_timeout
     model = MODELS[args.model]()
     if args.delay > 0:
         inner, delay = model, args.delay
@@ -64,6 +70,9 @@ def main(args: argparse.Namespace) -> int:
         def model(x: Any) -> Any:
             time.sleep(delay)
             return inner(x)
+    rep = runtime.current()
     served = runtime.serve(model)
-    logging.getLogger("conspirator.runtime").info("stopped after %d requests", served)
+    logging.getLogger("conspirator.runtime").info("stopped after %d requests%s", served,
+                                                  f" (drain: {rep.drain_result})"
+                                                  if rep.drain_result else "")
     return 0

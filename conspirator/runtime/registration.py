@@ -31,6 +31,7 @@ from conspirator.wire.frames import (
 )
 from conspirator.wire.registration import (
     BufferSpec,
+    drain_frame,
     parse_json,
     recv_packet,
     register_frame,
@@ -107,6 +108,15 @@ class UnixRegistrar:
         if not isinstance(bid, int) or isinstance(bid, bool) or not 0 < bid <= 0xFFFF_FFFF:
             raise RegistrationError(f"registry returned a bad buffer id {bid!r}")
         return bid
+
+    def drain(self, buffer_id: int) -> bool:
+        """Announce that the worker stops: the agent sends the buffer nothing new and sets
+        the control block's drained flag once it has nothing in flight there.  False if
+        the registry does not know the buffer; RegistrationError if it cannot be asked
+        (a registry without DRAIN closes the connection)."""
+        d = self._call(drain_frame(buffer_id, "worker stopping", next(self._ids)), (),
+                       MsgType.ACK)
+        return d.get("ok") is True
 
     def withdraw(self, buffer_id: int) -> None:
         # closing the socket withdraws everything anyway

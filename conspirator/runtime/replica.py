@@ -5,12 +5,19 @@ an array over), a control memfd (rings, slot tags, result areas) and two eventfd
 (:mod:`conspirator.wire.shm`).  :meth:`Replica.serve` pops submissions, calls the model on
 the slot the agent filled, writes the result into the slot's result area, pushes a
 completion and rings the agent.  It sleeps on the doorbell eventfd while nothing is queued.
+
+A graceful stop (SIGTERM: what the kubelet sends a deleted pod) is a **drain**
+(:meth:`Replica.drain`): the worker marks itself ``DRAINING`` in the control block and
+sends DRAIN through the registry to the agent, which sends it nothing new; it goes on
+serving what it holds until the agent sets the control block's drained flag (nothing in
+flight any more) or ``drain_timeout`` passes, then stops; closing withdraws the buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -34,6 +41,9 @@ from conspirator.wire.shm import (
 )
 
 log = logging.getLogger("conspirator.runtime")
+
+ENV_DRAIN_TIMEOUT = "CONSPIRATOR_DRAIN_TIMEOUT"
+DEFAULT_DRAIN_TIMEOUT = 25.0  # under the default terminationGracePeriodSeconds (30)
 
 #: What a model may return: bytes-like or an array (its raw bytes are the result).
 Result = bytes | bytearray | memoryview | np.ndarray | None
@@ -95,7 +105,14 @@ class Replica:
             self._close_fds()
             raise
         self._stop = threading.Event()
+        self._drain = threading.Event()
+        self._drain_deadline = math.inf
         self.served = 0
+        #: Seconds a drain waits for the agent's drained flag before stopping anyway
+        #: (CONSPIRATOR_DRAIN_TIMEOUT; keep it under the pod's grace period).
+        self.drain_timeout = float(os.environ.get(ENV_DRAIN_TIMEOUT, "")
+                                   or DEFAULT_DRAIN_TIMEOUT)
+        self.drain_result = ""  # how the drain ended: drained, timeout, refused
 
     def _allocate_input(self) -> None:
         """The input slots: a sealed memfd mapped here and, once registered, by the agent."""
@@ -146,6 +163,36 @@ class Replica:
 
     def stop(self) -> None:
         self._stop.set()
+        self.native.doorbell_ring(self.doorbell_fd)
+
+    def drain(self) -> None:
+        """Stop gracefully: announce the drain (from a thread of its own, so that a model
+        busy with a request does not delay it) and stop serving once the agent has
+        nothing in flight here, or ``drain_timeout`` after now.  Signal-safe."""
+        if self._drain.is_set():
+            return
+        self._drain_deadline = time.monotonic() + self.drain_timeout
+        self._drain.set()
+        threading.Thread(target=self._announce_drain, daemon=True,
+                         name="conspirator-drain").start()
+
+    def _announce_drain(self) -> None:
+        """Tell the agent, through the registry; a refusal ends the serve loop now."""
+        self.ctl.state = WorkerState.DRAINING
+        drain = getattr(self._registrar, "drain", None)
+        ok = False
+        if drain is None or not self.buffer_id:
+            log.warning("no registry to drain through: stopping now")
+        else:
+            try:
+                ok = bool(drain(self.buffer_id))
+            except Exception as e:  # a registry without DRAIN: stop as before
+                log.warning("drain refused (%s): stopping now", e)
+        if ok:
+            log.info("draining buffer %d (up to %g s)", self.buffer_id, self.drain_timeout)
+        else:
+            self.drain_result = "refused"
+            self._drain_deadline = 0.0
         self.native.doorbell_ring(self.doorbell_fd)
 
     def input_view(self, slot: int, length: int) -> Any:
@@ -199,7 +246,11 @@ class Replica:
         g = self.geometry
         sq, cq, native = self.ctl.sq, self.ctl.cq, self.native
         self.ctl.state = WorkerState.READY
+        drain, ctl = self._drain, self.ctl
         while not self._stop.is_set():
+            # A drain ends when the agent says drained (or at its deadline).
+            if drain.is_set() and (ctl.drained or time.monotonic() >= self._drain_deadline):
+                break
             entries = sq.pop_many(g.slots)
             if not entries:
                 native.doorbell_wait(self.doorbell_fd, idle_ms)
@@ -217,6 +268,10 @@ class Replica:
                     time.sleep(0.0001)
                 native.doorbell_ring(self.completion_fd)
                 self.served += 1
+        if drain.is_set() and not self.drain_result:
+            self.drain_result = "drained" if self.ctl.drained else "timeout"
+            (log.info if self.ctl.drained else log.warning)(
+                "drain of buffer %d ended: %s", self.buffer_id, self.drain_result)
         self.ctl.state = WorkerState.STOPPED
 
     def close(self) -> None:

@@ -69,6 +69,7 @@ class MsgType(IntEnum):
     PUBLISH = 34
     WITHDRAW = 35
     ACK = 36
+    DRAIN = 37  # worker -> registry -> agent: send this buffer nothing new (graceful stop)
 
 
 class Mode(IntEnum):
@@ -117,9 +118,9 @@ AGENT_TO_CLIENT = frozenset({MsgType.CHALLENGE, MsgType.WELCOME, MsgType.RESPONS
                              MsgType.ERROR, MsgType.PING, MsgType.PONG, MsgType.BYE,
                              MsgType.RDMA_INFO})
 PUBLISHER_TO_AGENT = frozenset({MsgType.HELLO, MsgType.AUTH, MsgType.PUBLISH,
-                                MsgType.WITHDRAW, MsgType.PING, MsgType.BYE})
-WORKER_TO_REGISTRY = frozenset({MsgType.REGISTER, MsgType.WITHDRAW, MsgType.PING,
-                                MsgType.BYE})
+                                MsgType.WITHDRAW, MsgType.DRAIN, MsgType.PING, MsgType.BYE})
+WORKER_TO_REGISTRY = frozenset({MsgType.REGISTER, MsgType.WITHDRAW, MsgType.DRAIN,
+                                MsgType.PING, MsgType.BYE})
 REGISTRY_REPLIES = frozenset({MsgType.REGISTERED, MsgType.ACK, MsgType.ERROR,
                               MsgType.CHALLENGE, MsgType.WELCOME, MsgType.PONG})
 _PAYLOAD_TYPES = frozenset({MsgType.REQUEST, MsgType.RESPONSE})

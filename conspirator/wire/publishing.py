@@ -6,6 +6,7 @@ proves it holds the node token (the handshake of :mod:`conspirator.wire.handshak
 ``WITHDRAW``, each acknowledged::
 
     PUBLISH   {Publication}           + the fds           <- ACK {"buffer_id", "ok"[, "error"]}
+    DRAIN     {"buffer_id", "reason"}                     <- ACK
     WITHDRAW  {"buffer_id", "reason"}                     <- ACK
     PING                                                  <- PONG
 
@@ -33,6 +34,7 @@ from conspirator.wire.frames import REGISTRY_REPLIES, Frame, Mode, MsgType, Prot
 from conspirator.wire.handshake import ClientHandshake, expect
 from conspirator.wire.registration import (
     Publication,
+    drain_frame,
     json_body,
     parse_json,
     parse_withdraw,
@@ -88,6 +90,19 @@ def answer_publisher(frame: Frame, fds: list[int], sink: PublishSink) -> bytes |
         return encode(MsgType.ACK, json_body({"ok": True, "buffer_id": pub.buffer_id}),
                       h.request_id)
     _close_all(fds)
+    if h.type is MsgType.DRAIN:
+        try:
+            bid, reason = parse_withdraw(frame.body)
+        except ProtocolError as e:
+            return encode(MsgType.ACK, json_body({"ok": False, "error": e.message}),
+                          h.request_id)
+        drain = getattr(sink, "drain", None)  # a DrainSink; PublishSink leaves it out
+        if drain is None:
+            return encode(MsgType.ACK, json_body({"ok": False, "buffer_id": bid,
+                                                  "error": "this agent does not drain"}),
+                          h.request_id)
+        ok = bool(drain(bid, reason or "the worker is stopping"))
+        return encode(MsgType.ACK, json_body({"ok": ok, "buffer_id": bid}), h.request_id)
     if h.type is MsgType.WITHDRAW:
         try:
             bid, reason = parse_withdraw(frame.body)
@@ -99,6 +114,14 @@ def answer_publisher(frame: Frame, fds: list[int], sink: PublishSink) -> bytes |
     if h.type is MsgType.PING:
         return encode(MsgType.PONG, frame.body, h.request_id)
     return None  # BYE
+
+
+class DrainSink(PublishSink, Protocol):
+    """A sink that can also drain a buffer (the agent's core)."""
+
+    def drain(self, buffer_id: int, reason: str) -> bool:
+        """Send the buffer nothing new; whether this publisher published it."""
+        ...
 
 
 # -------------------------------------------------------------------- the registry's end
@@ -131,6 +154,9 @@ class AgentPublisher:
 
     def withdraw(self, buffer_id: int, reason: str) -> None:
         self._ops.put(("withdraw", buffer_id, reason))
+
+    def drain(self, buffer_id: int, reason: str = "the worker is stopping") -> None:
+        self._ops.put(("drain", buffer_id, reason))
 
     def start(self) -> None:
         self._stop.clear()
@@ -230,6 +256,10 @@ class AgentPublisher:
                 found = self.lookup(bid)
                 if found is not None and bid not in self.published:
                     self._send_publication(sock, *found)
+            elif op == "drain" and bid in self.published:
+                ack = self._acked(sock, drain_frame(bid, reason, next(self._ids)), [])
+                if ack.get("ok") is not True:
+                    log.warning("agent did not drain buffer %d: %s", bid, ack.get("error"))
             elif op == "withdraw" and bid in self.published:
                 self._acked(sock, withdraw_frame(bid, reason, next(self._ids)), [])
                 self.published.discard(bid)

@@ -9,6 +9,9 @@ worker -> registry (the socket the device plugin's ``Allocate`` mounts into the 
     REGISTER  {BufferSpec}            + fds: control memfd, doorbell eventfd,
                                             completion eventfd[, data memfd]
     <- REGISTERED {"buffer_id": N}     or ERROR(REGISTRATION_REFUSED, why)
+    DRAIN     {"buffer_id": N}        <- ACK {"buffer_id": N, "ok": true}: send me
+                                       nothing new (the agent sets the control block's
+                                       drained flag once nothing is in flight)
     WITHDRAW  {"buffer_id": N}        (or just close: the registry withdraws on EOF)
 
 registry -> agent (the agent's publish socket; the registry authenticates with the node
@@ -16,8 +19,13 @@ token through HELLO(mode=PUBLISHER)/CHALLENGE/AUTH/WELCOME first)::
 
     PUBLISH   {Publication}           + the same fds, in the same order
     <- ACK    {"buffer_id": N, "ok": true} or {"ok": false, "error": "..."}
+    DRAIN     {"buffer_id": N, "reason": "..."}
+    <- ACK
     WITHDRAW  {"buffer_id": N, "reason": "..."}
     <- ACK
+
+A publication of a buffer whose worker is draining says so (``"draining": true``), so an
+agent that starts (or restarts) mid-drain never sends it a new request.
 
 The registry is the naming authority for ``buffer_id`` (non-zero, unique per node while
 the registry lives), and the authority for *which job* a buffer belongs to: it must check
@@ -173,10 +181,12 @@ class Publication:
     node: str = ""
     pod_uid: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    draining: bool = False  # the worker announced DRAIN: no new request for it
 
     def to_dict(self) -> dict[str, Any]:
         return {"buffer_id": self.buffer_id, "spec": self.spec.to_dict(), "node": self.node,
-                "pod_uid": self.pod_uid, "extra": dict(self.extra)}
+                "pod_uid": self.pod_uid, "extra": dict(self.extra),
+                "draining": self.draining}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Publication:
@@ -185,7 +195,8 @@ class Publication:
             raise ProtocolError(ErrorCode.BAD_FRAME, "extra must map strings to strings")
         return cls(buffer_id=_int_in(d, "buffer_id", 1, 0xFFFF_FFFF),
                    spec=BufferSpec.from_dict(_get(d, "spec", dict)),
-                   node=_name(d, "node", ""), pod_uid=_name(d, "pod_uid", ""), extra=extra)
+                   node=_name(d, "node", ""), pod_uid=_name(d, "pod_uid", ""), extra=extra,
+                   draining=_get(d, "draining", bool, False))
 
 
 def json_body(obj: dict[str, Any]) -> bytes:
@@ -268,6 +279,12 @@ def withdraw_frame(buffer_id: int, reason: str = "", request_id: int = 1) -> byt
                                                "reason": reason[:200]}), request_id)
 
 
+def drain_frame(buffer_id: int, reason: str = "", request_id: int = 1) -> bytes:
+    return encode(MsgType.DRAIN, json_body({"buffer_id": buffer_id,
+                                            "reason": reason[:200]}), request_id)
+
+
 def parse_withdraw(body: bytes) -> tuple[int, str]:
+    """The body of WITHDRAW, and of DRAIN (the same fields)."""
     d = parse_json(body)
     return _int_in(d, "buffer_id", 1, 0xFFFF_FFFF), _get(d, "reason", str, "")[:200]

@@ -8,7 +8,9 @@ A worker registers four things (:mod:`.registration`): two sealed memfds and two
 * the **control** memfd::
 
       0     header (128 bytes): magic b"CNSPCTL1", version, slots, slot_bytes,
-            result_bytes, ring capacity, worker state, worker pid, agent epoch
+            result_bytes, ring capacity, worker state, worker pid, agent epoch; at 56
+            (u32, written by the agent only) the drained flag: 1 once a draining
+            replica has nothing in flight and will be sent nothing more
       128   slot tags: one u64 per slot, the tag of the request occupying it (0 = free);
             written by the agent only, so an agent that restarts knows which slots
             a previous agent left in flight
@@ -52,12 +54,14 @@ SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 OFF_STATE = 36
 OFF_PID = 40
 OFF_EPOCH = 48
+OFF_DRAINED = 56  # after CTL_HEADER's fields, inside the 128-byte header (zero at creation)
 
 
 class WorkerState(IntEnum):
     STARTING = 0
     READY = 1
     STOPPED = 2
+    DRAINING = 3  # still serving what it holds; the agent sends it nothing new
 
 
 class Status(IntEnum):
@@ -189,6 +193,7 @@ class ControlBlock:
         self.tags = mv[SLOT_TAGS:SLOT_TAGS + 8 * g.slots].cast("Q")
         self._state = mv[OFF_STATE:OFF_STATE + 4].cast("I")
         self._epoch = mv[OFF_EPOCH:OFF_EPOCH + 8].cast("Q")
+        self._drained = mv[OFF_DRAINED:OFF_DRAINED + 4].cast("I")
         self.sq: RingLike = self.native.Ring(self.mm, g.sq_offset, g.capacity)
         self.cq: RingLike = self.native.Ring(self.mm, g.cq_offset, g.capacity)
 
@@ -211,6 +216,15 @@ class ControlBlock:
     def epoch(self, value: int) -> None:
         self._epoch[0] = value
 
+    @property
+    def drained(self) -> bool:
+        """Set by the agent: this draining replica has nothing in flight any more."""
+        return bool(self._drained[0])
+
+    @drained.setter
+    def drained(self, value: bool) -> None:
+        self._drained[0] = int(value)
+
     def result_view(self, slot: int, length: int) -> memoryview:
         g = self.geometry
         if not 0 <= slot < g.slots or not 0 <= length <= g.result_bytes:
@@ -223,7 +237,7 @@ class ControlBlock:
             ring = getattr(self, name, None)
             if ring is not None:
                 ring.close()
-        for name in ("tags", "_state", "_epoch", "_mv"):
+        for name in ("tags", "_state", "_epoch", "_drained", "_mv"):
             v = getattr(self, name, None)
             if isinstance(v, memoryview):
                 v.release()

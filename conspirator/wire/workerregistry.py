@@ -17,6 +17,8 @@ data memfd where a GPU exists).  For every registration the registry
    :class:`~conspirator.wire.publishing.AgentPublisher`, which publishes it to the agent
    with the caller's identity attached.
 
+A worker that stops gracefully first sends DRAIN: the registry marks the buffer draining
+(its publications say so from then on) and tells the agent, which sends it nothing new.
 A buffer is withdrawn when the worker withdraws it, when its connection closes (the
 worker exited), and when the policy's owner says the caller is gone
 (:meth:`WorkerRegistry.withdraw_callers`).
@@ -151,10 +153,12 @@ class RegistryEntry:
     fds: list[int]
     caller: Caller
     connection: int
+    draining: bool = False
 
     def publication(self, node: str) -> Publication:
         return Publication(buffer_id=self.buffer_id, spec=self.spec, node=node,
-                           pod_uid=self.caller.pod_uid, extra=dict(self.caller.extra))
+                           pod_uid=self.caller.pod_uid, extra=dict(self.caller.extra),
+                           draining=self.draining)
 
     def close(self) -> None:
         _close_all(self.fds)
@@ -310,6 +314,14 @@ class WorkerRegistry:
             if ok:
                 self.withdraw(bid, "worker withdrew")
             _send(conn, encode(MsgType.ACK, json_body({"buffer_id": bid, "ok": ok}), rid))
+        elif mtype is MsgType.DRAIN:
+            try:
+                bid, _reason = parse_withdraw(body)
+            except ProtocolError as exc:
+                _send(conn, error_frame(exc.code, exc.message, rid))
+                return False
+            ok = self.drain(bid, cid)
+            _send(conn, encode(MsgType.ACK, json_body({"buffer_id": bid, "ok": ok}), rid))
         elif mtype is MsgType.PING:
             _send(conn, encode(MsgType.PONG, b"", rid))
         return mtype is not MsgType.BYE
@@ -343,6 +355,20 @@ class WorkerRegistry:
         if self.publisher is not None:
             self.publisher.withdraw(buffer_id, reason)
         self.changed()
+        return True
+
+    def drain(self, buffer_id: int, connection: int) -> bool:
+        """The worker on ``connection`` drains its buffer: no new request for it."""
+        with self._lock:
+            entry = self.entries.get(buffer_id)
+            if entry is None or entry.connection != connection:
+                return False
+            first, entry.draining = not entry.draining, True
+        if first:
+            log.info("buffer %d draining (job %s replica %s)", buffer_id, entry.spec.job,
+                     entry.spec.replica)
+            if self.publisher is not None:
+                self.publisher.drain(buffer_id)
         return True
 
     def withdraw_callers(self, gone: Callable[[Caller], bool], reason: str) -> int:

@@ -292,7 +292,7 @@ def errors_of(t: Transport) -> list[tuple[int, ErrorCode]]:
 
 @SETTINGS
 @given(st.booleans(), st.sampled_from([None, 0, 100, SLOT_BYTES]), st.sets(st.integers(1, 4)),
-       st.sampled_from([0, 5, 6, 9]), st.integers(1, 5), st.integers(0, 2 * SLOT_BYTES))
+       st.sampled_from([0, 5, 6, 7, 9]), st.integers(1, 5), st.integers(0, 2 * SLOT_BYTES))
 def test_staged_inlines_the_fast_path_of_check(shutting_down: bool, slot_max: int | None,
                                                inflight: set[int], aux: int, rid: int,
                                                length: int) -> None:
@@ -303,11 +303,13 @@ def test_staged_inlines_the_fast_path_of_check(shutting_down: bool, slot_max: in
     core.shutting_down = shutting_down
     if slot_max is not None:
         core.jobs[JOB] = JobState(JOB, slot_max=slot_max)
-    # What check reads of a replica: its job and slot size.
-    core.replicas[5] = cast(Any, SimpleNamespace(job=JOB, geometry=SimpleNamespace(
-        slot_bytes=100)))
-    core.replicas[6] = cast(Any, SimpleNamespace(job="team-b/other", geometry=SimpleNamespace(
-        slot_bytes=SLOT_BYTES)))
+    # What check reads of a replica: its job, slot size and whether it drains.
+    core.replicas[5] = cast(Any, SimpleNamespace(job=JOB, draining=False,
+                                                 geometry=SimpleNamespace(slot_bytes=100)))
+    core.replicas[6] = cast(Any, SimpleNamespace(job="team-b/other", draining=False,
+                                                 geometry=SimpleNamespace(slot_bytes=SLOT_BYTES)))
+    core.replicas[7] = cast(Any, SimpleNamespace(job=JOB, draining=True,
+                                                 geometry=SimpleNamespace(slot_bytes=SLOT_BYTES)))
     agent = SimpleNamespace(core=core, pool=None, sessions=set())
     s = ConnSession(agent, JOB, 8, Mode.LOCAL)
     t = Transport()
