@@ -51,7 +51,8 @@ def helm(cluster: LocalCluster, *args: str, home: Path | None = None, timeout: f
 
 def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
                  gpus: Sequence[Mapping[str, Any]] = ({"model": "H200-141GB"},),
-                 allocation: str = "devicePlugin") -> dict[str, Any]:
+                 allocation: str = "devicePlugin", observe_interval: float = 3.0,
+                 observe_window: float = 15.0) -> dict[str, Any]:
     """Values that run the chart on this cluster's real node.
 
     ``images`` maps component (operator, node-daemon, dpu-agent) to the image refs that
@@ -75,6 +76,9 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
             "livenessPort": OPERATOR_PORTS[0], "metricsPort": OPERATOR_PORTS[1],
             # Fast enough for tests; a re-plan is not what these tests look at.
             "replanInterval": 0, "peering": {"lifetime": 10},
+            # The observed load: scraped often, over a short window, so that autoscaling
+            # reacts within a test's time.
+            "observeInterval": observe_interval,
             "image": {"name": refs["operator"].rsplit("/", 1)[1].split(":")[0]},
         },
         # Device-plugin mode unless asked: `auto` would wait for a registration from
@@ -96,6 +100,7 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
         "dpuAgent": {
             "nodeSelector": dpu_node, "port": AGENT_PORT, "metricsPort": AGENT_METRICS_PORT,
             "requestTimeout": 20,
+            "observeWindowSeconds": observe_window, "observeSliceSeconds": 1,
             "image": {"name": refs["dpu-agent"].rsplit("/", 1)[1].split(":")[0]},
         },
     }

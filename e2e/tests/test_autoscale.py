@@ -1,0 +1,187 @@
+"""Autoscaling through the chart's pods on the real node (issue 15's bar).
+
+An ``Auto`` InferenceJob whose worker (e2e/images/dpserve with a service time) really serves
+twice what its ModelProfile says, under ``conspirator loadgen --mode open``:
+
+* the operator pod scrapes the agent pod's metrics and writes ``status.observed``;
+* the rate triples: the single replica saturates, the autoscaler scales out (``ScaledOut``
+  Event with the figures) and the capacity is there within 90 s, with the observed p99
+  back under the SLO;
+* the saturated replica's throughput refines the ModelProfile (``status.observed`` about
+  twice the spec's figure), and the plan uses it (fewer replicas for the same rate);
+* the rate drops back: replicas are given back within the stabilization window + 2 min
+  (``ScaledIn``), the leaving workers draining on SIGTERM;
+* across the whole run, scale-out, refinement re-plan and scale-in, **no request fails or
+  is lost** (both load generators: lost 0, no failure, nothing left unsent).
+
+The test prints the timeline it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conspirator_e2e import chart
+from conspirator_e2e.chart import CHART
+from conspirator_e2e.cluster import LocalCluster
+from conspirator_e2e.release import Release, installed_release
+
+pytestmark = pytest.mark.skipif(not (CHART / "Chart.yaml").exists(), reason="no chart")
+
+JOB = "auto-e2e"
+MODEL = "echo-auto"
+PROFILE = chart.DEMO_PROFILE
+CLAIMED_RPS = 100.0  # what the ModelProfile says one replica serves
+SERVICE_US = 5000  # what the worker really takes per request: 200 requests/s
+SLO_MS = 100.0
+BASE, BURST = 80.0, 160.0  # the rate, then three times it (BASE + BURST)
+WINDOW_S = 30  # scaleDownStabilizationSeconds
+T_BURST, BURST_S, TAIL_S = 30.0, 90.0, 180.0
+
+
+@pytest.fixture(scope="module")
+def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    with installed_release(cluster, tmp_path_factory.mktemp("helm-auto")) as rel:
+        yield rel
+
+
+def objects(worker_image: str) -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "ModelProfile",
+         "metadata": {"name": MODEL},
+         "spec": {"model": MODEL, "entries": [
+             {"gpuModel": "H200-141GB", "migProfile": PROFILE, "batchSize": 1,
+              "throughput": CLAIMED_RPS, "p99LatencyMs": 10}]}},
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob",
+         "metadata": {"name": JOB},
+         "spec": {"model": {"name": MODEL, "image": worker_image,
+                            "args": ["65536", "2", str(SERVICE_US)]},
+                  "demand": {"requestsPerSecond": 100, "p99LatencyMs": SLO_MS,
+                             "gpuMemoryGiB": 4},
+                  "dataPath": {"inputShape": [65536], "dtype": "uint8", "maxBatch": 1},
+                  "scaling": {"mode": "Auto", "targetUtilizationPercent": 80,
+                              "scaleDownStabilizationSeconds": WINDOW_S}}},
+    ]
+
+
+def loadgen(endpoint: str, token: Path, out: Path, rate: float, seconds: float
+            ) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "conspirator", "loadgen", "--address", f"tcp://{endpoint}",
+         "--job", f"{out.stem.split('.')[0]}/{JOB}", "--token-file", str(token),
+         "--mode", "open", "--rate", str(rate), "--requests", "0", "--duration", str(seconds),
+         "--connections", "4", "--payload-size", "4KiB", "--timeout", "60", "--json", str(out),
+         "--no-progress"], cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+
+
+def sample(cluster: LocalCluster, ns: str, t0: float) -> dict[str, Any]:
+    j = chart.get_job(cluster, ns, JOB)
+    st = j.get("status", {})
+    obs = st.get("observed") or {}
+    return {"t": round(time.monotonic() - t0, 1), "phase": st.get("phase"),
+            "replicas": st.get("replicaCount"), "capacity": st.get("estimatedThroughput"),
+            "planned": st.get("demand"), "offered": obs.get("offeredRPS"),
+            "served": obs.get("servedRPS"), "p99": obs.get("p99LatencyMs"),
+            "waiting": obs.get("waiting"), "atAgent": chart.agent_replicas(f"{ns}/{JOB}")}
+
+
+def events(cluster: LocalCluster, ns: str) -> list[tuple[str, str]]:
+    items = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    return [(e.get("reason", ""), e.get("message", "")) for e in sorted(
+        items, key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")
+        if e.get("involvedObject", {}).get("name") == JOB]
+
+
+def test_an_auto_job_follows_its_load_and_loses_nothing(
+        release: Release, namespace: str, tmp_path: Path) -> None:
+    cluster, ns = release.cluster, namespace
+    profile, job = objects(release.worker_image)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(job))
+    timeline: list[dict[str, Any]] = []
+    try:
+        served = chart.wait_serving(cluster, ns, JOB)
+        assert served["status"]["replicaCount"] == 1, served["status"]
+        chart.wait("the replica at the agent", lambda: chart.agent_replicas(f"{ns}/{JOB}") == 1,
+                   120, release.describe)
+        endpoint = served["status"]["clientEndpoints"][0]["endpoint"]
+        token = tmp_path / "token"
+        token.write_text(chart.job_token(cluster, ns, served))
+        # The agent learns the token from its mounted Secret within seconds: one request
+        # through it before the load starts.
+        chart.serve_through_agent(cluster, ns, JOB, tmp_path, 50)
+        t0 = time.monotonic()
+        base = loadgen(endpoint, token, tmp_path / f"{ns}.base.json", BASE,
+                       T_BURST + BURST_S + TAIL_S)
+        burst: subprocess.Popen[str] | None = None
+        marks: dict[str, float] = {}
+        while time.monotonic() - t0 < T_BURST + BURST_S + TAIL_S:
+            now = time.monotonic() - t0
+            if burst is None and now >= T_BURST:
+                burst = loadgen(endpoint, token, tmp_path / f"{ns}.burst.json", BURST, BURST_S)
+            s = sample(cluster, ns, t0)
+            timeline.append(s)
+            cap, planned = s["capacity"] or 0.0, s["planned"] or 0.0
+            if burst is not None and "capacity" not in marks and planned >= (
+                    BASE + BURST) and cap >= planned * 0.99 and s["phase"] == "Running" \
+                    and s["atAgent"] == s["replicas"]:
+                marks["capacity"] = now
+            if "capacity" in marks and "p99_ok" not in marks and now < T_BURST + BURST_S \
+                    and s["p99"] is not None and s["p99"] < SLO_MS:
+                marks["p99_ok"] = now
+            if now > T_BURST + BURST_S and "scaled_in" not in marks and s["replicas"] == 1 \
+                    and planned < BASE + BURST:
+                marks["scaled_in"] = now
+            time.sleep(2)
+        assert burst is not None
+        outs = {}
+        for name, p in (("base", base), ("burst", burst)):
+            text, _ = p.communicate(timeout=180)
+            assert p.returncode == 0, text
+            outs[name] = json.loads((tmp_path / f"{ns}.{name}.json").read_text())
+    finally:
+        print("\n[timeline] t(s) phase replicas capacity planned offered served p99(ms) "
+              "waiting atAgent")
+        for s in timeline:
+            print("[timeline]", " ".join(str(s[k]) for k in (
+                "t", "phase", "replicas", "capacity", "planned", "offered", "served", "p99",
+                "waiting", "atAgent")))
+        for reason, message in events(cluster, ns):
+            print(f"[event] {reason}: {message}")
+    print(f"[timing] marks (s from the start of the load; burst at {T_BURST:g}): {marks}")
+    for name, s in outs.items():
+        print(f"[load] {name}: sent {s['sent']} ok {s['ok']} lost {s['lost']} "
+              f"failed {s['failed']} not sent {s.get('not_sent')}")
+        assert s["lost"] == 0 and s["failed"] == {} and not s.get("not_sent"), s
+        assert s["ok"] == s["sent"] > 0, s
+    reasons = [r for r, _ in events(cluster, ns)]
+    assert "ScaledOut" in reasons and "ScaledIn" in reasons, reasons
+    # The capacity within 90 s of the rate tripling, and p99 back under the SLO.
+    assert "capacity" in marks and marks["capacity"] - T_BURST <= 90, (marks, timeline)
+    assert "p99_ok" in marks, (marks, timeline)
+    # Replicas given back within the window + 2 min of the rate dropping.
+    assert "scaled_in" in marks and marks["scaled_in"] - (T_BURST + BURST_S) <= WINDOW_S + 120
+    # The learned profile: about twice the claimed figure, and the plan used it.
+    mp = json.loads(cluster.kubectl("get", "modelprofile", MODEL, "-o", "json").stdout)
+    (entry,) = mp["status"]["observed"]
+    assert 1.6 * CLAIMED_RPS <= entry["throughput"] <= 2.2 * CLAIMED_RPS, entry
+    assert entry["samples"] >= 3, entry
+    last = chart.get_job(cluster, ns, JOB)["status"]
+    assert last["estimatedThroughput"] == pytest.approx(entry["throughput"], rel=0.01), last
+
+
+@pytest.fixture(autouse=True)
+def _cleanup(release: Release, namespace: str) -> Iterator[None]:
+    yield
+    release.cluster.kubectl("delete", "ij", JOB, "-n", namespace, "--wait=true",
+                            "--timeout=90s", check=False)
+    release.cluster.kubectl("delete", "modelprofile", MODEL, "--ignore-not-found", check=False)
