@@ -10,8 +10,9 @@ The scraper (:mod:`~conspirator.operator.scrape`) hands every round of agent rep
    ``ScaledOut``/``ScaledIn`` Event with the figures and counts it; the next pass re-places
    the job (scale-out through the engine's incremental path, which may re-slice free GPUs;
    scale-in through the revalidation phase, which gives back what is no longer needed);
-3. replicas that were saturated over the window are throughput samples of the entry the
-   plan used for them (:mod:`~conspirator.operator.refine`); an entry whose median moved is
+3. replicas whose window says something about their capacity (the job saturated, or the
+   replica serving more than its entry) are throughput samples of the entry the plan used
+   for them (:mod:`~conspirator.operator.refine`); an entry whose median moved is
    written to its ModelProfile's ``status.observed``, which re-plans with it.
 
 Then it asks for a pass.
@@ -34,7 +35,7 @@ from conspirator.operator.cache import ObservationCache
 from conspirator.operator.kubeapi import KubeAPI
 from conspirator.operator.metrics import Metrics
 from conspirator.operator.placement.throughput import ThroughputTable
-from conspirator.operator.refine import EntryKey, Refinement, Refiner, saturated
+from conspirator.operator.refine import EntryKey, Refinement, Refiner, is_sample
 from conspirator.operator.translate import device_id, engine_job
 from conspirator.operator.views import JobView, NodeView, ProfileView, Replica
 
@@ -168,6 +169,7 @@ class LoadControl:
     def _sample(self, reports: list[AgentReport], loads: Mapping[str, JobLoad],
                 plan: PlanLike, table: ThroughputTable) -> None:
         snap = self.cache.snap
+        in_force = {k: thr for k, (thr, _) in _in_force(snap.profiles.values()).items()}
         index: dict[tuple[str, str], Replica] = {}
         for key, reps in plan.reserved.items():
             for r in reps:
@@ -177,24 +179,17 @@ class LoadControl:
             for s in report.replicas:
                 load = report.jobs.get(s.job)
                 view = snap.jobs.get(s.job)
-                if load is None or view is None or not saturated(
-                        load.waiting, load.offered_rps, load.served_rps):
-                    continue
                 rep = index.get((s.job, s.replica))
-                ek = entry_key(view, rep, table) if rep is not None else None
-                if ek is not None:
+                if load is None or view is None or rep is None:
+                    continue
+                ek = entry_key(view, rep, table)
+                if ek is not None and is_sample(s.throughput_rps, in_force.get(ek),
+                                                load.offered_rps, load.served_rps):
                     self.refiner.add(ek, s.throughput_rps)
 
     async def _refine(self, now: datetime) -> list[Refinement]:
         by_model = _profiles_by_model(self.cache.snap.profiles.values())
-        in_force: dict[EntryKey, tuple[float, float]] = {}
-        for model, pv in by_model.items():
-            for e in pv.profile.spec.entries:
-                in_force[(model, *e.key)] = (e.throughput, e.p99_latency_ms)
-            if pv.profile.status is not None:
-                for o in pv.profile.status.observed:
-                    in_force[(model, *o.key)] = (o.throughput, o.p99_latency_ms)
-        refs = self.refiner.refinements(in_force, now)
+        refs = self.refiner.refinements(_in_force(by_model.values()), now)
         written: list[Refinement] = []
         for model in sorted({r.key[0] for r in refs}):
             pv = by_model[model]
@@ -222,6 +217,18 @@ class LoadControl:
                 self.metrics.profile_refinements.inc()
             written.extend(mine)
         return written
+
+
+def _in_force(profiles: Iterable[ProfileView]) -> dict[EntryKey, tuple[float, float]]:
+    """Entry -> (throughput, p99 ms) the table plans with (observed over spec)."""
+    out: dict[EntryKey, tuple[float, float]] = {}
+    for model, pv in _profiles_by_model(profiles).items():
+        for e in pv.profile.spec.entries:
+            out[(model, *e.key)] = (e.throughput, e.p99_latency_ms)
+        if pv.profile.status is not None:
+            for o in pv.profile.status.observed:
+                out[(model, *o.key)] = (o.throughput, o.p99_latency_ms)
+    return out
 
 
 def _profiles_by_model(profiles: Iterable[ProfileView]) -> dict[str, ProfileView]:

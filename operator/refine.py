@@ -1,9 +1,12 @@
 """Learned profiles: what a replica really serves refines ``ModelProfile.status.observed``.
 
 Pure: samples in, entries out.  A *sample* is the throughput one replica achieved over an
-agent's window while it was saturated (requests queued at the agent for the job, so the
-replica never waited for work: what it served is what it can serve).  Unsaturated windows
-say nothing about capacity and are not samples.
+agent's window when that says something about its capacity (:func:`is_sample`): the job
+was saturated over the window (the agent served less than was offered: what a replica
+served is what it can serve), or the replica served more than its entry says (it can do
+at least that much, saturated or not).  A window that served below the entry without
+saturation says nothing - the replica may simply have had little to do - and is not a
+sample.
 
 Samples are kept per (model, GPU model, MIG profile, batch) - the entry the plan used
 for the replica.  The refined throughput is the **median** of the last
@@ -96,11 +99,22 @@ class Refiner:
             self.samples.pop(k, None)
 
 
-def saturated(waiting: int, offered_rps: float, served_rps: float) -> bool:
-    """Whether a window's served rate measures capacity: requests queued at the agent, or
-    more offered than served (by more than noise)."""
-    return waiting > 0 or offered_rps > served_rps * 1.05
+def saturated(offered_rps: float, served_rps: float) -> bool:
+    """Whether the job was short of capacity over the window: more offered than served (by
+    more than noise).  Requests waiting at one scrape are not enough (Poisson arrivals
+    queue for a moment at any utilization)."""
+    return offered_rps > served_rps * 1.05
+
+
+def is_sample(rps: float, in_force: float | None, offered_rps: float,
+              served_rps: float) -> bool:
+    """Whether a replica's window throughput ``rps`` measures its capacity (module doc)."""
+    if rps <= 0:
+        return False
+    if in_force is not None and rps > in_force * (1.0 + MIN_CHANGE):
+        return True
+    return saturated(offered_rps, served_rps)
 
 
 __all__ = ["MIN_CHANGE", "MIN_SAMPLES", "WINDOW", "EntryKey", "Refinement", "Refiner",
-           "Samples", "saturated"]
+           "Samples", "is_sample", "saturated"]

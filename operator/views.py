@@ -261,6 +261,18 @@ class JobView:
         return (-self.job.spec.priority, self.created, self.key)
 
 
+def _template_throughput(spec: Mapping[str, Any]) -> float | None:
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    for c in containers[:1]:
+        for e in c.get("env") or []:
+            if e.get("name") == "CONSPIRATOR_THROUGHPUT":
+                try:
+                    return float(e.get("value"))
+                except (TypeError, ValueError):
+                    return None
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerView:
     """A worker Deployment the operator created."""
@@ -276,6 +288,9 @@ class WorkerView:
     deleting: bool
     uid: str = ""
     resource_version: str = ""
+    throughput: float | None = None
+    """The ``CONSPIRATOR_THROUGHPUT`` its pod template gives the workers (their weight at
+    the agent's dispatcher)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerView:
@@ -304,6 +319,7 @@ class WorkerView:
             deleting=meta.get("deletionTimestamp") is not None,
             uid=str(meta.get("uid", "")),
             resource_version=str(meta.get("resourceVersion", "")),
+            throughput=_template_throughput(spec),
         )
 
     @property

@@ -196,10 +196,14 @@ class Writer:
                 group = [r for r in mine if r.profile == profile]
                 nv = snap.nodes.get(node)
                 dra = nv is not None and nv.dra
-                body = manifests.deployment(
-                    view, node, profile, count,
-                    throughput=sum(r.throughput_rps for r in group) / max(1, len(group)),
-                    dra=dra)
+                # The workers' weight is set when their Deployment is made: a new estimate
+                # (a learned profile, a re-plan) must not roll running workers, whose
+                # weights stay in proportion (one profile per Deployment).
+                old = existing.get((node, profile))
+                weight = (old.throughput if old is not None and old.throughput is not None
+                          else sum(r.throughput_rps for r in group) / max(1, len(group)))
+                body = manifests.deployment(view, node, profile, count, throughput=weight,
+                                            dra=dra)
                 claims = manifests.claim_template(view, node, profile) if dra else None
                 tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch,
                                               claims))

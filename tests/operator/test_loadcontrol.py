@@ -6,6 +6,7 @@ profiles re-planning a job whose replicas serve more than their entry says."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 from conspirator.operator.agentload import AgentReport, ReplicaSample
@@ -152,10 +153,12 @@ def test_a_replica_twice_as_fast_as_its_profile_is_planned_with_the_observed_fig
         await settle(api, c)
         st = api.jobs["ns/j0"]["status"]
         assert st["profiles"] == "4x1g.10gb" and capacity(api) == 400.0
-        # Saturated (requests queue at the agent): each replica serves 200 req/s, not 100.
+        (dep,) = api.deployments.values()
+        template = copy.deepcopy(dep["spec"]["template"])
+        # Each replica serves 200 req/s, not 100: it can do at least that much.
         samples = tuple(ReplicaSample("ns/j0", rid, 200.0 + k) for k, rid in
                         enumerate(ids(api)))
-        res = await c.observe_load([report(1200.0, 806.0, waiting=40, replicas=samples)])
+        res = await c.observe_load([report(806.0, 806.0, replicas=samples)])
         (ref,) = res.refinements
         assert ref.key == ("resnet50", "A100-80GB", "1g.10gb", 8)
         assert ref.throughput == 201.5 and ref.previous == 100.0 and ref.samples == 4
@@ -166,6 +169,11 @@ def test_a_replica_twice_as_fast_as_its_profile_is_planned_with_the_observed_fig
         # Planned with the learned figure: two replicas serve the 350 req/s now.
         st = api.jobs["ns/j0"]["status"]
         assert st["profiles"] == "2x1g.10gb" and capacity(api) == 403.0
+        # The Deployment scaled down; its pod template (the workers' weight) did not
+        # change, so the two workers left are not rolled.
+        (dep,) = api.deployments.values()
+        assert dep["spec"]["replicas"] == 2
+        assert template == dep["spec"]["template"]
 
     asyncio.run(go())
 
@@ -178,12 +186,12 @@ def test_unsaturated_windows_and_one_outlier_do_not_refine() -> None:
         await on_job_changed(c, body(api, "ns/j0"))
         await settle(api, c)
         rid = ids(api)[0]
-        for _ in range(5):  # the offered rate is served: these windows measure nothing
-            res = await c.observe_load([report(300.0, replicas=(
-                ReplicaSample("ns/j0", rid, 300.0),))])
+        for _ in range(5):  # little to do, queueing for a moment: these measure nothing
+            res = await c.observe_load([report(60.0, waiting=3, replicas=(
+                ReplicaSample("ns/j0", rid, 60.0),))])
             assert not res.refinements
         for v in (100.0, 101.0, 5000.0, 99.0):  # saturated; one outlier among them
-            res = await c.observe_load([report(900.0, 400.0, waiting=9, replicas=(
+            res = await c.observe_load([report(900.0, 400.0, replicas=(
                 ReplicaSample("ns/j0", rid, v),))])
             assert not res.refinements
         assert "status" not in api.profiles["resnet50"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from conspirator.operator.refine import MIN_SAMPLES, Refiner, saturated
+from conspirator.operator.refine import MIN_SAMPLES, Refiner, is_sample, saturated
 
 KEY = ("resnet50", "A100-80GB", "1g.10gb", 8)
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
@@ -38,7 +38,9 @@ def test_entries_are_refined_never_invented() -> None:
     assert r.refinements({}, NOW) == []
 
 
-def test_saturation() -> None:
-    assert saturated(3, 100.0, 100.0)
-    assert saturated(0, 150.0, 100.0)
-    assert not saturated(0, 101.0, 100.0)
+def test_what_is_a_sample() -> None:
+    assert saturated(150.0, 100.0) and not saturated(101.0, 100.0)
+    assert is_sample(90.0, 100.0, 150.0, 100.0)  # short of capacity: it is the capacity
+    assert is_sample(200.0, 100.0, 200.0, 200.0)  # serves more than the entry says
+    assert not is_sample(60.0, 100.0, 60.0, 60.0)  # little to do: says nothing
+    assert not is_sample(0.0, 100.0, 150.0, 100.0)
