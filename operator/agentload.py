@@ -65,6 +65,7 @@ def aggregate(reports: Iterable[AgentReport]) -> dict[str, JobLoad]:
             waiting=sum(x.waiting for x in loads),
             window_s=max(x.window_s for x in loads),
             agents=sum(x.agents for x in loads),
+            replicas=sum(x.replicas for x in loads),
         )
     return out
 

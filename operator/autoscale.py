@@ -11,10 +11,11 @@ The rule follows the HorizontalPodAutoscaler's conventions, on capacity rather t
 replica count (with MIG re-slicing one larger instance may replace several small ones):
 
 1. *Recommendation*: ``offered / target utilization``.  When the p99 the agents see
-   reaches :data:`P99_PRESSURE` of the SLO (or the agents served less than was offered
-   over their window while the offered rate is below the plan: the estimate is too
+   reaches :data:`P99_PRESSURE` of the SLO (or the job is saturated - the agents served
+   less than was offered over their window, or :data:`QUEUE_PER_REPLICA` requests per
+   replica wait at them - while the offered rate is below the plan: the estimate is too
    optimistic), the recommendation is at least :data:`PRESSURE_STEP` times the capacity
-   planned now.  (A few requests waiting at one scrape are no pressure: Poisson arrivals
+   planned now.  (A request or two waiting at one scrape is no pressure: Poisson arrivals
    queue for a moment at any utilization.)  Latency pressure
    counts only once the previous change is realised (the placement serves the planned
    rate) and :data:`PRESSURE_COOLDOWN_S` has passed, so replicas that are still starting
@@ -41,6 +42,8 @@ PRESSURE_STEP = 1.5
 """Under latency pressure, recommend at least this times the capacity planned now."""
 PRESSURE_COOLDOWN_S = 60.0
 """Seconds after a change before latency pressure may scale out again."""
+QUEUE_PER_REPLICA = 4
+"""Requests waiting at the agents per ready replica that mean the replicas never idle."""
 UNMET = 1.05
 """Offered above served by this factor over the window: the capacity does not keep up."""
 MIN_RPS = 1.0
@@ -60,6 +63,19 @@ class JobLoad:
     waiting: int = 0
     window_s: float = 0.0
     agents: int = 1
+    replicas: int = 0
+    """Ready replicas at the agents (0: not reported)."""
+
+    @property
+    def queueing(self) -> bool:
+        """A queue of :data:`QUEUE_PER_REPLICA` requests or more per ready replica at the
+        scrape: the replicas are busy all the time (a moment's Poisson queue is shorter)."""
+        return self.replicas > 0 and self.waiting >= QUEUE_PER_REPLICA * self.replicas
+
+    @property
+    def saturated(self) -> bool:
+        """Short of capacity over the window: more offered than served, or queueing."""
+        return self.offered_rps > self.served_rps * UNMET or self.queueing
 
 
 @dataclass(slots=True)
@@ -108,10 +124,10 @@ def recommendation(scaling: Scaling, slo_ms: float, load: JobLoad, state: Scaler
     pressure = ""
     if load.p99_ms is not None and load.p99_ms >= P99_PRESSURE * slo_ms:
         pressure = f"p99 {load.p99_ms:.1f} ms >= {P99_PRESSURE:.0%} of the {slo_ms:g} ms SLO"
-    elif load.offered_rps > load.served_rps * UNMET and \
-            load.offered_rps < state.planned_rps * target:
-        pressure = (f"{load.served_rps:.1f} of {load.offered_rps:.1f} req/s served below the "
-                    f"planned {state.planned_rps:.1f} req/s")
+    elif load.saturated and load.offered_rps < state.planned_rps * target:
+        pressure = (f"{load.served_rps:.1f} of {load.offered_rps:.1f} req/s served, "
+                    f"{load.waiting} queued for {load.replicas} replica(s), below the planned "
+                    f"{state.planned_rps:.1f} req/s")
     if pressure and realised and cooled:
         stepped = state.planned_rps * PRESSURE_STEP
         if stepped > rec:
@@ -172,5 +188,6 @@ def _round(rps: float) -> float:
     return round(rps, digits) if digits > 0 else float(round(rps, digits))
 
 
-__all__ = ["MIN_RPS", "P99_PRESSURE", "PRESSURE_COOLDOWN_S", "PRESSURE_STEP", "TOLERANCE", "UNMET",
+__all__ = ["MIN_RPS", "P99_PRESSURE", "PRESSURE_COOLDOWN_S", "PRESSURE_STEP",
+           "QUEUE_PER_REPLICA", "TOLERANCE", "UNMET",
            "JobLoad", "ScaleDecision", "ScalerState", "decide", "recommendation"]

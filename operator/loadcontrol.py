@@ -184,7 +184,7 @@ class LoadControl:
                     continue
                 ek = entry_key(view, rep, table)
                 if ek is not None and is_sample(s.throughput_rps, in_force.get(ek),
-                                                load.offered_rps, load.served_rps):
+                                                load.saturated):
                     self.refiner.add(ek, s.throughput_rps)
 
     async def _refine(self, now: datetime) -> list[Refinement]:

@@ -2,11 +2,11 @@
 
 Pure: samples in, entries out.  A *sample* is the throughput one replica achieved over an
 agent's window when that says something about its capacity (:func:`is_sample`): the job
-was saturated over the window (the agent served less than was offered: what a replica
-served is what it can serve), or the replica served more than its entry says (it can do
-at least that much, saturated or not).  A window that served below the entry without
-saturation says nothing - the replica may simply have had little to do - and is not a
-sample.
+was saturated (the agent served less than was offered over the window, or a queue of
+several requests per replica waited at it: what a replica served is what it can serve),
+or the replica served more than its entry says (it can do at least that much, saturated
+or not).  A window that served below the entry without saturation says nothing - the
+replica may simply have had little to do - and is not a sample.
 
 Samples are kept per (model, GPU model, MIG profile, batch) - the entry the plan used
 for the replica.  The refined throughput is the **median** of the last
@@ -99,22 +99,15 @@ class Refiner:
             self.samples.pop(k, None)
 
 
-def saturated(offered_rps: float, served_rps: float) -> bool:
-    """Whether the job was short of capacity over the window: more offered than served (by
-    more than noise).  Requests waiting at one scrape are not enough (Poisson arrivals
-    queue for a moment at any utilization)."""
-    return offered_rps > served_rps * 1.05
-
-
-def is_sample(rps: float, in_force: float | None, offered_rps: float,
-              served_rps: float) -> bool:
-    """Whether a replica's window throughput ``rps`` measures its capacity (module doc)."""
+def is_sample(rps: float, in_force: float | None, saturated: bool) -> bool:
+    """Whether a replica's window throughput ``rps`` measures its capacity (module doc);
+    ``saturated``: the job was short of capacity (``JobLoad.saturated``)."""
     if rps <= 0:
         return False
     if in_force is not None and rps > in_force * (1.0 + MIN_CHANGE):
         return True
-    return saturated(offered_rps, served_rps)
+    return saturated
 
 
 __all__ = ["MIN_CHANGE", "MIN_SAMPLES", "WINDOW", "EntryKey", "Refinement", "Refiner",
-           "Samples", "is_sample", "saturated"]
+           "Samples", "is_sample"]

@@ -38,7 +38,8 @@ def report_of(node: str, obs: AgentObservation) -> AgentReport:
     by its pod's name; replicas draining or drained are not throughput samples."""
     jobs = {k: JobLoad(offered_rps=j.offered_rps, served_rps=j.served_rps,
                        errors_rps=j.error_rps, p50_ms=j.p50_ms, p99_ms=j.p99_ms,
-                       outstanding=j.outstanding, waiting=j.waiting, window_s=j.window_s)
+                       outstanding=j.outstanding, waiting=j.waiting, window_s=j.window_s,
+                       replicas=sum(1 for r in j.replicas if r.state == "ready"))
             for k, j in obs.jobs.items()}
     reps = tuple(ReplicaSample(job=k, replica=r.devices[0] if r.devices else r.replica,
                                throughput_rps=r.throughput_rps, outstanding=r.outstanding)

@@ -157,6 +157,12 @@ def test_an_auto_job_follows_its_load_and_loses_nothing(
                 "waiting", "atAgent")))
         for reason, message in events(cluster, ns):
             print(f"[event] {reason}: {message}")
+        agent_log = cluster.kubectl("logs", "-n", chart.NAMESPACE, "-l",
+                                    "app.kubernetes.io/component=dpu-agent", "--tail=-1",
+                                    check=False).stdout
+        for line in agent_log.splitlines():
+            if any(w in line for w in ("drain", "withdraw", "failed", "gone")):
+                print(f"[agent] {line}")
     print(f"[timing] marks (s from the start of the load; burst at {T_BURST:g}): {marks}")
     for name, s in outs.items():
         print(f"[load] {name}: sent {s['sent']} ok {s['ok']} lost {s['lost']} "

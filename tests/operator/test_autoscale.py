@@ -71,11 +71,16 @@ def test_latency_pressure_scales_past_the_offered_rate_once_realised() -> None:
 
 def test_unmet_demand_below_the_plan_is_pressure_a_moment_of_queueing_is_not() -> None:
     s = ScalerState.start(100.0, 0.0)
-    assert decide(AUTO, SLO, load(60.0, waiting=12), s, 100.0) is None
-    short = JobLoad(offered_rps=60.0, served_rps=50.0, p99_ms=5.0, waiting=12)
+    moment = JobLoad(offered_rps=60.0, served_rps=60.0, p99_ms=5.0, waiting=3, replicas=1)
+    assert decide(AUTO, SLO, moment, s, 100.0) is None
+    short = JobLoad(offered_rps=60.0, served_rps=50.0, p99_ms=5.0, waiting=2, replicas=1)
     d = decide(AUTO, SLO, short, s, 200.0)
     assert d is not None and "50.0 of 60.0 req/s served" in d.message
     assert d.planned_rps == 150.0
+    s = ScalerState.start(100.0, 0.0)
+    queued = JobLoad(offered_rps=60.0, served_rps=60.0, p99_ms=5.0, waiting=8, replicas=2)
+    d = decide(AUTO, SLO, queued, s, 100.0)
+    assert d is not None and "8 queued for 2 replica(s)" in d.message
 
 
 def test_bounds_clamp_the_recommendation() -> None:

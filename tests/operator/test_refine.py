@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from conspirator.operator.refine import MIN_SAMPLES, Refiner, is_sample, saturated
+from conspirator.operator.autoscale import JobLoad
+from conspirator.operator.refine import MIN_SAMPLES, Refiner, is_sample
 
 KEY = ("resnet50", "A100-80GB", "1g.10gb", 8)
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
@@ -39,8 +40,12 @@ def test_entries_are_refined_never_invented() -> None:
 
 
 def test_what_is_a_sample() -> None:
-    assert saturated(150.0, 100.0) and not saturated(101.0, 100.0)
-    assert is_sample(90.0, 100.0, 150.0, 100.0)  # short of capacity: it is the capacity
-    assert is_sample(200.0, 100.0, 200.0, 200.0)  # serves more than the entry says
-    assert not is_sample(60.0, 100.0, 60.0, 60.0)  # little to do: says nothing
-    assert not is_sample(0.0, 100.0, 150.0, 100.0)
+    short = JobLoad(offered_rps=150.0, served_rps=100.0)
+    queue = JobLoad(offered_rps=100.0, served_rps=100.0, waiting=8, replicas=2)
+    moment = JobLoad(offered_rps=100.0, served_rps=100.0, waiting=3, replicas=2)
+    assert short.saturated and queue.saturated and not moment.saturated
+    assert not JobLoad(offered_rps=101.0, served_rps=100.0).saturated
+    assert is_sample(90.0, 100.0, True)  # short of capacity: it is the capacity
+    assert is_sample(200.0, 100.0, False)  # serves more than the entry says
+    assert not is_sample(60.0, 100.0, False)  # little to do: says nothing
+    assert not is_sample(0.0, 100.0, True)
