@@ -93,6 +93,8 @@ class LoadControl:
         self.metrics = metrics
         self.scalers: dict[str, ScalerState] = {}
         self.refiner = Refiner()
+        self.saturated_since: dict[str, float] = {}
+        """Job key -> when its current run of saturated rounds began (monotonic s)."""
         self.posted: list[dict[str, Any]] = []
         """Events posted (kept for tests; bounded)."""
 
@@ -123,7 +125,7 @@ class LoadControl:
                 events.append(manifests.job_event(view, decision.reason, decision.message,
                                                   False, now))
         if table is not None:
-            self._sample(reports, loads, plan, table)
+            self._sample(reports, loads, plan, table, now_s)
             out.refinements = await self._refine(now)
         if events:
             self.posted = (self.posted + events)[-100:]
@@ -167,8 +169,17 @@ class LoadControl:
     # --- 3: learned profiles --------------------------------------------------------------
 
     def _sample(self, reports: list[AgentReport], loads: Mapping[str, JobLoad],
-                plan: PlanLike, table: ThroughputTable) -> None:
+                plan: PlanLike, table: ThroughputTable, now_s: float) -> None:
         snap = self.cache.snap
+        # A window's throughput is the capacity only if the job was saturated all through
+        # it: since the first of the consecutive saturated rounds, a window ago or more.
+        for key, jl in loads.items():
+            if jl.saturated:
+                self.saturated_since.setdefault(key, now_s)
+            else:
+                self.saturated_since.pop(key, None)
+        for key in [k for k in self.saturated_since if k not in loads]:
+            del self.saturated_since[key]
         in_force = {k: thr for k, (thr, _) in _in_force(snap.profiles.values()).items()}
         index: dict[tuple[str, str], Replica] = {}
         for key, reps in plan.reserved.items():
@@ -183,8 +194,9 @@ class LoadControl:
                 if load is None or view is None or rep is None:
                     continue
                 ek = entry_key(view, rep, table)
-                if ek is not None and is_sample(s.throughput_rps, in_force.get(ek),
-                                                load.saturated):
+                since = self.saturated_since.get(s.job)
+                full = since is not None and now_s - since >= load.window_s
+                if ek is not None and is_sample(s.throughput_rps, in_force.get(ek), full):
                     self.refiner.add(ek, s.throughput_rps)
 
     async def _refine(self, now: datetime) -> list[Refinement]:

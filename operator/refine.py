@@ -2,11 +2,12 @@
 
 Pure: samples in, entries out.  A *sample* is the throughput one replica achieved over an
 agent's window when that says something about its capacity (:func:`is_sample`): the job
-was saturated (the agent served less than was offered over the window, or a queue of
-several requests per replica waited at it: what a replica served is what it can serve),
-or the replica served more than its entry says (it can do at least that much, saturated
-or not).  A window that served below the entry without saturation says nothing - the
-replica may simply have had little to do - and is not a sample.
+was saturated all through the window (the agent served less than was offered, or a queue
+of several requests per replica waited at it, at every scrape for at least a window: what
+a replica served is what it can serve), or the replica served more than its entry says
+(it can do at least that much, saturated or not).  A window that served below the entry
+without saturation says nothing - the replica may simply have had little to do - and is
+not a sample.
 
 Samples are kept per (model, GPU model, MIG profile, batch) - the entry the plan used
 for the replica.  The refined throughput is the **median** of the last

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from typing import Any
 
 from conspirator.operator.agentload import AgentReport, ReplicaSample
@@ -191,6 +192,14 @@ def test_unsaturated_windows_and_one_outlier_do_not_refine() -> None:
                 ReplicaSample("ns/j0", rid, 60.0),))])
             assert not res.refinements
         for v in (100.0, 101.0, 5000.0, 99.0):  # saturated; one outlier among them
+            res = await c.observe_load([report(900.0, 400.0, replicas=(
+                ReplicaSample("ns/j0", rid, v),))])
+            assert not res.refinements
+        assert "status" not in api.profiles["resnet50"]
+        # Saturated for less than a window: a window that mixes busy and idle time says
+        # nothing (it would read as a capacity below the real one).
+        c.load.saturated_since["ns/j0"] = time.monotonic() + 3600
+        for v in (60.0, 61.0, 62.0):
             res = await c.observe_load([report(900.0, 400.0, replicas=(
                 ReplicaSample("ns/j0", rid, v),))])
             assert not res.refinements
