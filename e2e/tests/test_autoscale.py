@@ -9,7 +9,8 @@ twice what its ModelProfile says, under ``conspirator loadgen --mode open``:
   back under the SLO;
 * the rate drops back: replicas are given back within the stabilization window + 2 min
   (``ScaledIn``), the leaving workers draining on SIGTERM;
-* across the whole run, scale-out and scale-in, **no request fails or is lost** (both load generators: lost 0, no failure, nothing left unsent).
+* across the whole run, scale-out and scale-in, **no request fails or is lost** (both
+  load generators: lost 0, no failure, nothing left unsent).
 
 The test prints the timeline it saw.  The second test: a Static job whose workers, kept
 saturated, refine the ModelProfile to their real speed (twice the spec's), and the plan
