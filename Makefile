@@ -111,6 +111,10 @@ bench-demand: install
 		--out benchmarks/results/mig/demand_diurnal
 	$(BIN)/python benchmarks/mig_demand.py --pattern bursty --seeds 3 \
 		--out benchmarks/results/mig/demand_bursty
+	$(BIN)/python benchmarks/mig_demand_bound.py --pattern diurnal --seeds 10 \
+		--out benchmarks/results/mig/demand_diurnal
+	$(BIN)/python benchmarks/mig_demand_bound.py --pattern bursty --seeds 3 \
+		--out benchmarks/results/mig/demand_bursty
 
 bench-scale: install
 	$(BIN)/python benchmarks/fractional_scale.py
