@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate bench-fractional bench-mig bench-scale bench-deviceplugin bench-datapath bench-operator clean
+	generate bench-fractional bench-mig bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -104,6 +104,17 @@ bench-mig: install
 		--gpus-per-job 0.9 --name mig_gap_slack --out benchmarks/results/mig --check
 	$(BIN)/python benchmarks/mig_gap.py --sizes 20 50 100 150 200 --seeds 4 \
 		--gpus-per-job 0.45 --name mig_gap_tight --out benchmarks/results/mig --check
+
+# The MIG track under diurnal demand, 10 seeds (about 10 minutes on 2 cores), then bursty, 3.
+bench-demand: install
+	$(BIN)/python benchmarks/mig_demand.py --pattern diurnal --seeds 10 \
+		--out benchmarks/results/mig/demand_diurnal
+	$(BIN)/python benchmarks/mig_demand.py --pattern bursty --seeds 3 \
+		--out benchmarks/results/mig/demand_bursty
+	$(BIN)/python benchmarks/mig_demand_bound.py --pattern diurnal --seeds 10 \
+		--out benchmarks/results/mig/demand_diurnal
+	$(BIN)/python benchmarks/mig_demand_bound.py --pattern bursty --seeds 3 \
+		--out benchmarks/results/mig/demand_bursty
 
 bench-scale: install
 	$(BIN)/python benchmarks/fractional_scale.py

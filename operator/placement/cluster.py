@@ -222,6 +222,32 @@ class ClusterState:
         if where[gpu.uid] <= 0:
             del where[gpu.uid]
 
+    def release_replica(self, job_id: str, gpu_uid: int, start: int) -> Instance:
+        """Remove the one replica of ``job_id`` at ``start`` on GPU ``gpu_uid`` (scale-in).
+
+        The job keeps its other replicas; with none left it is forgotten, as after
+        :meth:`release`.  Raises ``KeyError`` when no such replica exists.
+        """
+        gpu = self.gpus[gpu_uid]
+        for inst in gpu.instances:
+            if inst.job_id == job_id and inst.start == start:
+                self.unassign(gpu, inst)
+                if not self._where.get(job_id):
+                    self._where.pop(job_id, None)
+                    self.jobs.pop(job_id, None)
+                return inst
+        raise KeyError(f"job {job_id} has no replica at start {start} on {gpu.uuid}")
+
+    def redefine(self, job: Job) -> None:
+        """Replace the definition of a placed job (e.g. its demand after autoscaling).
+
+        Its replicas stay as they are; a job not in the cluster is refused (``KeyError``),
+        since a definition without replicas would be a job nobody placed.
+        """
+        if job.id not in self.jobs:
+            raise KeyError(f"job {job.id} is not placed")
+        self.jobs[job.id] = job
+
     def release(self, job_id: str) -> int:
         """Remove every replica of ``job_id``; returns how many were removed."""
         n = 0

@@ -16,8 +16,11 @@ from conspirator.operator.placement.fractional.policy_names import POLICIES as F
 from conspirator.operator.placement.policy_names import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
 from conspirator.operator.simulator import fractional, fractional_report, mig_report
+from conspirator.operator.simulator.autoscale import DEMAND_POLICIES, make_controller
 from conspirator.operator.simulator.data_paths import alibaba
+from conspirator.operator.simulator.demand import PATTERNS, DemandSpec, generate_traces
 from conspirator.operator.simulator.mig import MigRunResult, run_mig
+from conspirator.operator.simulator.mig_demand import run_demand
 from conspirator.operator.simulator.mig_inputs import (
     InputError,
     JobEvent,
@@ -53,6 +56,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="mig track: replicas a periodic re-plan may move")
     p.add_argument("--replan-every", type=float, default=3600.0,
                    help="mig track: seconds between global re-plans")
+    p.add_argument("--demand-pattern", choices=PATTERNS, default="static",
+                   help="mig track: how job request rates vary over time (docs/mig-track.md); "
+                   "static: the declared rate, all-or-nothing service")
+    p.add_argument("--demand-step", type=float, default=300.0,
+                   help="mig track: seconds over which a time-varying rate is constant, and "
+                   "between autoscaler decisions")
+    p.add_argument("--target-utilization", type=float, default=0.8,
+                   help="mig track, time-varying demand: the autoscalers' target utilization")
+    p.add_argument("--scale-in-window", type=float, default=300.0,
+                   help="mig track, time-varying demand: stabilization window of scale-in (s)")
+    p.add_argument("--time-limit", type=float, default=10.0,
+                   help="mig track, time-varying demand: the MILP's time limit (s) in the "
+                   "conspirator policy's re-plans")
     p.set_defaults(func=run)
 
 
@@ -73,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) -> int:
+    if args.demand_pattern != "static":
+        return _run_demand(args, policies, console)
     unknown = [p for p in policies if p not in MIG_POLICIES]
     if unknown:
         raise UsageError(f"unknown mig policy {', '.join(unknown)}; "
@@ -101,6 +119,51 @@ def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) ->
     console.print(mig_report.table(results))
     if not args.no_plot:
         mig_report.plot(results, out / "mig_summary.png")
+    console.print(f"wrote {out / 'mig_summary.csv'}")
+    return 0
+
+
+def _run_demand(args: argparse.Namespace, policies: list[str], console: Console) -> int:
+    unknown = [p for p in policies if p not in DEMAND_POLICIES]
+    if unknown:
+        raise UsageError(f"unknown policy {', '.join(unknown)} under --demand-pattern "
+                         f"{args.demand_pattern}; known: {', '.join(DEMAND_POLICIES)}")
+    if not args.demand_step > 0:
+        raise UsageError("--demand-step must be > 0")
+    if not 0 < args.target_utilization <= 1:
+        raise UsageError("--target-utilization must be in (0, 1]")
+    if args.scale_in_window < 0:
+        raise UsageError("--scale-in-window must be >= 0")
+    table = default_table()
+    try:
+        nodes = load_nodes(args.nodes or default_nodes_path())
+        fixed: list[JobEvent] | None = load_jobs(args.pods, table) if args.pods else None
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    workload = (args.pods.stem if args.pods else "generated-inference-mix") + \
+        f"/{args.demand_pattern}"
+    spec = DemandSpec(pattern=args.demand_pattern, step_s=args.demand_step)
+    results: list[MigRunResult] = []
+    with _progress(console) as prog:
+        for pol in policies:
+            for seed in [FIRST_SEED + k for k in range(args.seeds)]:
+                events = fixed if fixed is not None else generate_jobs(seed, table)
+                traces = generate_traces(events, spec, seed)
+                task = prog.add_task(f"mig {pol} {args.demand_pattern} seed {seed}",
+                                     total=len(events))
+                ctl = make_controller(pol, table, args.target_utilization,
+                                      args.scale_in_window, args.time_limit)
+                results.append(run_demand(
+                    nodes, events, ctl, traces, seed, spec.step_s,
+                    replan_every_s=args.replan_every, migration_budget=args.migration_budget,
+                    progress=functools.partial(prog.advance, task)))
+                prog.remove_task(task)
+    out: Path = args.out
+    mig_report.write_summary(workload, results, out / "mig_summary.csv")
+    console.print(mig_report.table(results, baseline="static-peak"))
+    if not args.no_plot:
+        mig_report.plot(results, out / "mig_summary.png")
+        mig_report.plot_demand(results, FIRST_SEED, out / "demand_vs_capacity.png")
     console.print(f"wrote {out / 'mig_summary.csv'}")
     return 0
 

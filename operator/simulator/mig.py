@@ -7,8 +7,10 @@ migration budget.  A job that is not fully served at arrival misses its SLO unti
 it is; its unserved time is reported.
 
 Metrics per (policy, seed): GPU-hours (integral of GPUs in use), SLO-miss jobs and
-job-hours waiting, migrations, decision latency p50/p99, and the MILP's reported
-gap where the policy is the MILP.
+job-hours waiting, SLO attainment (share of job-time fully served), reconfigurations
+(:func:`reconfigurations`), migrations, decision latency p50/p99, and the MILP's
+reported gap where the policy is the MILP.  Time-varying demand runs in
+``mig_demand.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import functools
 import heapq
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +30,30 @@ from conspirator.operator.placement.throughput import ThroughputTable
 from conspirator.operator.simulator.mig_inputs import JobEvent, NodeSpec
 
 ARRIVE, DEPART, REPLAN = 1, 0, 2  # departures first at equal times: they free capacity
+
+Layout = dict[int, Counter[tuple[str, int]]]
+"""GPU uid -> its GPU instances as (profile, start): the MIG layout of each GPU."""
+
+
+def instance_layout(state: ClusterState) -> Layout:
+    """The layouts of the GPUs holding replicas (an instance exists while a replica uses it)."""
+    return {g.uid: Counter((i.profile.name, i.start) for i in g.instances)
+            for g in state.gpus if g.instances}
+
+
+def reconfigurations(before: Layout, after: Layout, busy_before: set[int],
+                     busy_after: set[int]) -> int:
+    """GPU instances created or destroyed on GPUs that hold replicas before and after.
+
+    That is a MIG layout change on a GPU in use: the other replicas there keep running
+    while it is re-sliced.  Partitioning an idle GPU or freeing a GPU's last replicas
+    is not counted.
+    """
+    n = 0
+    for uid in busy_before & busy_after:
+        old, new = before.get(uid, Counter()), after.get(uid, Counter())
+        n += (old - new).total() + (new - old).total()
+    return n
 
 
 @dataclass(slots=True)
@@ -40,6 +67,11 @@ class MigRunResult:
     never_served_jobs: int = 0
     waiting_job_hours: float = 0.0
     migrations: int = 0
+    reconfigurations: int = 0
+    job_seconds: float = 0.0  # time jobs were running (arrival to departure), summed
+    job_seconds_met: float = 0.0  # of it, time their offered rate was fully served
+    series: list[tuple[float, float, float, int]] = field(default_factory=list)
+    """(time, offered rps, provisioned rps, GPUs in use) per demand step (demand runs)."""
     decisions_ms: list[float] = field(default_factory=list)  # arrivals
     replans_ms: list[float] = field(default_factory=list)  # periodic global re-plans
     mip_gaps: list[float] = field(default_factory=list)
@@ -48,6 +80,10 @@ class MigRunResult:
     @property
     def slo_miss_pct(self) -> float:
         return 100.0 * self.slo_miss_jobs / self.jobs if self.jobs else 0.0
+
+    @property
+    def slo_attainment_pct(self) -> float:
+        return 100.0 * self.job_seconds_met / self.job_seconds if self.job_seconds else 100.0
 
     def decision_pct(self, q: float) -> float:
         if not self.decisions_ms:
@@ -98,7 +134,10 @@ def run_mig(nodes: Sequence[NodeSpec], events: Sequence[JobEvent], policy: Place
     while queue:
         at, kind, _, jid = heapq.heappop(queue)
         res.gpu_hours += state.gpus_used() * (at - now) / 3600.0
+        res.job_seconds += len(active) * (at - now)
+        res.job_seconds_met += (len(active) - len(waiting)) * (at - now)
         now = at
+        layout = instance_layout(state)
         if kind == ARRIVE:
             ev = by_id[jid]
             active.add(jid)
@@ -129,6 +168,8 @@ def run_mig(nodes: Sequence[NodeSpec], events: Sequence[JobEvent], policy: Place
             if dec.mip_gap is not None:
                 res.mip_gaps.append(dec.mip_gap)
             try_waiting()
+        after = instance_layout(state)
+        res.reconfigurations += reconfigurations(layout, after, set(layout), set(after))
         res.peak_gpus = max(res.peak_gpus, state.gpus_used())
     res.slo_miss_jobs = len(missed)
     res.never_served_jobs = len(missed - served_ever)

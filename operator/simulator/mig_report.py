@@ -14,7 +14,7 @@ from conspirator.operator.simulator.mig import MigRunResult
 COLUMNS = ("workload", "policy", "seed", "jobs", "gpu_hours", "peak_gpus", "slo_miss_jobs",
            "slo_miss_pct", "never_served_jobs", "waiting_job_hours", "migrations",
            "decision_p50_ms", "decision_p99_ms", "replan_median_ms", "replan_max_ms",
-           "mip_gap_max")
+           "mip_gap_max", "slo_attainment_pct", "reconfigurations")
 
 
 def _row(workload: str, r: MigRunResult) -> dict[str, str]:
@@ -29,6 +29,8 @@ def _row(workload: str, r: MigRunResult) -> dict[str, str]:
         "replan_median_ms": f"{statistics.median(r.replans_ms):.3f}" if r.replans_ms else "",
         "replan_max_ms": f"{max(r.replans_ms):.3f}" if r.replans_ms else "",
         "mip_gap_max": f"{max(r.mip_gaps):.6f}" if r.mip_gaps else "",
+        "slo_attainment_pct": f"{r.slo_attainment_pct:.3f}",
+        "reconfigurations": str(r.reconfigurations),
     }
 
 
@@ -46,6 +48,8 @@ def means(results: Sequence[MigRunResult]) -> dict[str, dict[str, float]]:
             "decision_p50_ms": statistics.fmean(r.decision_pct(50) for r in rs),
             "decision_p99_ms": statistics.fmean(r.decision_pct(99) for r in rs),
             "replan_max_ms": max((max(r.replans_ms, default=0.0) for r in rs), default=0.0),
+            "slo_attainment_pct": statistics.fmean(r.slo_attainment_pct for r in rs),
+            "reconfigurations": statistics.fmean(r.reconfigurations for r in rs),
         }
     return out
 
@@ -69,15 +73,16 @@ def table(results: Sequence[MigRunResult], baseline: str = "naive-sharing") -> T
     m = means(results)
     t = Table(title="MIG track (mean over seeds)")
     for col in ("policy", "GPU-hours", f"vs {baseline}", "peak GPUs", "SLO miss %",
-                "waiting job-h", "migrations", "decision p50 ms", "p99 ms",
-                "re-plan max ms"):
+                "attainment %", "waiting job-h", "migrations", "reconfig.",
+                "decision p50 ms", "p99 ms", "re-plan max ms"):
         t.add_column(col, justify="left" if col == "policy" else "right")
     base = m.get(baseline, {}).get("gpu_hours")
     for pol, v in m.items():
         rel = f"{100 * (v['gpu_hours'] / base - 1):+.1f}%" if base else "-"
         t.add_row(pol, f"{v['gpu_hours']:.1f}", rel, f"{v['peak_gpus']:.1f}",
-                  f"{v['slo_miss_pct']:.1f}", f"{v['waiting_job_hours']:.1f}",
-                  f"{v['migrations']:.1f}", f"{v['decision_p50_ms']:.2f}",
+                  f"{v['slo_miss_pct']:.1f}", f"{v['slo_attainment_pct']:.2f}",
+                  f"{v['waiting_job_hours']:.1f}", f"{v['migrations']:.1f}",
+                  f"{v['reconfigurations']:.0f}", f"{v['decision_p50_ms']:.2f}",
                   f"{v['decision_p99_ms']:.2f}", f"{v['replan_max_ms']:.0f}")
     return t
 
@@ -102,4 +107,35 @@ def plot(results: Sequence[MigRunResult], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_demand(results: Sequence[MigRunResult], seed: int, path: Path) -> None:
+    """Offered demand vs provisioned capacity, and GPUs in use, over time, per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if r.seed == seed and r.series]
+    if not runs:
+        return
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    first = runs[0].series
+    axes[0].plot([s[0] / 3600 for s in first], [s[1] / 1000 for s in first], color="black",
+                 lw=1.2, label="offered demand")
+    for r in runs:
+        hours = [s[0] / 3600 for s in r.series]
+        axes[0].plot(hours, [s[2] / 1000 for s in r.series], lw=0.9,
+                     label=f"{r.policy}: provisioned")
+        axes[1].plot(hours, [s[3] for s in r.series], lw=0.9, label=r.policy)
+    axes[0].set_ylabel("thousand requests/s (all jobs)")
+    axes[0].set_title(f"Offered demand vs provisioned SLO-feasible capacity (seed {seed})")
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("GPUs in use")
+    axes[1].set_xlabel("hours")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -72,3 +72,25 @@ def test_adopting_itself_changes_nothing() -> None:
     before = state.copy()
     state.adopt(state)
     assert contents(state) == contents(before)
+
+
+def test_release_replica_removes_one_replica_and_keeps_the_rest() -> None:
+    import dataclasses
+
+    import pytest
+
+    state = two_gpus()
+    a = job("a")
+    one_small(state, a, 0, 6)
+    one_small(state, a, 1, 5)
+    inst = state.release_replica("a", 0, 6)
+    assert inst.start == 6 and state.gpus[0].empty
+    assert state.served_rps("a") == 100.0 and [g.uid for g, _ in state.replicas("a")] == [1]
+    with pytest.raises(KeyError):
+        state.release_replica("a", 1, 6)  # no replica of a there
+    state.redefine(dataclasses.replace(a, demand_rps=50.0))
+    assert state.jobs["a"].demand_rps == 50.0
+    state.release_replica("a", 1, 5)
+    assert "a" not in state.jobs and state.gpus_used() == 0
+    with pytest.raises(KeyError):
+        state.redefine(a)
