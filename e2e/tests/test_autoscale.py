@@ -101,6 +101,17 @@ def events(cluster: LocalCluster, ns: str) -> list[tuple[str, str]]:
         if e.get("involvedObject", {}).get("name") == JOB]
 
 
+def print_logs(cluster: LocalCluster) -> None:
+    """The agent's and the node daemon's lines about replicas coming and going."""
+    for component in ("dpu-agent", "node-daemon"):
+        log = cluster.kubectl("logs", "-n", chart.NAMESPACE, "-l",
+                              f"app.kubernetes.io/component={component}", "--tail=-1",
+                              check=False).stdout
+        for line in log.splitlines():
+            if any(w in line for w in ("drain", "withdr", "failed", "gone", "REPLICA")):
+                print(f"[{component}] {line}")
+
+
 def test_an_auto_job_follows_its_load_and_loses_nothing(
         release: Release, namespace: str, tmp_path: Path) -> None:
     cluster, ns = release.cluster, namespace
@@ -157,12 +168,7 @@ def test_an_auto_job_follows_its_load_and_loses_nothing(
                 "waiting", "atAgent")))
         for reason, message in events(cluster, ns):
             print(f"[event] {reason}: {message}")
-        agent_log = cluster.kubectl("logs", "-n", chart.NAMESPACE, "-l",
-                                    "app.kubernetes.io/component=dpu-agent", "--tail=-1",
-                                    check=False).stdout
-        for line in agent_log.splitlines():
-            if any(w in line for w in ("drain", "withdraw", "failed", "gone")):
-                print(f"[agent] {line}")
+        print_logs(cluster)
     print(f"[timing] marks (s from the start of the load; burst at {T_BURST:g}): {marks}")
     for name, s in outs.items():
         print(f"[load] {name}: sent {s['sent']} ok {s['ok']} lost {s['lost']} "
@@ -230,6 +236,7 @@ def test_a_worker_twice_as_fast_as_its_profile_is_planned_with_the_observed_figu
     print(f"[timing] load start -> planned with it: {time.monotonic() - t0:.1f}s")
     assert st["estimatedThroughput"] == pytest.approx(entry["throughput"], rel=0.01), st
     text, _ = p.communicate(timeout=180)
+    print_logs(cluster)
     assert p.returncode == 0, text
     s = json.loads(out.read_text())
     print(f"[load] closed loop: sent {s['sent']} ok {s['ok']} failed {s['failed']}")

@@ -266,7 +266,8 @@ int main(int argc, char **argv) {
         if (read(bell, &cnt, 8) < 0 && errno != EAGAIN) break;
         uint64_t tag;
         uint32_t slot, len;
-        while (ring_pop(ctl + sq, cap, &tag, &slot, &len)) {
+        /* A SIGTERM is announced at once, even while requests keep coming. */
+        while (!(drain && !draining) && ring_pop(ctl + sq, cap, &tag, &slot, &len)) {
             uint32_t status = 0, out = 24;
             if (service_us > 0) {
                 struct timespec ts = {service_us / 1000000, (service_us % 1000000) * 1000};
