@@ -125,7 +125,11 @@ def test_values_that_break_the_schema_are_refused(cluster: LocalCluster, tmp_pat
 
 @pytest.fixture(scope="module")
 def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    with installed_release(cluster, tmp_path_factory.mktemp("helm")) as rel:
+    # No load loop here: these tests check that reservations stay put across restarts, and
+    # the demo worker serves far more than its profile's 100 req/s, so learned profiles
+    # (tested in test_autoscale.py) would rightly shrink the demo job under the load.
+    with installed_release(cluster, tmp_path_factory.mktemp("helm"),
+                           observe_interval=0) as rel:
         yield rel
 
 

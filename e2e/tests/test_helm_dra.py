@@ -38,7 +38,9 @@ JOB = "chart-dra"
 
 @pytest.fixture(scope="module")
 def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    with installed_release(cluster, tmp_path_factory.mktemp("helm-dra"),
+    # No load loop: learned profiles would rightly shrink the demo job mid-test (its worker
+    # serves far more than the profile's 100 req/s); test_autoscale.py covers them.
+    with installed_release(cluster, tmp_path_factory.mktemp("helm-dra"), observe_interval=0,
                            allocation="dra") as rel:
         yield rel
 

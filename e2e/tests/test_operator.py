@@ -75,7 +75,7 @@ def test_examples_run_where_the_plan_says(cluster: LocalCluster, api: client.Api
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES))
     try:
         names = [j["metadata"]["name"] for j in jobs(api, [namespace])]
-        assert sorted(names) == ["bert-base-team-a", "resnet50"]
+        assert sorted(names) == ["bert-base-team-a", "resnet50", "resnet50-auto"]
         done = {n: wait_phase(api, namespace, n, "Running", operator) for n in names}
         pods = raw(core.list_namespaced_pod(namespace, label_selector=MANAGED,
                                             _preload_content=False))
@@ -108,7 +108,7 @@ def test_examples_run_where_the_plan_says(cluster: LocalCluster, api: client.Api
         table = cluster.kubectl("get", "ij", "-n", namespace).stdout
         print(table)
         for name in names:
-            row = next(line for line in table.splitlines() if line.startswith(name))
+            row = next(line for line in table.splitlines() if line.split()[:1] == [name])
             st = done[name]["status"]
             assert "Running" in row and st["profiles"] in row and str(st["replicaCount"]) in row
         assert check_invariants(api, [namespace]) == []
