@@ -93,6 +93,9 @@ class LoadControl:
         self.metrics = metrics
         self.scalers: dict[str, ScalerState] = {}
         self.refiner = Refiner()
+        self.profile_ids: dict[str, tuple[str, int]] = {}
+        """Model -> (uid, generation) of the ModelProfile its samples were taken against:
+        a recreated or re-measured profile starts learning afresh."""
         self.saturated_since: dict[str, float] = {}
         """Job key -> when its current run of saturated rounds began (monotonic s)."""
         self.posted: list[dict[str, Any]] = []
@@ -180,6 +183,7 @@ class LoadControl:
                 self.saturated_since.pop(key, None)
         for key in [k for k in self.saturated_since if k not in loads]:
             del self.saturated_since[key]
+        self._forget_stale(snap.profiles.values())
         in_force = {k: thr for k, (thr, _) in _in_force(snap.profiles.values()).items()}
         index: dict[tuple[str, str], Replica] = {}
         for key, reps in plan.reserved.items():
@@ -198,6 +202,16 @@ class LoadControl:
                 full = since is not None and now_s - since >= load.window_s
                 if ek is not None and is_sample(s.throughput_rps, in_force.get(ek), full):
                     self.refiner.add(ek, s.throughput_rps)
+
+    def _forget_stale(self, profiles: Iterable[ProfileView]) -> None:
+        """Drop the samples of models whose ModelProfile was recreated or whose spec changed
+        (a new measurement), or that lost their ModelProfile."""
+        current = {m: (pv.profile.metadata.uid or "", pv.profile.metadata.generation or 0)
+                   for m, pv in _profiles_by_model(profiles).items()}
+        stale = {m for m, ident in self.profile_ids.items() if current.get(m) != ident}
+        if stale:
+            self.refiner.forget([k for k in self.refiner.samples if k[0] in stale])
+        self.profile_ids = current
 
     async def _refine(self, now: datetime) -> list[Refinement]:
         by_model = _profiles_by_model(self.cache.snap.profiles.values())

@@ -206,3 +206,28 @@ def test_unsaturated_windows_and_one_outlier_do_not_refine() -> None:
         assert "status" not in api.profiles["resnet50"]
 
     asyncio.run(go())
+
+
+def test_a_recreated_profile_learns_afresh() -> None:
+    api, c = setup(350, gpus=1)
+    api.profiles["resnet50"] = profile_body(100.0)
+
+    async def go() -> None:
+        await on_job_changed(c, body(api, "ns/j0"))
+        await settle(api, c)
+        rid = ids(api)[0]
+        for _ in range(2):  # two samples of the old profile: not enough to write
+            res = await c.observe_load([report(100.0, replicas=(
+                ReplicaSample("ns/j0", rid, 200.0),))])
+            assert not res.refinements
+        # The platform team measured again: a new spec (generation 2).
+        new = profile_body(100.0)
+        new["metadata"].update(generation=2, resourceVersion="7")
+        api.profiles["resnet50"] = new
+        c.cache.observe_profile(new)
+        res = await c.observe_load([report(100.0, replicas=(
+            ReplicaSample("ns/j0", rid, 200.0),))])
+        assert not res.refinements  # one sample of the new profile, not three
+        assert c.load.refiner.samples[("resnet50", "A100-80GB", "1g.10gb", 8)].total == 1
+
+    asyncio.run(go())
