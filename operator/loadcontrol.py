@@ -201,7 +201,7 @@ class LoadControl:
                 since = self.saturated_since.get(s.job)
                 full = since is not None and now_s - since >= load.window_s
                 if ek is not None and is_sample(s.throughput_rps, in_force.get(ek), full):
-                    self.refiner.add(ek, s.throughput_rps)
+                    self.refiner.add(ek, s.throughput_rps, capacity=full)
 
     def _forget_stale(self, profiles: Iterable[ProfileView]) -> None:
         """Drop the samples of models whose ModelProfile was recreated or whose spec changed

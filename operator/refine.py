@@ -39,21 +39,28 @@ EntryKey = tuple[str, str, str, int]
 
 @dataclass(slots=True)
 class Samples:
-    """The recent samples of one entry, and how many were ever taken."""
+    """The recent samples of one entry, and how many were ever taken.
+
+    Capacity samples (saturated windows) and lower bounds (unsaturated windows that beat
+    the entry) are kept apart: a lower bound says "at least", so it must not pull the
+    median of real capacity measurements down."""
 
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    bounds: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     total: int = 0
 
-    def add(self, rps: float) -> None:
+    def add(self, rps: float, capacity: bool = True) -> None:
         if rps > 0:
-            self.recent.append(rps)
+            (self.recent if capacity else self.bounds).append(rps)
             self.total += 1
 
     def estimate(self) -> float | None:
-        """The median of the recent samples, once there are enough."""
-        if len(self.recent) < MIN_SAMPLES:
-            return None
-        return statistics.median(self.recent)
+        """The median of the recent capacity samples once there are enough, else the median
+        of the recent lower bounds once there are enough."""
+        for d in (self.recent, self.bounds):
+            if len(d) >= MIN_SAMPLES:
+                return statistics.median(d)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +82,8 @@ class Refiner:
 
     samples: dict[EntryKey, Samples] = field(default_factory=dict)
 
-    def add(self, key: EntryKey, rps: float) -> None:
-        self.samples.setdefault(key, Samples()).add(rps)
+    def add(self, key: EntryKey, rps: float, capacity: bool = True) -> None:
+        self.samples.setdefault(key, Samples()).add(rps, capacity)
 
     def refinements(self, in_force: dict[EntryKey, tuple[float, float]],
                     now: datetime) -> list[Refinement]:

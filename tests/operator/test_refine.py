@@ -49,3 +49,15 @@ def test_what_is_a_sample() -> None:
     assert is_sample(200.0, 100.0, False)  # serves more than the entry says
     assert not is_sample(60.0, 100.0, False)  # little to do: says nothing
     assert not is_sample(0.0, 100.0, True)
+
+
+def test_lower_bounds_do_not_pull_real_measurements_down() -> None:
+    r = Refiner()
+    for v in (126.0, 127.0, 125.0, 126.0):  # unsaturated windows that beat the entry
+        r.add(KEY, v, capacity=False)
+    (ref,) = r.refinements({KEY: (100.0, 20.0)}, NOW)
+    assert ref.throughput == 126.0
+    for v in (165.0, 166.0, 164.0):  # saturated windows: the capacity itself
+        r.add(KEY, v)
+    (ref,) = r.refinements({KEY: (126.0, 20.0)}, NOW)
+    assert ref.throughput == 165.0 and ref.samples == 7
