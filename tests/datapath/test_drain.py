@@ -30,17 +30,16 @@ from conspirator.wire.registration import BufferSpec, Publication
 from conspirator.wire.workerregistry import TrustClaims, WorkerRegistry
 
 from .harness import NODE, Node, gather_futures, node, stop_process, wait_for, worker_process
+from .test_agent_observe import config as observe_config
 
 JOB = "team-a/resnet"
 TOKEN = "drain-token"
 
 
 def config(**kw: Any) -> AgentConfig:
-    base: dict[str, Any] = {"window": 8, "staging_budget": 64 << 20, "max_payload": 4 << 20,
-                            "local_slot_bytes": 1 << 20, "no_replica_timeout": 60.0,
-                            "request_timeout": 60.0, "observe_window": 3600.0}
-    base.update(kw)
-    return AgentConfig(**base)
+    """test_agent_observe's agent, with timeouts no drain of these tests reaches."""
+    return observe_config(**{"no_replica_timeout": 60.0, "request_timeout": 60.0,
+                             "observe_slice": 5.0, **kw})
 
 
 class Stream:

@@ -140,6 +140,13 @@ def profile_body(thr: float) -> dict[str, Any]:
                  "throughput": thr, "p99LatencyMs": 10.0}]}}
 
 
+async def placed(api: FakeKube, c: Controller) -> list[str]:
+    """Place ns/j0, play the node daemon, and return its replicas' identities."""
+    await on_job_changed(c, body(api, "ns/j0"))
+    await settle(api, c)
+    return ids(api)
+
+
 def ids(api: FakeKube) -> list[str]:
     return [f"{r['gpuUUID']}/{r['migProfile']}/{r['startSlice']}"
             for r in api.jobs["ns/j0"]["status"]["replicas"]]
@@ -184,9 +191,7 @@ def test_unsaturated_windows_and_one_outlier_do_not_refine() -> None:
     api.profiles["resnet50"] = profile_body(100.0)
 
     async def go() -> None:
-        await on_job_changed(c, body(api, "ns/j0"))
-        await settle(api, c)
-        rid = ids(api)[0]
+        rid = (await placed(api, c))[0]
         for _ in range(5):  # little to do, queueing for a moment: these measure nothing
             res = await c.observe_load([report(60.0, waiting=3, replicas=(
                 ReplicaSample("ns/j0", rid, 60.0),))])
@@ -213,9 +218,7 @@ def test_a_recreated_profile_learns_afresh() -> None:
     api.profiles["resnet50"] = profile_body(100.0)
 
     async def go() -> None:
-        await on_job_changed(c, body(api, "ns/j0"))
-        await settle(api, c)
-        rid = ids(api)[0]
+        rid = (await placed(api, c))[0]
         for _ in range(2):  # two samples of the old profile: not enough to write
             res = await c.observe_load([report(100.0, replicas=(
                 ReplicaSample("ns/j0", rid, 200.0),))])
