@@ -136,6 +136,15 @@ class UnixRegistrar:
         if not r:
             return False
         with self._lock:
+            # A call on another thread may have taken what woke us (a reply, not a
+            # hang-up) while we waited for the lock; the socket's timeout would make the
+            # peek below wait for more, holding the lock, so look again first.
+            try:
+                r, _, _ = select.select([sock], [], [], 0)
+            except (OSError, ValueError):
+                return True
+            if not r:
+                return False
             try:
                 data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except BlockingIOError:

@@ -292,3 +292,50 @@ def test_a_drain_that_cannot_be_announced_stops_at_once() -> None:
         assert not t.is_alive() and rep.drain_result == "refused"
     finally:
         rep.close()
+
+
+class _NoticingLock:
+    """A lock that says when a thread starts waiting for it."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.waiting = threading.Event()
+
+    def __enter__(self) -> None:
+        self.waiting.set()
+        self.inner.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self.inner.release()
+
+
+def test_watching_the_registration_does_not_hold_the_lock_for_a_reply_it_did_not_take(
+        tmp_path: Path) -> None:
+    """The worker's watcher wakes for a reply that the drain call then takes: it must not
+    wait on the emptied socket holding the lock (the CI run where a drained worker hung
+    in withdraw for the socket's 10 s timeout and was killed)."""
+    import socket
+
+    path = str(tmp_path / "r.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(path)
+    srv.listen(1)
+    reg = UnixRegistrar(path, timeout=600.0)  # the old bug would hold the lock this long
+    sock = reg._connect()
+    peer, _ = srv.accept()
+    lock = _NoticingLock()
+    reg._lock = lock  # type: ignore[assignment]
+    result: list[bool] = []
+    with lock:  # a call in flight on another thread
+        lock.waiting.clear()
+        watcher = threading.Thread(target=lambda: result.append(reg.wait_closed(None)))
+        watcher.start()
+        peer.send(b"a reply")  # wakes the watcher, which now waits for the lock
+        assert lock.waiting.wait(30)
+        assert sock.recv(64) == b"a reply"  # the call takes its reply
+    watcher.join(60)
+    assert not watcher.is_alive() and result == [False]  # not closed, and it let go
+    peer.close()  # a real hang-up still reads as closed
+    assert reg.wait_closed(30)
+    reg.close()
+    srv.close()
