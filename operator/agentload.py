@@ -34,6 +34,8 @@ class ReplicaSample:
     """The replica's identity at the agent (see :func:`replica_slot`)."""
     throughput_rps: float
     outstanding: int = 0
+    pod: str = ""
+    """``namespace/name`` of the worker pod, where the node daemon identified it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ class Work:
     rebuild: bool
     capacity: bool
     replan: bool = False
+    registered: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
+    """Job key -> (replicas the DPU agents count ready, monotonic time of that scrape)."""
+    scraping: bool = False
+    """Whether the operator scrapes the DPU agents (else ``registered`` stays empty)."""
+    now_s: float = dataclasses.field(default_factory=time.monotonic)
+    """When the pass took its work (monotonic seconds)."""
 
     @property
     def live(self) -> dict[str, JobView]:
@@ -90,6 +97,16 @@ class ObservationCache:
         """Job key -> the load the DPU agents last reported (``status.observed``)."""
         self.autoscaling: dict[str, AutoscalingStatus] = {}
         """Job key -> the autoscaler's last decision (``status.autoscaling``)."""
+        self.registered: dict[str, tuple[int, float]] = {}
+        """Job key -> (replicas the DPU agents count ready, monotonic time of the scrape)."""
+        self.scraping = False
+        """Whether something scrapes the DPU agents and feeds ``registered``."""
+        self.replica_pods: dict[str, dict[str, str]] = {}
+        """Job key -> replica identity at the agents (device id, see ``report_of``) -> the
+        worker pod (``namespace/name``) holding it, from the last scrape that saw the job."""
+        self.migrating: set[str] = set()
+        """Jobs with retiring replicas (set after each decision): a change of their count
+        at the agents is worth a pass (the old replicas may go)."""
         self._uid_key: dict[str, str] = {}
         self._scope = set(namespaces)
         self._replay: list[Callable[[], object]] | None = None
@@ -143,6 +160,8 @@ class ObservationCache:
         self.planned.pop(key, None)
         self.loads.pop(key, None)
         self.autoscaling.pop(key, None)
+        self.registered.pop(key, None)
+        self.replica_pods.pop(key, None)
         self.spec_dirty.add(key)
 
     def set_planned(self, key: str, rps: float, status: AutoscalingStatus) -> bool:
@@ -162,6 +181,15 @@ class ObservationCache:
             return
         self.loads[key] = load
         if render:
+            self.status_dirty.add(key)
+
+    def observe_registered(self, key: str, replicas: int, now_s: float) -> None:
+        """The DPU agents count ``replicas`` ready replicas of job ``key`` (a scrape at
+        ``now_s``); a migrating job gets a pass."""
+        if key not in self.snap.jobs:
+            return
+        self.registered[key] = (replicas, now_s)
+        if key in self.migrating:  # rare, and the rule also counts the time waited
             self.status_dirty.add(key)
 
     def token_changed(self, key: str, secret: str | None) -> bool:
@@ -256,7 +284,8 @@ class ObservationCache:
             profiles=dict(self.snap.profiles), workers=dict(self.snap.workers),
             spec_dirty=self.spec_dirty, status_dirty=self.status_dirty,
             nodes_dirty=self.nodes_dirty, rebuild=self.rebuild or rebuild,
-            capacity=self.capacity, replan=replan)
+            capacity=self.capacity, replan=replan, registered=dict(self.registered),
+            scraping=self.scraping)
         self.spec_dirty, self.status_dirty, self.nodes_dirty = set(), set(), set()
         self.rebuild = self.capacity = False
         return work

@@ -200,7 +200,8 @@ class Controller:
         table = self.plan.table.table if self.plan.table is not None else None
         res = await self.load.apply(reports, self.plan, table, time.monotonic(),
                                     datetime.now(UTC))
-        if res.rendered or res.decisions or res.refinements:
+        if res.rendered or res.decisions or res.refinements or \
+                self.cache.migrating & self.cache.status_dirty:
             self.nudge()
         return res
 
@@ -292,6 +293,7 @@ class Controller:
             decision = await asyncio.to_thread(decide, work, self.plan, self.inputs)
             self.plan = decision.plan
             self.cache.jobs_on_node = self.plan.jobs_on_node()
+            self.cache.migrating = set(self.plan.retiring)
             self._count(decision)
             await self.writer.write(work, self.plan, decision.changes, datetime.now(UTC))
         except Exception:

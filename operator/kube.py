@@ -19,7 +19,7 @@ from kubernetes import client, config
 
 from conspirator.api.v1alpha1 import GROUP, VERSION
 from conspirator.operator.kubeapi import ConflictError, NotFoundError
-from conspirator.operator.views import LABEL_MANAGED_BY, MANAGED_BY
+from conspirator.operator.views import LABEL_MANAGED_BY, MANAGED_BY, POD_DELETION_COST
 
 log = logging.getLogger("conspirator.operator.kube")
 T = TypeVar("T")
@@ -196,6 +196,15 @@ class Kube:
         with contextlib.suppress(NotFoundError):
             await self._run(self.apps.delete_namespaced_deployment, name, namespace,
                             body=opts)
+
+    async def set_pod_deletion_cost(self, namespace: str, name: str, cost: int) -> None:
+        patch = {"metadata": {"annotations": {POD_DELETION_COST: str(cost)}}}
+        with contextlib.suppress(NotFoundError):
+            await self._run(self.core.patch_namespaced_pod, name, namespace, patch)
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self._run(self.core.delete_namespaced_pod, name, namespace)
 
     # --- Secrets (the data path's tokens) ------------------------------------------------
 

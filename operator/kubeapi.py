@@ -59,6 +59,15 @@ class KubeAPI(SecretsAPI, Protocol):
     async def delete_deployment(self, namespace: str, name: str, uid: str | None = None
                                 ) -> None: ...
 
+    async def set_pod_deletion_cost(self, namespace: str, name: str, cost: int) -> None:
+        """Annotate a worker pod with ``controller.kubernetes.io/pod-deletion-cost`` (the
+        ReplicaSet controller removes the cheapest pod first on scale-down)."""
+        ...
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a worker pod gracefully (its worker drains); a missing pod is fine."""
+        ...
+
     async def post_event(self, body: dict[str, Any]) -> None:
         """Best effort: never raises."""
         ...

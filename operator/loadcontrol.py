@@ -36,8 +36,8 @@ from conspirator.operator.kubeapi import KubeAPI
 from conspirator.operator.metrics import Metrics
 from conspirator.operator.placement.throughput import ThroughputTable
 from conspirator.operator.refine import EntryKey, Refinement, Refiner, is_sample
-from conspirator.operator.translate import device_id, engine_job
-from conspirator.operator.views import JobView, NodeView, ProfileView, Replica
+from conspirator.operator.translate import engine_job, replica_ids
+from conspirator.operator.views import JobView, ProfileView, Replica
 
 log = logging.getLogger("conspirator.operator")
 
@@ -49,17 +49,6 @@ class PlanLike(Protocol):
     def reserved(self) -> dict[str, list[Replica]]: ...
 
     def served(self, view: JobView) -> bool: ...
-
-
-def replica_ids(r: Replica, node: NodeView | None) -> set[str]:
-    """Every identity an agent may report for replica ``r``: the device id the node daemon
-    advertises for its instance (the MIG device UUID on real GPUs) and
-    ``<GPU UUID>/<profile>/<start>``."""
-    ids = {f"{r.gpu_uuid}/{r.profile}/{r.start}"}
-    dev = device_id(node, r)
-    if dev:
-        ids.add(dev)
-    return ids
 
 
 def entry_key(view: JobView, r: Replica, table: ThroughputTable) -> EntryKey | None:
@@ -111,6 +100,13 @@ class LoadControl:
         events: list[dict[str, Any]] = []
         for key in [k for k in self.scalers if k not in snap.jobs]:
             del self.scalers[key]
+        pods: dict[str, dict[str, str]] = {}
+        for report in reports:
+            for s in report.replicas:
+                if s.pod:
+                    pods.setdefault(s.job, {})[s.replica] = s.pod
+        for key in loads:
+            self.cache.replica_pods[key] = pods.get(key, {})
         for key, load in sorted(loads.items()):
             view = snap.jobs.get(key)
             if view is None or view.deleting:
@@ -119,6 +115,7 @@ class LoadControl:
             render = worth_writing(self.cache.loads.get(key) or (
                 view.job.status.observed if view.job.status else None), obs)
             self.cache.observe_load(key, obs, render)
+            self.cache.observe_registered(key, load.replicas, now_s)
             if render:
                 out.rendered.append(key)
             self._gauges(view, load)

@@ -12,9 +12,12 @@ The phases, in order (Kueue's scheduling cycle is the model):
 1. :func:`phase_rebuild`: when the inventory, the profiles or a resync ask for it, a fresh
    engine state from the GPUNodes and the recorded reservations, in arrival order;
 2. :func:`phase_release`: deleted jobs give their instances back;
+2b. :func:`phase_retire`: migrating jobs whose new replicas run let the old ones go
+   (make-before-break, :mod:`~conspirator.operator.migration`);
 3. :func:`phase_revalidate`: changed jobs keep what still fits their spec;
 4. :func:`phase_place`: waiting jobs, one at a time, in arrival order;
 5. :func:`phase_replan`: the periodic global re-plan under each job's migration policy;
+   the old instances of its moves are held (retiring) where nothing else needs them;
 6. :func:`phase_diff`: which reservations changed (they are written first), and Events.
 """
 
@@ -26,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from conspirator.api.v1alpha1 import ReplicaStatus
+from conspirator.operator import migration
 from conspirator.operator.cache import Work
 from conspirator.operator.global_replan import ReplanResult, replan
 from conspirator.operator.placement.objective import demand_met
@@ -67,17 +71,30 @@ class Plan:
     """After a resync: the reservations as the statuses list them; the rebuild starts there."""
     table: TableInfo | None = None
     table_key: ProfilesKey | None = None
+    retiring: dict[str, list[Replica]] = field(default_factory=dict)
+    """Job key -> replicas the re-plan moved away that serve until the new ones run."""
+    retiring_since: dict[str, float] = field(default_factory=dict)
+    """Job key -> when its oldest retiring replica was moved (monotonic seconds)."""
+    recorded_retiring: dict[str, list[ReplicaStatus]] | None = None
+    """After a resync: ``status.retiring`` of every job (held again by the rebuild)."""
 
     @classmethod
     def from_statuses(cls, jobs: Mapping[str, JobView]) -> Plan:
         """The plan right after a resync: nothing decided, the statuses to rebuild from."""
-        return cls(recorded={k: list(v.replicas) for k, v in jobs.items()})
+        return cls(recorded={k: list(v.replicas) for k, v in jobs.items()},
+                   recorded_retiring={k: list(v.retiring) for k, v in jobs.items()
+                                      if v.retiring})
 
     def successor(self) -> Plan:
         """A new plan with copies of the maps (the engine state moves over)."""
         return Plan(dict(self.reserved), dict(self.reasons), dict(self.failures),
                     dict(self.announced), self.engine, self.recorded, self.table,
-                    self.table_key)
+                    self.table_key, dict(self.retiring), dict(self.retiring_since),
+                    self.recorded_retiring)
+
+    def holding(self, key: str) -> list[Replica]:
+        """Every instance job ``key`` holds: its reservation and its retiring replicas."""
+        return [*self.reserved.get(key, []), *self.retiring.get(key, [])]
 
     def served(self, view: JobView) -> bool:
         reps = self.reserved.get(view.key)
@@ -86,9 +103,10 @@ class Plan:
 
     def jobs_on_node(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for k, reps in self.reserved.items():
-            for r in reps:
-                out.setdefault(r.node, set()).add(k)
+        for m in (self.reserved, self.retiring):
+            for k, reps in m.items():
+                for r in reps:
+                    out.setdefault(r.node, set()).add(k)
         return out
 
 
@@ -120,6 +138,9 @@ class Changes:
     render: set[str] = field(default_factory=set)
     """Jobs whose status must be re-rendered."""
     rebuilt: bool = False
+    leaving: dict[str, list[Replica]] = field(default_factory=dict)
+    """Live job key -> instances it held before and no longer holds (their worker pods go:
+    the writer picks those pods for the scale-down, or deletes them)."""
 
 
 @dataclass(slots=True)
@@ -157,6 +178,8 @@ class Cycle:
     """Live jobs in arrival order (higher priority first, then older)."""
     before: dict[str, list[Replica]]
     """The reservations as they stand in the API server before this decision."""
+    before_retiring: dict[str, list[Replica]]
+    """The retiring replicas as they stand in the API server before this decision."""
     capacity: bool
     """Something freed or added capacity: every waiting job is tried again."""
     changes: Changes = field(default_factory=Changes)
@@ -175,10 +198,12 @@ def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
     live = work.live
     c = Cycle(work, new, inputs, info, live, sorted(live.values(), key=lambda v: v.order),
               {k: list(v) for k, v in new.reserved.items()},
+              {k: list(v) for k, v in new.retiring.items()},
               capacity=work.capacity or table_changed)
     if work.rebuild or table_changed or new.engine is None:
         phase_rebuild(c)
     phase_release(c)
+    phase_retire(c)
     if not c.changes.rebuilt:
         phase_revalidate(c)
     phase_place(c)
@@ -209,13 +234,28 @@ def phase_rebuild(c: Cycle) -> None:
     those listed at a resync, else the plan's own."""
     plan, ch = c.plan, c.changes
     recorded, plan.recorded = plan.recorded, None
+    recorded_retiring, plan.recorded_retiring = plan.recorded_retiring, None
     entries = []
     for v in c.ordered:
         statuses = (recorded.get(v.key, []) if recorded is not None
                     else [r.to_status() for r in plan.reserved.get(v.key, [])])
         if statuses:
             entries.append((engine_job(v), statuses))
-    built = rebuild_engine(c.work.nodes.values(), entries, c.info.table)
+    old_retiring = plan.retiring
+
+    def hold_retiring(cluster: EngineCluster) -> None:
+        plan.retiring = {}
+        for v in c.ordered:
+            if recorded_retiring is not None:
+                found = [migration.from_status(cluster, rs)
+                         for rs in recorded_retiring.get(v.key, [])]
+                reps = [r for r in found if r is not None]
+            else:
+                reps = old_retiring.get(v.key, [])
+            _hold(c, cluster, v, reps)
+
+    built = rebuild_engine(c.work.nodes.values(), entries, c.info.table,
+                           before_blocking=hold_retiring)
     for msg in built.cluster.skipped:
         log.warning("GPU left out of planning: %s", msg)
     if built.blocked:
@@ -224,6 +264,12 @@ def phase_rebuild(c: Cycle) -> None:
         log.debug("in use outside reservations: %s", "; ".join(built.blocked))
     restored = built.restored
     plan.reserved = restored.kept
+    for k in [k for k in plan.retiring_since if k not in plan.retiring]:
+        del plan.retiring_since[k]
+    for k in plan.retiring:
+        plan.retiring_since.setdefault(k, c.work.now_s)
+    if recorded_retiring is not None:
+        c.before_retiring = {k: list(v) for k, v in plan.retiring.items()}
     if recorded is not None:
         # What the statuses said is what stands (same slots: unchanged).
         c.before = {k: [] for k in recorded}
@@ -251,9 +297,61 @@ def phase_release(c: Cycle) -> None:
         c.engine.state.release(k)
         del plan.reserved[k]
         c.capacity = True
+    for k in [k for k in plan.retiring if k not in c.live]:
+        migration.let_go(c.engine, k, plan.retiring.pop(k))
+        plan.retiring_since.pop(k, None)
+        c.capacity = True
     for m in (plan.failures, plan.reasons):
         for k in [k for k in m if k not in c.live]:
             del m[k]
+
+
+def phase_retire(c: Cycle) -> None:
+    """2b. Migrating jobs whose new replicas run let their retiring replicas go."""
+    plan, work = c.plan, c.work
+    for k in sorted(plan.retiring):
+        view = c.live[k]
+        since = plan.retiring_since.get(k, work.now_s)
+        count = work.registered.get(k)
+        fresh = count[0] if count is not None and count[1] >= since else None
+        ready = migration.new_replicas_running(
+            plan.reserved.get(k, []), plan.retiring[k],
+            [w for w in work.workers.values() if w.job_uid == view.uid], fresh,
+            work.now_s - since, work.scraping and _has_agent(work, plan.holding(k)))
+        if not ready.done:
+            continue
+        gone = plan.retiring.pop(k)
+        plan.retiring_since.pop(k, None)
+        migration.let_go(c.engine, k, gone)
+        c.capacity = True
+        c.changes.events.append((k, "Migrated", (
+            f"the new replica(s) run ({ready.detail}): {len(gone)} moved replica(s) go "
+            f"({', '.join(_where(r) for r in gone)}; their workers drain)"), False))
+
+
+def _has_agent(work: Work, reps: list[Replica]) -> bool:
+    """Whether some node of ``reps`` reports a DPU agent (that the operator scrapes)."""
+    nodes = [work.nodes.get(r.node) for r in reps]
+    return any(n is not None and n.dpu.endpoint and not n.dpu.missing for n in nodes)
+
+
+def _hold(c: Cycle, cluster: EngineCluster, v: JobView, reps: list[Replica]) -> None:
+    """Hold job ``v``'s retiring ``reps`` in ``cluster`` (those its own reservation took
+    back are its again); what cannot be held is said in an Event."""
+    mine = {r.slot for r in c.plan.reserved.get(v.key, [])}
+    reps = [r for r in reps if r.slot not in mine]
+    if not reps:
+        return
+    held, why = migration.hold(cluster, v.key, engine_job(v), reps)
+    if held:
+        c.plan.retiring[v.key] = held
+    if why:
+        c.changes.events.append((v.key, "Migrated", (
+            f"{len(why)} moved replica(s) no longer held: {'; '.join(why)}"), True))
+
+
+def _where(r: Replica) -> str:
+    return f"{r.profile}@{r.start} on {r.node}/GPU {r.gpu_index}"
 
 
 def phase_revalidate(c: Cycle) -> None:
@@ -330,6 +428,7 @@ def phase_replan(c: Cycle) -> None:
     log.info("global re-plan (%.2f s): %s", result.seconds, result.note)
     if not result.accepted:
         return
+    old = {k: list(plan.reserved.get(k, [])) for k in result.moved}
     for k, reps in result.changed.items():
         if reps:
             plan.reserved[k] = reps
@@ -337,14 +436,35 @@ def phase_replan(c: Cycle) -> None:
         else:
             plan.reserved.pop(k, None)
     c.tally.migrations += result.migrations
+    old_engine = c.engine
     for k, n in result.moved.items():
-        ch.events.append((k, "Migrating", move_text(c.before.get(k, []),
-                                                    plan.reserved.get(k, []), n, result), False))
+        split = migration.split_moves(old_engine, old[k], plan.reserved.get(k, []),
+                                      plan.reserved)
+        if split.retiring:
+            plan.retiring[k] = [*plan.retiring.get(k, []), *split.retiring]
+            plan.retiring_since.setdefault(k, c.work.now_s)
+        how = []
+        if split.retiring:
+            how.append(f"make-before-break for {len(split.retiring)}: the old replica(s) "
+                       f"serve until the new ones run")
+        if split.broken:
+            how.append(f"break-before-make for {len(split.broken)} within the disruption "
+                       f"budget ({'; '.join(why for _, why in split.broken)})")
+        ch.events.append((k, "Migrating", move_text(old[k], plan.reserved.get(k, []), n,
+                                                    result) + "; " + "; ".join(how), False))
     order = sorted(plan.reserved, key=lambda k: c.live[k].order)
+    retiring, plan.retiring = plan.retiring, {}
+
+    def hold_retiring(cluster: EngineCluster) -> None:
+        for v in c.ordered:
+            _hold(c, cluster, v, retiring.get(v.key, []))
+
     plan.engine = rebuild_engine(
         c.work.nodes.values(),
         [(engine_job(c.live[k]), [r.to_status() for r in plan.reserved[k]]) for k in order],
-        c.info.table).cluster
+        c.info.table, before_blocking=hold_retiring).cluster
+    for k in [k for k in plan.retiring_since if k not in plan.retiring]:
+        del plan.retiring_since[k]
 
 
 def phase_diff(c: Cycle) -> None:
@@ -352,6 +472,20 @@ def phase_diff(c: Cycle) -> None:
     their Migrating Event)."""
     plan, ch, before = c.plan, c.changes, c.before
     moved = ch.replan.moved if ch.replan is not None and ch.replan.accepted else {}
+    for k in set(c.before_retiring) | set(plan.retiring):
+        if c.before_retiring.get(k, []) != plan.retiring.get(k, []):
+            # The status lists its retiring replicas; a layout that frees them shrinks.
+            ch.reserved.setdefault(k, list(plan.reserved.get(k, [])))
+            ch.old_nodes |= {r.node for r in c.before_retiring.get(k, [])}
+            ch.render.add(k)
+    for k in set(before) | set(c.before_retiring):
+        if k not in c.live:
+            continue
+        now = {r.slot for r in plan.holding(k)}
+        gone = [r for r in [*before.get(k, []), *c.before_retiring.get(k, [])]
+                if r.slot not in now]
+        if gone:
+            ch.leaving[k] = gone
     for k in set(before) | set(plan.reserved):
         if before.get(k, []) == plan.reserved.get(k, []):
             continue

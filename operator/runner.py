@@ -84,6 +84,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         tasks.append(asyncio.create_task(
             replan_loop(controller, active, settings.replan_interval), name="replan"))
     if settings.observe_interval > 0:
+        controller.cache.scraping = True  # migrations wait for the agents' count
         tasks.append(asyncio.create_task(
             scrape_loop(lambda: controller.snap.nodes, settings.agent_metrics_port,
                         settings.observe_interval, parse, controller.observe_load, active),

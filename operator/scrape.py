@@ -42,7 +42,8 @@ def report_of(node: str, obs: AgentObservation) -> AgentReport:
                        replicas=sum(1 for r in j.replicas if r.state == "ready"))
             for k, j in obs.jobs.items()}
     reps = tuple(ReplicaSample(job=k, replica=r.devices[0] if r.devices else r.replica,
-                               throughput_rps=r.throughput_rps, outstanding=r.outstanding)
+                               throughput_rps=r.throughput_rps, outstanding=r.outstanding,
+                               pod=r.pod)
                  for k, j in sorted(obs.jobs.items()) for r in j.replicas
                  if r.state == "ready")
     return AgentReport(node, jobs, reps)

@@ -66,6 +66,8 @@ class Outcome:
     """The load the DPU agents last reported (None: keep what the status shows)."""
     autoscaling: AutoscalingStatus | None = None
     """The autoscaler's last decision (None: keep what the status shows)."""
+    retiring: Sequence[Replica] = ()
+    """Moved replicas that serve until the new ones run (make-before-break)."""
 
 
 def claim_template(view: JobView, r: Replica, node: NodeView | None) -> str | None:
@@ -195,6 +197,9 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
             phase = JobPhase.DEGRADED
             message = (f"serves {served:.0f} of {demand:g} requests/s: "
                        f"{outcome.reason or 'demand not met'}")
+        if outcome.retiring:
+            message += (f"; migrating: {len(outcome.retiring)} moved replica(s) serve "
+                        f"until the new ones run")
     ok, reason, dp_message = data_path_condition(replicas, nodes, outcome.token_secret)
     cond(ConditionType.DATA_PATH_READY, ok, reason, dp_message)
     endpoints = client_endpoints(replicas, nodes)
@@ -202,6 +207,8 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
         phase=phase,
         replicas=[r.to_status(device_id(nodes.get(r.node), r), claim_template(
             view, r, nodes.get(r.node))) for r in replicas],
+        retiring=[r.to_status(device_id(nodes.get(r.node), r), claim_template(
+            view, r, nodes.get(r.node))) for r in outcome.retiring],
         replica_count=len(replicas),
         profiles=profile_summary([r.to_status() for r in replicas]) or None,
         estimated_throughput=round(served, 3),

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conspirator.api.v1alpha1 import (
@@ -180,7 +180,7 @@ def build_cluster(nodes: Iterable[NodeView]) -> EngineCluster:
     return cluster
 
 
-def _profile_on(model: GpuModel, name: str) -> MigProfile | None:
+def profile_on(model: GpuModel, name: str) -> MigProfile | None:
     if not model.mig_capable:
         return model.whole if is_whole(name) else None
     if is_whole(name):
@@ -238,7 +238,7 @@ def _restore_one(cluster: EngineCluster, job: Job, rs: ReplicaStatus, table: Thr
     gpu = cluster.gpus[where]
     if gpu.model.name != rs.gpu_model:
         return f"the GPU is now reported as {gpu.model.name}"
-    prof = _profile_on(gpu.model, rs.mig_profile)
+    prof = profile_on(gpu.model, rs.mig_profile)
     if prof is None:
         return f"{gpu.model.name} has no profile {rs.mig_profile}"
     start = rs.start_slice or 0
@@ -286,7 +286,7 @@ def block_in_use(cluster: EngineCluster) -> list[str]:
             if any(i.profile.name == inst.profile and i.start == inst.start
                    for i in g.instances):
                 continue
-            prof = _profile_on(g.model, inst.profile)
+            prof = profile_on(g.model, inst.profile)
             if prof is None:
                 continue
             try:
@@ -310,11 +310,17 @@ class Rebuilt:
 
 def rebuild_engine(nodes: Iterable[NodeView],
                    reservations: Sequence[tuple[Job, Sequence[ReplicaStatus]]],
-                   table: ThroughputTable) -> Rebuilt:
+                   table: ThroughputTable,
+                   before_blocking: Callable[[EngineCluster], object] | None = None
+                   ) -> Rebuilt:
     """A fresh engine state: the GPUs of ``nodes``, the ``reservations`` put back in the
-    order given (:func:`restore`), then the instances in use that nothing reserved blocked."""
+    order given (:func:`restore`), then ``before_blocking`` (the retiring replicas of
+    migrations take their instances), then the instances in use that nothing reserved
+    blocked."""
     cluster = build_cluster(nodes)
     restored = restore(cluster, reservations, table)
+    if before_blocking is not None:
+        before_blocking(cluster)
     return Rebuilt(cluster, restored, block_in_use(cluster))
 
 
@@ -454,3 +460,14 @@ def device_id(node: NodeView | None, r: Replica) -> str | None:
         return g.uuid
     inst = g.instance(r.profile, r.start)
     return inst.uuid if inst else None
+
+
+def replica_ids(r: Replica, node: NodeView | None) -> set[str]:
+    """Every identity an agent may report for replica ``r``: the device id the node daemon
+    advertises for its instance (the MIG device UUID on real GPUs) and
+    ``<GPU UUID>/<profile>/<start>``."""
+    ids = {f"{r.gpu_uuid}/{r.profile}/{r.start}"}
+    dev = device_id(node, r)
+    if dev:
+        ids.add(dev)
+    return ids

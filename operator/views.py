@@ -35,6 +35,8 @@ LABEL_WORKER = "conspirator.io/worker"
 ANNOTATION_NODE = "conspirator.io/node"
 ANNOTATION_PROFILE = "conspirator.io/profile"
 ANNOTATION_TEMPLATE_HASH = "conspirator.io/template-hash"
+POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+"""Pod annotation the ReplicaSet controller reads on scale-down (cheapest pod goes first)."""
 FINALIZER = "conspirator.io/release"
 """Finalizer on every InferenceJob: its GPU instances are released before it goes."""
 
@@ -219,6 +221,8 @@ class JobView:
     job: InferenceJob
     replicas: tuple[ReplicaStatus, ...] = ()
     """The reservation recorded in ``status.replicas`` (read back after a restart)."""
+    retiring: tuple[ReplicaStatus, ...] = ()
+    """Moved replicas still serving (``status.retiring``, make-before-break)."""
     resource_version: str = ""
     planned_rps: float | None = None
     """``Auto`` scaling: the rate the autoscaler plans for (``status.autoscaling``, or the
@@ -249,6 +253,7 @@ class JobView:
             deleting=meta.deletion_timestamp is not None,
             job=ij,
             replicas=tuple(ij.status.replicas) if ij.status else (),
+            retiring=tuple(ij.status.retiring) if ij.status else (),
             resource_version=meta.resource_version or "",
             planned_rps=(ij.status.autoscaling.planned_rps
                          if ij.status is not None and ij.status.autoscaling is not None

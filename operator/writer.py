@@ -26,13 +26,23 @@ from conspirator.operator.kubeapi import ConflictError, KubeAPI, NotFoundError
 from conspirator.operator.metrics import Metrics
 from conspirator.operator.planner import Changes, Plan
 from conspirator.operator.status import Outcome, render, same_status
-from conspirator.operator.translate import desired_spec, layout_applied, layout_diff, spec_key
+from conspirator.operator.translate import (
+    desired_spec,
+    layout_applied,
+    layout_diff,
+    replica_ids,
+    spec_key,
+)
 from conspirator.operator.views import (
     ANNOTATION_NODE,
     ANNOTATION_TEMPLATE_HASH,
     JobView,
+    Replica,
     WorkerView,
 )
+
+LEAVING_COST = -1_000_000
+"""``pod-deletion-cost`` of a pod whose instance was released (the default cost is 0)."""
 
 
 class Writer:
@@ -54,6 +64,9 @@ class Writer:
         jobs = work.jobs
         live = work.live
         on_node = plan.jobs_on_node()
+        # Which pods hold the instances that jobs give up, while the nodes still say
+        # which device each instance is (the layouts below change that).
+        leaving = self._leaving_pods(ch)
 
         # 1. Reservations first: a layout or a worker never exists for an unrecorded one.
         await self._statuses([k for k in sorted(ch.reserved) if k in live], work, plan, now)
@@ -71,6 +84,7 @@ class Writer:
             check |= on_node.get(name, set())
         if ch.rebuilt:
             check |= set(jobs)
+        await self._leave(leaving, plan)
         await self._workers(sorted(check), jobs, plan, ch)
 
         # 4. Statuses that changed (phase, conditions).
@@ -128,7 +142,8 @@ class Writer:
                        applied=applied, workers=workers, source=source,
                        token_secret=self.cache.token_secrets.get(k),
                        observed=self.cache.loads.get(k),
-                       autoscaling=self.cache.autoscaling.get(k))
+                       autoscaling=self.cache.autoscaling.get(k),
+                       retiring=plan.retiring.get(k, ()))
 
     # --- 2: layouts -----------------------------------------------------------------------
 
@@ -138,7 +153,7 @@ class Writer:
         if node is None:
             return
         mine = sorted(on_node.get(name, ()))
-        want = desired_spec(node, {k: plan.reserved[k] for k in mine})
+        want = desired_spec(node, {k: plan.holding(k) for k in mine})
         self.cache.written_spec[name] = spec_key(want)
         if spec_key(want) == spec_key(node.spec):
             return
@@ -184,7 +199,7 @@ class Writer:
             if view is None:
                 continue
             existing = {(w.node, w.profile): w for w in by_uid.get(view.uid, [])}
-            reps = plan.reserved.get(k, [])
+            reps = plan.holding(k)  # retiring replicas keep their workers until they go
             groups = manifests.worker_groups(reps) if not view.deleting else {}
             for (node, profile), w in existing.items():
                 if (node, profile) not in groups and not w.deleting:
@@ -214,6 +229,47 @@ class Writer:
                 if old is not None and old.job_uid != view.uid and not old.deleting:
                     tasks.append(self._delete_worker(old))
         await gather(tasks)
+
+    def _leaving_pods(self, ch: Changes) -> list[tuple[str, Replica, str]]:
+        """(job key, released replica, its pod) for the pods the agents named."""
+        out = []
+        for k, reps in sorted(ch.leaving.items()):
+            pods = self.cache.replica_pods.get(k, {})
+            for r in reps:
+                ids = replica_ids(r, self.cache.snap.nodes.get(r.node))
+                pod = next((pods[i] for i in sorted(ids) if i in pods), None)
+                if pod:
+                    out.append((k, r, pod))
+        return out
+
+    async def _leave(self, leaving: list[tuple[str, Replica, str]], plan: Plan) -> None:
+        """The pod of a released instance goes, not another one: marked cheapest where its
+        Deployment shrinks (the ReplicaSet controller then removes it), deleted where the
+        Deployment keeps its size (a move within one node and profile); nothing where the
+        whole Deployment goes."""
+        snap = self.cache.snap
+        by_uid = worker_index(snap.workers.values())
+        calls: list[Awaitable[None]] = []
+        for k, r, pod in leaving:
+            view = snap.jobs.get(k)
+            if view is None:
+                continue
+            group = (r.node, r.profile)
+            want = manifests.worker_groups(plan.holding(k)).get(group, 0)
+            current = next((w for w in by_uid.get(view.uid, [])
+                            if (w.node, w.profile) == group and not w.deleting), None)
+            if want == 0 or current is None:
+                continue
+            ns, _, name = pod.partition("/")
+            if want < current.replicas:
+                calls.append(self.kube.set_pod_deletion_cost(ns, name, LEAVING_COST))
+            else:
+                calls.append(self.kube.delete_pod(ns, name))
+        try:
+            await gather(calls)
+        except Exception:
+            self.metrics.api_errors.labels("Pod").inc()
+            raise
 
     async def _delete_worker(self, w: WorkerView) -> None:
         try:

@@ -213,6 +213,14 @@ class FakeKube(FakeSecrets):
         if self.deployments.pop(f"{namespace}/{name}", None) is not None:
             self.writes_made.append(("delete_deployment", f"{namespace}/{name}"))
 
+    async def set_pod_deletion_cost(self, namespace: str, name: str, cost: int) -> None:
+        self._maybe_fail("set_pod_deletion_cost")
+        self.writes_made.append(("set_pod_deletion_cost", f"{namespace}/{name}={cost}"))
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        self._maybe_fail("delete_pod")
+        self.writes_made.append(("delete_pod", f"{namespace}/{name}"))
+
     async def post_event(self, body: dict[str, Any]) -> None:
         self.events.append(body)
 

@@ -10,7 +10,7 @@ from conspirator.api.v1alpha1 import ReplicaStatus
 from conspirator.operator.cache import Work
 from conspirator.operator.placement.conspirator import ConspiratorPolicy
 from conspirator.operator.planner import Decision, Inputs, Plan, decide
-from conspirator.operator.views import JobView, NodeView, ProfileView, Replica
+from conspirator.operator.views import JobView, NodeView, ProfileView, Replica, WorkerView
 
 from .builders import RESNET, job, node
 
@@ -124,13 +124,13 @@ def test_unknown_model_fails_once_and_says_so_once() -> None:
     assert reasons(d2, "ns/j") == [] and d2.plan.failures == d.plan.failures
 
 
-def _spread(pinned: bool) -> tuple[Work, Plan]:
+def _spread(pinned: bool, agent: str | None = None) -> tuple[Work, Plan]:
     """Two small jobs on two GPUs: a re-plan can put them on one."""
     extra: dict[str, Any] = {"migration": {"allowed": False}} if pinned else {}
     jobs = [job("p", 800, status={"replicas": [rs(0)]}),
             job("q", 800, status={"replicas": [rs(1)]}, created="2026-01-02T00:00:00Z",
                 **extra)]
-    return (work(jobs, [node("a", gpus=2)], rebuild=True, replan=True),
+    return (work(jobs, [node("a", gpus=2, agent=agent)], rebuild=True, replan=True),
             Plan.from_statuses({v.key: v for v in jobs}))
 
 
@@ -142,9 +142,115 @@ def test_replan_accepted_moves_a_replica_and_says_migrating() -> None:
     (moved,) = d.changes.reserved
     assert reasons(d, moved) == ["Migrating"]
     assert len({r.gpu_index for reps in d.plan.reserved.values() for r in reps}) == 1
-    assert d.tally.gpus_in_use == 1
-    # The engine state follows the accepted plan: a later arrival plans around it.
-    assert d.plan.engine is not None and d.plan.engine.gpus_in_use() == 1
+    # Make-before-break: the old instance is still the moved job's, its GPU still in use.
+    (old,) = d.plan.retiring[moved]
+    assert old.slot not in {r.slot for r in d.plan.reserved[moved]}
+    assert d.plan.holding(moved) == [*d.plan.reserved[moved], old]
+    assert "make-before-break" in _event(d, moved, "Migrating")
+    assert d.tally.gpus_in_use == 2
+    assert d.plan.engine is not None and d.plan.engine.gpus_in_use() == 2
+    # Nothing else may be planned over it meanwhile.
+    g = d.plan.engine.gpus[(old.node, old.gpu_index)]
+    assert [i.job_id.startswith("~retiring/") for i in g.instances] == [True]
+
+
+def _event(d: Decision, key: str, reason: str) -> str:
+    (text,) = [m for k, r, m, _ in d.changes.events if k == key and r == reason]
+    return text
+
+
+def _workers(plan: Plan, key: str, jobs: dict[str, JobView], ready: bool) -> list[WorkerView]:
+    groups: dict[tuple[str, str], int] = {}
+    for r in plan.holding(key):
+        groups[(r.node, r.profile)] = groups.get((r.node, r.profile), 0) + 1
+    return [WorkerView(name=f"w-{n}-{p}", namespace="ns", job_uid=jobs[key].uid, node=n,
+                       profile=p, replicas=c, ready_replicas=c if ready else c - 1,
+                       template_hash="h", deleting=False) for (n, p), c in groups.items()]
+
+
+def test_the_moved_replica_goes_once_the_new_one_runs_and_the_agents_count_it() -> None:
+    w, plan = _spread(pinned=False, agent="10.0.0.1:9400")
+    d = decide(w, plan, INPUTS)
+    (moved,) = d.plan.retiring
+    jobs = w.jobs
+    total = len(d.plan.holding(moved))
+
+    def later(ready: bool, registered: int | None, at: float) -> Work:
+        nxt = work(list(jobs.values()), list(w.nodes.values()), dirty=set())
+        nxt.workers = {f"ns/{x.name}": x for x in _workers(d.plan, moved, jobs, ready)}
+        nxt.scraping = True
+        nxt.now_s = w.now_s + at
+        if registered is not None:
+            nxt.registered = {moved: (registered, w.now_s + at)}
+        return nxt
+
+    # Workers not ready yet; ready but the agents count only the old replicas: it holds.
+    for ready, count in [(False, total), (True, total - 1), (True, None)]:
+        d2 = decide(later(ready, count, 20.0), d.plan, INPUTS)
+        assert d2.plan.retiring == d.plan.retiring and d2.changes.reserved == {}
+        assert d2.tally.gpus_in_use == 2
+    # A count from before the move does not count.
+    stale = later(True, total, 20.0)
+    stale.registered = {moved: (total, w.now_s - 1.0)}
+    assert decide(stale, d.plan, INPUTS).plan.retiring == d.plan.retiring
+    # Ready and counted: the old replica goes, its status and its node's layout shrink.
+    d3 = decide(later(True, total, 30.0), d.plan, INPUTS)
+    assert d3.plan.retiring == {} and d3.tally.gpus_in_use == 1
+    assert moved in d3.changes.reserved and d3.changes.reserved[moved] == d.plan.reserved[moved]
+    assert "registered at the DPU agents" in _event(d3, moved, "Migrated")
+    # Agents that never report it: the workers' readiness lets it go after a while.
+    d4 = decide(later(True, None, 301.0), d.plan, INPUTS)
+    assert d4.plan.retiring == {} and "after 301 s" in _event(d4, moved, "Migrated")
+    # The released instance is named for the writer (its pod goes, not another one).
+    assert [r.slot for r in d3.changes.leaving[moved]] == [r.slot for r in d.plan.retiring[moved]]
+
+
+def test_without_a_dpu_agent_the_workers_readiness_is_enough() -> None:
+    w, plan = _spread(pinned=False)  # the node reports no DPU agent
+    d = decide(w, plan, INPUTS)
+    (moved,) = d.plan.retiring
+    nxt = work(list(w.jobs.values()), list(w.nodes.values()), dirty=set())
+    nxt.workers = {f"ns/{x.name}": x for x in _workers(d.plan, moved, w.jobs, True)}
+    nxt.scraping, nxt.now_s = True, w.now_s + 5
+    d2 = decide(nxt, d.plan, INPUTS)
+    assert d2.plan.retiring == {} and "not scraped" in _event(d2, moved, "Migrated")
+
+
+def test_a_restarted_operator_holds_the_retiring_replicas_of_the_statuses() -> None:
+    w, plan = _spread(pinned=False)
+    d = decide(w, plan, INPUTS)
+    (moved,) = d.plan.retiring
+    bodies = []
+    for v in w.jobs.values():
+        st = {"replicas": [r.to_status().to_k8s() for r in d.plan.reserved.get(v.key, [])],
+              "retiring": [r.to_status().to_k8s() for r in d.plan.retiring.get(v.key, [])]}
+        bodies.append(job(v.name, v.job.spec.demand.requests_per_second, status=st,
+                          created=v.created))
+    again = decide(work(bodies, list(w.nodes.values()), rebuild=True),
+                   Plan.from_statuses({v.key: v for v in bodies}), INPUTS)
+    assert again.plan.reserved == d.plan.reserved
+    assert [r.slot for r in again.plan.retiring[moved]] == \
+        [r.slot for r in d.plan.retiring[moved]]
+    assert again.tally.gpus_in_use == 2 and again.changes.reserved == {}
+
+
+def test_a_move_onto_its_own_old_slices_is_break_before_make_and_says_why() -> None:
+    """One GPU: the re-plan re-cuts it, so the old instance and a new one overlap."""
+    from conspirator.operator import migration
+    from conspirator.operator.translate import build_cluster
+
+    a = node("a", gpus=1)
+    cluster = build_cluster([a])
+    r_old = Replica("a", 0, "GPU-a-0", "A100-80GB", "1g.10gb", 6, 100.0)
+    r_new = Replica("a", 0, "GPU-a-0", "A100-80GB", "4g.40gb", 0, 400.0)
+    elsewhere = Replica("a", 0, "GPU-a-0", "A100-80GB", "1g.10gb", 5, 100.0)
+    split = migration.split_moves(cluster, [r_old], [elsewhere], {"ns/x": [elsewhere],
+                                                                 "ns/y": [r_new]})
+    assert split.retiring == [r_old] and split.broken == []
+    clash = Replica("a", 0, "GPU-a-0", "A100-80GB", "3g.40gb", 4, 300.0)
+    split = migration.split_moves(cluster, [r_old], [], {"ns/y": [clash]})
+    assert split.retiring == [] and len(split.broken) == 1
+    assert "no room for both" in split.broken[0][1] and "ns/y" in split.broken[0][1]
 
 
 def test_replan_refused_keeps_the_plan() -> None:

@@ -132,6 +132,11 @@ imagePullSecrets:
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]
+# The pod that holds a released instance: marked cheapest before its Deployment shrinks
+# (pod-deletion-cost), or deleted when no scale-down will remove it.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch, delete]
 {{- if eq (include "conspirator.dra" .) "true" }}
 - apiGroups: [resource.k8s.io]
   resources: [resourceclaimtemplates]

@@ -327,6 +327,9 @@ class InferenceJobStatus(ApiModel):
     """Summary of the job's state."""
     replicas: list[ReplicaStatus] = Field(default_factory=list, max_length=256)
     """One entry per placed replica."""
+    retiring: list[ReplicaStatus] = Field(default_factory=list, max_length=256)
+    """Replicas the global re-plan moved away that still serve until the new ones run
+    (make-before-break); their instances stay reserved for the job until then."""
     replica_count: int | None = Field(default=None, ge=0, le=256)
     """Number of replicas placed (``len(replicas)``, for ``kubectl get``)."""
     profiles: str | None = Field(default=None, max_length=256)
