@@ -52,7 +52,8 @@ def helm(cluster: LocalCluster, *args: str, home: Path | None = None, timeout: f
 def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
                  gpus: Sequence[Mapping[str, Any]] = ({"model": "H200-141GB"},),
                  allocation: str = "devicePlugin", observe_interval: float = 3.0,
-                 observe_window: float = 15.0) -> dict[str, Any]:
+                 observe_window: float = 15.0, replan_interval: float = 0
+                 ) -> dict[str, Any]:
     """Values that run the chart on this cluster's real node.
 
     ``images`` maps component (operator, node-daemon, dpu-agent) to the image refs that
@@ -74,8 +75,8 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
         "operator": {
             **on_real_node, "hostNetwork": True,
             "livenessPort": OPERATOR_PORTS[0], "metricsPort": OPERATOR_PORTS[1],
-            # Fast enough for tests; a re-plan is not what these tests look at.
-            "replanInterval": 0, "peering": {"lifetime": 10},
+            # No periodic re-plan unless a test looks at it.
+            "replanInterval": replan_interval, "peering": {"lifetime": 10},
             # The observed load: scraped often, over a short window, so that autoscaling
             # reacts within a test's time.
             "observeInterval": observe_interval,

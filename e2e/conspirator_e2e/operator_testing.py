@@ -240,6 +240,11 @@ def _mask(model: str, profile: str, start: int) -> int:
     return m.profile(profile).mask(start)
 
 
+def held(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """A job's instances: its replicas and a migration's retiring ones."""
+    return [*(status.get("replicas") or []), *(status.get("retiring") or [])]
+
+
 def check_invariants(api: client.ApiClient, namespaces: Sequence[str],
                      require_running: bool = True) -> list[str]:
     """Everything that must hold once the operator has converged; returns the problems."""
@@ -258,7 +263,7 @@ def check_invariants(api: client.ApiClient, namespaces: Sequence[str],
         st = j.get("status") or {}
         if require_running and st.get("phase") != "Running":
             problems.append(f"{key} is {st.get('phase')}: {st.get('message')}")
-        for r in st.get("replicas") or []:
+        for r in held(st):  # a migration's retiring replicas keep their slices
             gpu = (r["node"], r.get("gpuUUID", ""))
             m = _mask(r["gpuModel"], r["migProfile"], int(r.get("startSlice", 0)))
             if used.get(gpu, 0) & m:
@@ -276,7 +281,7 @@ def check_invariants(api: client.ApiClient, namespaces: Sequence[str],
     instances: dict[str, Counter[str]] = {}
     all_reserved: dict[tuple[str, str], set[tuple[str, int]]] = {}
     for j in jobs(api):  # every job in the cluster shares the GPUs
-        for r in (j.get("status") or {}).get("replicas") or []:
+        for r in held(j.get("status") or {}):
             all_reserved.setdefault((r["node"], r.get("gpuUUID", "")), set()).add(
                 (r["migProfile"], int(r.get("startSlice", 0))))
     for gn in nodes:
@@ -316,7 +321,7 @@ def check_invariants(api: client.ApiClient, namespaces: Sequence[str],
         if owner is None:
             problems.append(f"Deployment {d['metadata']['name']} belongs to no job")
             continue
-        count = sum(1 for r in (owner.get("status") or {}).get("replicas") or []
+        count = sum(1 for r in held(owner.get("status") or {})
                     if r["node"] == node and r["migProfile"] == prof)
         if count == 0:
             problems.append(f"Deployment {d['metadata']['name']}: job has no {prof} on {node}")
@@ -349,7 +354,7 @@ def check_invariants(api: client.ApiClient, namespaces: Sequence[str],
         per_node.setdefault(node, Counter())[prof] += 1
         holder = by_uid.get(uid)
         where = {(r["node"], r["migProfile"])
-                 for r in ((holder or {}).get("status") or {}).get("replicas") or []}
+                 for r in held((holder or {}).get("status") or {})}
         if holder is not None and (node, prof) not in where:
             problems.append(f"pod {p['metadata']['name']} runs on {node}, not where its job's "
                             f"{prof} replicas are")

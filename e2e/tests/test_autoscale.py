@@ -194,8 +194,8 @@ def test_a_worker_twice_as_fast_as_its_profile_is_planned_with_the_observed_figu
     """A Static job of 120 requests/s gets two replicas from a profile of 100 each; its
     workers are built to serve 200 (5 ms a request; 160-170 measured on this busy 2-core
     host, worker overhead included).  Kept saturated by a closed loop for longer than the
-    agents' window, they refine the ModelProfile to what they really serve (at least 1.4x
-    the spec's figure), and the plan follows: one replica is enough, the other is given
+    agents' window, they refine the ModelProfile to what they really serve (at least 1.2x
+    the spec's figure, enough for one replica), and the plan follows: one replica is enough, the other is given
     back (drained: nothing fails)."""
     cluster, ns = release.cluster, namespace
     profile, job = objects(release.worker_image)
@@ -223,7 +223,10 @@ def test_a_worker_twice_as_fast_as_its_profile_is_planned_with_the_observed_figu
     def learned() -> dict[str, Any] | None:
         mp = json.loads(cluster.kubectl("get", "modelprofile", MODEL, "-o", "json").stdout)
         obs = (mp.get("status") or {}).get("observed") or []
-        return obs[0] if obs and obs[0]["throughput"] >= 1.4 * CLAIMED_RPS else None
+        # Enough for the plan to need one replica for 120 requests/s (the 1.35 line of a
+        # CI run learned 126 on a busy host: more than the spec, short of the 160-170 seen
+        # elsewhere).
+        return obs[0] if obs and obs[0]["throughput"] >= 1.2 * CLAIMED_RPS else None
 
     entry = chart.wait("the profile to learn the workers' speed", learned, 70,
                        release.describe)
