@@ -302,7 +302,8 @@ class NvmlBackend(GpuBackend):
         nv = self.nv
         gpu = self._gpu(index)
         if not gpu.mig_capable:
-            raise BackendError(ErrorCode.NOT_SUPPORTED, f"GPU {index} ({gpu.model.name}) has no MIG")
+            raise BackendError(ErrorCode.NOT_SUPPORTED,
+                               f"GPU {index} ({gpu.model.name}) has no MIG")
         if not gpu.mig_enabled:
             raise BackendError(ErrorCode.NOT_SUPPORTED, f"MIG mode is off on GPU {index}")
         prof = self.profiles(index).get(profile)

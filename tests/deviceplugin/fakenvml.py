@@ -18,7 +18,7 @@ SRC = ROOT / "native" / "fakenvml"
 LIBRARY = ROOT / "build" / "fakenvml" / "libnvidia-ml.so.1"
 DEVICES = SRC / "devices.json"
 
-_lib: ctypes.CDLL | None = None
+_loaded: dict[str, ctypes.CDLL] = {}
 
 
 def build() -> Path:
@@ -32,8 +32,7 @@ def build() -> Path:
 
 def library() -> ctypes.CDLL:
     """The fake, loaded once per process and installed as pynvml's NVML library."""
-    global _lib
-    if _lib is None:
+    if "lib" not in _loaded:
         import pynvml
 
         lib = ctypes.CDLL(str(build()))
@@ -45,8 +44,8 @@ def library() -> ctypes.CDLL:
         lib.fakenvml_mutations.restype = ctypes.c_ulonglong
         pynvml.nvmlLib = lib
         pynvml._nvmlGetFunctionPointer_cache.clear()
-        _lib = lib
-    return _lib
+        _loaded["lib"] = lib
+    return _loaded["lib"]
 
 
 def default_config() -> dict[str, Any]:
