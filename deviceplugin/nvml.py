@@ -12,8 +12,9 @@ compute instance spanning its GPU instance, as NVIDIA's own tools create by defa
 
 MIG changes need root (or ``CAP_SYS_ADMIN`` with the MIG capability device) and, for a
 mode change, sometimes a GPU reset, reported as pending.  Tests never call the mutating
-methods on a real GPU (DESIGN section 7); they run read-only queries where a GPU exists
-and skip elsewhere.
+methods on a real GPU (DESIGN section 7): they run everything on the fake libnvidia-ml
+(native/fakenvml, docs/nvml.md: calls and error paths, not hardware), and ``make gpu-check``
+runs read-only queries where a GPU exists.
 """
 
 from __future__ import annotations
