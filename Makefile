@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate bench-fractional bench-mig bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
+	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -66,8 +66,31 @@ typecheck:
 	cd $(VENV) && MYPYPATH=$(CURDIR)/e2e bin/mypy --config-file $(CURDIR)/pyproject.toml \
 		$(CURDIR)/e2e/conspirator_e2e $(CURDIR)/e2e/tests $(CURDIR)/e2e/demo.py $(CURDIR)/e2e/demo_operator.py
 
-unit:
+unit: fakenvml
 	$(BIN)/pytest -q
+
+# The fake libnvidia-ml.so.1 that the NVML backend's tests load through the real nvidia-ml-py
+# (native/fakenvml/, docs/nvml.md): C against NVIDIA's vendored, checksummed nvml.h.
+FAKENVML := build/fakenvml/libnvidia-ml.so.1
+FAKENVML_SRC := native/fakenvml/fakenvml.c native/fakenvml/json.c native/fakenvml/json.h \
+	native/fakenvml/nvml/nvml.h native/fakenvml/nvml/SHA256SUMS
+fakenvml: $(FAKENVML)
+$(FAKENVML): $(FAKENVML_SRC)
+	cd native/fakenvml/nvml && sha256sum --quiet -c SHA256SUMS
+	mkdir -p $(@D)
+	gcc -shared -fPIC -O2 -std=gnu11 -Wall -Wextra -Werror -fvisibility=hidden \
+		-Wl,-soname,libnvidia-ml.so.1 -o $@.tmp native/fakenvml/fakenvml.c native/fakenvml/json.c -lpthread
+	mv $@.tmp $@
+
+# Read-only NVML queries on this machine's GPUs against conspirator/mig.py's catalog, and a
+# CUDA smoke test where CUDA is present; never changes MIG mode, layouts or settings.  Exits
+# 77 (skipped) without NVML.  gpu-check-fake runs it on the fake: the code path, not hardware.
+gpu-check: install
+	$(BIN)/python -m conspirator.deviceplugin.gpucheck
+
+gpu-check-fake: install fakenvml
+	LD_LIBRARY_PATH=$(CURDIR)/build/fakenvml FAKENVML_CONFIG=$(CURDIR)/native/fakenvml/devices.json \
+		$(BIN)/python -m conspirator.deviceplugin.gpucheck --expect-fake
 
 # The local cluster (e2e/README.md): real etcd, kube-apiserver, kube-scheduler,
 # kube-controller-manager, kubelet + containerd, kwok GPU nodes; needs root.

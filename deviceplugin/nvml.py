@@ -12,8 +12,9 @@ compute instance spanning its GPU instance, as NVIDIA's own tools create by defa
 
 MIG changes need root (or ``CAP_SYS_ADMIN`` with the MIG capability device) and, for a
 mode change, sometimes a GPU reset, reported as pending.  Tests never call the mutating
-methods on a real GPU (DESIGN section 7); they run read-only queries where a GPU exists
-and skip elsewhere.
+methods on a real GPU (DESIGN section 7): they run everything on the fake libnvidia-ml
+(native/fakenvml, docs/nvml.md: calls and error paths, not hardware), and ``make gpu-check``
+runs read-only queries where a GPU exists.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def _code(nv: Any, exc: Exception) -> ErrorCode:
     return table.get(value, ErrorCode.UNKNOWN)
 
 
+def _absent(nv: Any, exc: Exception) -> bool:
+    """NVML's answer for a profile this GPU does not have (or a GPU with MIG off); any other
+    error (a struct version NVML refuses, an uninitialised library) is a real failure."""
+    return getattr(exc, "value", None) in (nv.NVML_ERROR_NOT_SUPPORTED,
+                                           nv.NVML_ERROR_INVALID_ARGUMENT)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -105,7 +113,15 @@ class NvmlBackend(GpuBackend):
 
     def _handle(self, index: int) -> Any:
         with self._nvml(f"GPU {index}"):
+            if not 0 <= index < int(self.nv.nvmlDeviceGetCount()):
+                raise BackendError(ErrorCode.NOT_FOUND, f"no GPU {index}")
             return self.nv.nvmlDeviceGetHandleByIndex(index)
+
+    def _gpu(self, index: int) -> GpuInfo:
+        gpu = next((g for g in self.gpus() if g.index == index), None)
+        if gpu is None:
+            raise BackendError(ErrorCode.NOT_FOUND, f"no GPU {index}")
+        return gpu
 
     def _model(self, handle: Any) -> GpuModel:
         name = _text(self.nv.nvmlDeviceGetName(handle))
@@ -132,13 +148,15 @@ class NvmlBackend(GpuBackend):
         out: dict[str, _Profile] = {}
         with self._nvml(f"GPU {index} profiles"):
             model = self._model(handle)
-            total = int(nv.nvmlDeviceGetMemoryInfo(handle).total)
             for pid in range(nv.NVML_GPU_INSTANCE_PROFILE_COUNT):
                 try:
                     info = nv.nvmlDeviceGetGpuInstanceProfileInfo(handle, pid)
-                    places = self._placements(handle, info.id)
-                except nv.NVMLError:
-                    continue  # not supported on this GPU
+                except nv.NVMLError as exc:
+                    if _absent(nv, exc):
+                        continue  # not on this GPU (or MIG is off)
+                    raise
+                # The info's id, not the enum index asked with: they differ on real GPUs.
+                places = self._placements(handle, int(info.id))
                 if not places:
                     continue
                 mem_slices = places[0][1]
@@ -150,12 +168,12 @@ class NvmlBackend(GpuBackend):
                     except KeyError:
                         gib = round(int(info.memorySizeMB) / 1024)
                         name = f"{int(info.sliceCount)}g.{gib}gb"
-                del total
                 out[name] = _Profile(
                     nvml_id=int(info.id), name=name, compute_slices=int(info.sliceCount),
                     memory_slices=mem_slices, placements=tuple(s for s, _ in places),
                 )
-        self._profiles[index] = out
+        if out:  # none while MIG is off: asked again once it is on
+            self._profiles[index] = out
         return out
 
     # ---- inventory ------------------------------------------------------------------
@@ -210,8 +228,10 @@ class NvmlBackend(GpuBackend):
             try:
                 info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(
                     gi, cpid, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-            except nv.NVMLError:
-                continue
+            except nv.NVMLError as exc:
+                if _absent(nv, exc):
+                    continue
+                raise
             arr = (nv.c_nvmlComputeInstance_t * 8)()
             count = ctypes.c_uint(0)
             nv.nvmlGpuInstanceGetComputeInstances(gi, info.id, arr, ctypes.byref(count))
@@ -249,10 +269,7 @@ class NvmlBackend(GpuBackend):
         return tuple(sorted(set(pids)))
 
     def instances(self, index: int) -> list[GpuInstance]:
-        gpu = next((g for g in self.gpus() if g.index == index), None)
-        if gpu is None:
-            raise BackendError(ErrorCode.NOT_FOUND, f"no GPU {index}")
-        if not gpu.mig_enabled:
+        if not self._gpu(index).mig_enabled:
             return []
         migs = self._mig_devices(index)
         out = []
@@ -284,6 +301,12 @@ class NvmlBackend(GpuBackend):
 
     def create_gpu_instance(self, index: int, profile: str, start: int) -> GpuInstance:
         nv = self.nv
+        gpu = self._gpu(index)
+        if not gpu.mig_capable:
+            raise BackendError(ErrorCode.NOT_SUPPORTED,
+                               f"GPU {index} ({gpu.model.name}) has no MIG")
+        if not gpu.mig_enabled:
+            raise BackendError(ErrorCode.NOT_SUPPORTED, f"MIG mode is off on GPU {index}")
         prof = self.profiles(index).get(profile)
         if prof is None:
             raise BackendError(ErrorCode.INVALID_ARGUMENT, f"GPU {index} has no profile {profile}")
@@ -305,8 +328,10 @@ class NvmlBackend(GpuBackend):
                 try:
                     ci_info = nv.nvmlGpuInstanceGetComputeInstanceProfileInfo(
                         gi, cpid, nv.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-                except nv.NVMLError:
-                    continue
+                except nv.NVMLError as exc:
+                    if _absent(nv, exc):
+                        continue
+                    raise
                 if int(ci_info.sliceCount) == prof.compute_slices:
                     chosen = ci_info
                     break

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from conspirator.deviceplugin.nvml import NvmlBackend
 from conspirator.deviceplugin.simulated import NodeSpec, SimulatedBackend
 
+from .fakenvml import FakeNvml
 from .kubelet import TestKubelet
 
 
@@ -37,3 +39,19 @@ def make_backend(tmp: Path, gpus: list[dict[str, object]], **extra: object) -> S
 @pytest.fixture
 def a100x2(tmp_path: Path) -> SimulatedBackend:
     return make_backend(tmp_path, [{"model": "A100-80GB", "count": 2}])
+
+
+@pytest.fixture
+def fake_nvml(tmp_path: Path) -> FakeNvml:
+    """The fake libnvidia-ml, reset to native/fakenvml/devices.json (not NVML: docs/nvml.md)."""
+    fake = FakeNvml(tmp_path)
+    fake.load()
+    return fake
+
+
+@pytest.fixture
+def nvml(fake_nvml: FakeNvml) -> Iterator[NvmlBackend]:
+    """The NVML backend, through the real nvidia-ml-py, on the fake's default GPUs."""
+    backend = NvmlBackend()
+    yield backend
+    backend.close()
