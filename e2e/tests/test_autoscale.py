@@ -195,8 +195,8 @@ def test_a_worker_twice_as_fast_as_its_profile_is_planned_with_the_observed_figu
     workers are built to serve 200 (5 ms a request; 160-170 measured on this busy 2-core
     host, worker overhead included).  Kept saturated by a closed loop for longer than the
     agents' window, they refine the ModelProfile to what they really serve (at least 1.2x
-    the spec's figure, enough for one replica), and the plan follows: one replica is enough, the other is given
-    back (drained: nothing fails)."""
+    the spec's figure, enough for one replica), and the plan follows: one replica is
+    enough, the other is given back (drained: nothing fails)."""
     cluster, ns = release.cluster, namespace
     profile, job = objects(release.worker_image)
     job["spec"]["demand"]["requestsPerSecond"] = 120
