@@ -58,29 +58,6 @@ def test_bad_spec_files_are_refused(doc: dict[str, object], message: str) -> Non
         NodeSpec.from_dict(doc)
 
 
-def test_nvml_errors(tmp_path: Path) -> None:
-    b = make_backend(tmp_path, [{"model": "A100-80GB"}, {"model": "A100-80GB",
-                                                         "migEnabled": False}, {"model": "T4"}])
-    assert code_of(b.create_gpu_instance, 0, "3g.40gb", 2) == ErrorCode.INVALID_ARGUMENT
-    assert code_of(b.create_gpu_instance, 0, "3g.20gb", 0) == ErrorCode.INVALID_ARGUMENT
-    b.create_instance(0, "4g.40gb", 0)
-    assert code_of(b.create_gpu_instance, 0, "1g.10gb", 3) == ErrorCode.INSUFFICIENT_RESOURCES
-    b.create_instance(0, "3g.40gb", 4)
-    # Every memory slice but 7... and all 7 compute slices are taken.
-    assert code_of(b.create_gpu_instance, 0, "1g.10gb", 6) == ErrorCode.INSUFFICIENT_RESOURCES
-    assert code_of(b.create_gpu_instance, 1, "1g.10gb", 0) == ErrorCode.NOT_SUPPORTED
-    assert code_of(b.create_gpu_instance, 2, "1g.10gb", 0) == ErrorCode.NOT_SUPPORTED
-    assert code_of(b.create_gpu_instance, 9, "1g.10gb", 0) == ErrorCode.NOT_FOUND
-    assert code_of(b.destroy_gpu_instance, 0, 2) == ErrorCode.NOT_FOUND
-    # A GPU instance with its compute instance cannot go: NVML says IN_USE.
-    assert code_of(b.destroy_gpu_instance, 0, 4) == ErrorCode.IN_USE
-    assert code_of(b.set_mig_mode, 0, False) == ErrorCode.IN_USE
-    assert code_of(b.set_mig_mode, 2, True) == ErrorCode.NOT_SUPPORTED
-    assert b.possible_placements(0, "1g.10gb") == list(range(7))
-    assert b.possible_placements(0, "3g.40gb") == [0, 4]
-    assert b.possible_placements(2, "1g.10gb") == []
-
-
 def test_half_made_instances_and_two_step_destroy(tmp_path: Path) -> None:
     b = make_backend(tmp_path, [{"model": "H100-80GB"}])
     gi = b.create_gpu_instance(0, "2g.20gb", 2)
