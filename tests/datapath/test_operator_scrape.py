@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import aiohttp
+import pytest
 
 from conspirator.client import Client
 from conspirator.dpu_agent.metrics import serve
@@ -73,7 +74,9 @@ def test_scrape_of_a_real_agent() -> None:
                 assert load.p99_ms >= load.p50_ms > 0 and load.waiting == 0
                 (rep,) = r.replicas
                 assert rep.job == JOB and rep.replica == "replica-0"
-                assert round(rep.throughput_rps * load.window_s) == 200
+                # The replica's rate is over its own window, which may end a few ms from the
+                # job's (a busy host): within one request or two of the 200 sent.
+                assert rep.throughput_rps * load.window_s == pytest.approx(200, abs=2)
 
             asyncio.run(go())
         finally:
