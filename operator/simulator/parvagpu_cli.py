@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 
 from conspirator.cli import UsageError
-from conspirator.operator.simulator.data_paths import shared_dataset
 from conspirator.operator.simulator.parvagpu import POLICIES, run_track, table, write_summary
 from conspirator.operator.simulator.parvagpu_inputs import (
     ParvaInputError,
@@ -21,7 +21,7 @@ DATASET = "parvagpu"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("parvagpu track (default files: shared/data/parvagpu)")
+    g = p.add_argument_group("parvagpu track (default: the packaged copy of ParvaGPU's files)")
     g.add_argument("--profiles", type=Path, help="folder of <model>.csv profiles")
     g.add_argument("--slo-rates", type=Path, help="SLO request rates CSV (one SLO set a row)")
     g.add_argument("--slo-latency", type=Path, help="SLO latencies CSV (ms, one set a row)")
@@ -36,14 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of ParvaGPU's SLO<k>_ParvaGPU_deploy.csv to check likewise")
 
 
+def packaged() -> Path:
+    """The packaged copy of ``shared/data/parvagpu`` (``data/parvagpu/README.md``)."""
+    return Path(str(resources.files("conspirator.operator.simulator").joinpath(
+        "data", DATASET)))
+
+
 def _default(given: Path | None, *parts: str) -> Path:
-    if given is not None:
-        return given
-    root = shared_dataset(DATASET)
-    if root is None or not root.joinpath(*parts).exists():
-        raise UsageError(f"pass --{parts[-1].split('.')[0].replace('_', '-')}: no "
-                         f"shared/data/{DATASET} found")
-    return root.joinpath(*parts)
+    return given if given is not None else packaged().joinpath(*parts)
 
 
 def run_parvagpu(args: argparse.Namespace, policies: list[str], console: Console) -> int:
@@ -63,9 +63,9 @@ def run_parvagpu(args: argparse.Namespace, policies: list[str], console: Console
                              profiles.models)
         pub_path = args.published
         plans_dir = args.published_plans
-        if not explicit and pub_path is None and (root := shared_dataset(DATASET)):
-            pub_path = root / "published" / "gpus.csv"
-            plans_dir = plans_dir or root / "published"
+        if not explicit and pub_path is None:
+            pub_path = packaged() / "published" / "gpus.csv"
+            plans_dir = plans_dir or packaged() / "published"
         published = load_published(pub_path) if pub_path and pub_path.is_file() else {}
         plans = {k: plans_dir / f"SLO{k}_ParvaGPU_deploy.csv" for k in range(1, len(sets) + 1)
                  if plans_dir and (plans_dir / f"SLO{k}_ParvaGPU_deploy.csv").is_file()}
