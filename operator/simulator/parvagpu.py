@@ -88,8 +88,10 @@ def evaluate(k: int, policy: str, mps: bool, plan: SegmentPlan, demands: list[De
 def run_track(table: SegmentTable, sets: list[list[Demand]], policies: list[str],
               modes: list[bool], out: Path, published: dict[int, tuple[int, int]],
               published_plans: dict[int, Path] | None = None,
-              progress: Callable[[str], None] | None = None) -> list[TrackRow]:
-    """Every (SLO set, policy, mode), then ParvaGPU's published plan of the set if given."""
+              progress: Callable[[str], None] | None = None,
+              published_table: SegmentTable | None = None) -> list[TrackRow]:
+    """Every (SLO set, policy, mode), then ParvaGPU's published plan of the set if given
+    (its segments looked up in ``published_table``, by default ``table``)."""
     rows: list[TrackRow] = []
     for k, demands in enumerate(sets, start=1):
         for pol in policies:
@@ -102,7 +104,7 @@ def run_track(table: SegmentTable, sets: list[list[Demand]], policies: list[str]
                 rows.append(evaluate(k, pol, mps, plan, demands, table, out, dt, published,
                                      proven=pol == "conspirator"))
         if published_plans and k in published_plans:
-            plan = load_plan(published_plans[k], table)
+            plan = load_plan(published_plans[k], published_table or table)
             rows.append(_row(k, PUBLISHED, True, check_plan(plan, demands), plan, None,
                              published, proven=False))
     return rows
@@ -129,6 +131,33 @@ def write_summary(rows: list[TrackRow], path: Path) -> None:
                         _fmt(r.lower_bound), _fmt(r.optimal), r.gpcs,
                         _fmt(r.solve_s), _fmt(r.published), _fmt(r.rerun),
                         " | ".join(r.violations)])
+
+
+def markdown(rows: list[TrackRow]) -> str:
+    """The summary as a Markdown table: GPUs (models met) per SLO set and (policy, mode);
+    ``*``: GPUs whose MIG layout as written is invalid (the same instances fit elsewhere)."""
+    keys = list(dict.fromkeys((r.policy, r.mps) for r in rows))
+    head = ["SLO set", *[f"{p} {'MPS' if m else 'MIG only'}" for p, m in keys],
+            "ParvaGPU published", "ParvaGPU rerun"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    totals = [0] * (len(keys) + 2)
+    for k in sorted({r.slo_set for r in rows}):
+        cells = [str(k)]
+        for i, key in enumerate(keys):
+            r = next((r for r in rows if (r.policy, r.mps) == key and r.slo_set == k), None)
+            if r is None:
+                cells.append("")
+                continue
+            totals[i] += r.gpus
+            star = f" *{r.invalid_gpus}" if r.invalid_gpus else ""
+            cells.append(f"{r.gpus} ({r.models_met}/{r.models_total}){star}")
+        r0 = next(r for r in rows if r.slo_set == k)
+        totals[-2] += r0.published or 0
+        totals[-1] += r0.rerun or 0
+        cells += [_fmt(r0.published), _fmt(r0.rerun)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| total | " + " | ".join(map(str, totals)) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table(rows: list[TrackRow]) -> Table:
@@ -171,5 +200,6 @@ def table(rows: list[TrackRow]) -> Table:
     return t
 
 
-__all__ = ["POLICIES", "PUBLISHED", "SUMMARY_COLUMNS", "TrackRow", "evaluate", "run_track",
+__all__ = ["POLICIES", "PUBLISHED", "SUMMARY_COLUMNS", "TrackRow", "evaluate", "markdown",
+           "run_track",
            "table", "write_summary"]

@@ -9,7 +9,13 @@ from pathlib import Path
 from rich.console import Console
 
 from conspirator.cli import UsageError
-from conspirator.operator.simulator.parvagpu import POLICIES, run_track, table, write_summary
+from conspirator.operator.simulator.parvagpu import (
+    POLICIES,
+    markdown,
+    run_track,
+    table,
+    write_summary,
+)
 from conspirator.operator.simulator.parvagpu_inputs import (
     ParvaInputError,
     load_profiles,
@@ -53,7 +59,7 @@ def run_parvagpu(args: argparse.Namespace, policies: list[str], console: Console
                          f"known: {', '.join(POLICIES)}")
     explicit = args.profiles is not None
     try:
-        profiles = load_profiles(_default(args.profiles, "prof_data"))
+        profiles = full = load_profiles(_default(args.profiles, "prof_data"))
         if args.max_processes is not None:
             if args.max_processes < 1:
                 raise UsageError("--max-processes must be >= 1")
@@ -72,15 +78,20 @@ def run_parvagpu(args: argparse.Namespace, policies: list[str], console: Console
         modes = [False] if args.no_mps else [True, False]
         with console.status("planning") as status:
             rows = run_track(profiles, sets, policies, modes, args.out, published, plans,
-                             progress=status.update)
+                             progress=status.update, published_table=full)
     except ParvaInputError as exc:
         raise UsageError(str(exc)) from None
     write_summary(rows, args.out / "parvagpu_summary.csv")
+    (args.out / "parvagpu_summary.md").write_text(markdown(rows))
     console.print(table(rows))
     for r in rows:
+        what = f"SLO set {r.slo_set} {r.policy}{'' if r.mps else ' (MIG only)'}"
+        if r.invalid_gpus and r.repairable and r.models_met == r.models_total:
+            console.print(f"[yellow]{what}: {r.invalid_gpus} GPU layout(s) invalid as written, "
+                          "each valid at other start slices (summary: violations)[/yellow]")
+            continue
         for v in r.violations:
-            console.print(f"[yellow]SLO set {r.slo_set} {r.policy}"
-                          f"{'' if r.mps else ' (MIG only)'}: {v}[/yellow]")
+            console.print(f"[red]{what}: {v}[/red]")
     console.print(f"wrote {args.out / 'parvagpu_summary.csv'}")
     return 0
 
