@@ -21,8 +21,10 @@ Nothing here reads files: :mod:`conspirator.operator.simulator.parvagpu_inputs` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+
+from conspirator.operator.placement.throughput import ThroughputRow, ThroughputTable
 
 A100_80GB = "A100-80GB"
 
@@ -125,6 +127,25 @@ class SegmentTable:
         return None
 
 
+def throughput_rows(table: SegmentTable) -> Iterator[ThroughputRow]:
+    """The one-process segments as the engine's rows (A100-80GB; latency as
+    :func:`p99_equivalent_ms`): the measured source next to the derived defaults.
+
+    Rows carry no process count, so only ``processes == 1`` is exported; the segment
+    planners read the :class:`SegmentTable` itself.
+    """
+    for model in table.models:
+        for s in table.points(model):
+            if s.processes == 1:
+                yield ThroughputRow(model, A100_80GB, s.profile, s.batch,
+                                    round(s.throughput_rps, 3),
+                                    round(p99_equivalent_ms(s.batch_latency_ms), 3))
+
+
+def throughput_table(table: SegmentTable) -> ThroughputTable:
+    return ThroughputTable(throughput_rows(table))
+
+
 @dataclass(frozen=True, slots=True)
 class Demand:
     """One served model of an SLO set: request rate (req/s) and latency SLO (ms)."""
@@ -174,4 +195,6 @@ __all__ = [
     "admissible",
     "latency_bound_ms",
     "p99_equivalent_ms",
+    "throughput_rows",
+    "throughput_table",
 ]
