@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
+	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -127,6 +127,15 @@ bench-mig: install
 		--gpus-per-job 0.9 --name mig_gap_slack --out benchmarks/results/mig --check
 	$(BIN)/python benchmarks/mig_gap.py --sizes 20 50 100 150 200 --seeds 4 \
 		--gpus-per-job 0.45 --name mig_gap_tight --out benchmarks/results/mig --check
+
+# ParvaGPU's six SLO sets on A100-80GB (docs/parvagpu-track.md; seconds): every measured MPS
+# process count, then at most 3 as ParvaGPU's configurator allows.
+bench-parvagpu: install
+	rm -rf benchmarks/results/parvagpu
+	$(BIN)/conspirator simulate --track parvagpu --policy conspirator --policy parvagpu \
+		--out benchmarks/results/parvagpu
+	$(BIN)/conspirator simulate --track parvagpu --policy conspirator --policy parvagpu \
+		--max-processes 3 --out benchmarks/results/parvagpu/max3
 
 # The MIG track under diurnal demand, 10 seeds (about 10 minutes on 2 cores), then bursty, 3.
 bench-demand: install

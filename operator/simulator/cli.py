@@ -15,7 +15,12 @@ from conspirator.cli import UsageError
 from conspirator.operator.placement.fractional.policy_names import POLICIES as FRACTIONAL_POLICIES
 from conspirator.operator.placement.policy_names import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
-from conspirator.operator.simulator import fractional, fractional_report, mig_report
+from conspirator.operator.simulator import (
+    fractional,
+    fractional_report,
+    mig_report,
+    parvagpu_cli,
+)
 from conspirator.operator.simulator.autoscale import DEMAND_POLICIES, make_controller
 from conspirator.operator.simulator.data_paths import alibaba
 from conspirator.operator.simulator.demand import PATTERNS, DemandSpec, generate_traces
@@ -40,9 +45,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="evaluate placement policies on a trace",
         description="Trace-driven evaluation of placement policies. Track 'fractional' is "
         "the FGD benchmark on the Alibaba GPU trace; track 'mig' places inference jobs on "
-        "MIG-capable clusters.",
+        "MIG-capable clusters; track 'parvagpu' plans ParvaGPU's SLO sets on A100-80GB "
+        "GPUs from its measured MIG x MPS profiles.",
     )
-    p.add_argument("--track", choices=("fractional", "mig"), default="fractional")
+    p.add_argument("--track", choices=("fractional", "mig", "parvagpu"), default="fractional")
     p.add_argument("--nodes", type=Path, help="node list CSV (sn,gpu,model,...)")
     p.add_argument("--pods", type=Path,
                    help="pod list CSV (fractional) or job list CSV (mig; default: a seeded "
@@ -69,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--time-limit", type=float, default=10.0,
                    help="mig track, time-varying demand: the MILP's time limit (s) in the "
                    "conspirator policy's re-plans")
+    parvagpu_cli.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -83,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     policies: list[str] = args.policies or ["conspirator"]
     # Wide enough for the tables when the output is a file or a CI log.
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if args.track == "parvagpu":
+        return parvagpu_cli.run_parvagpu(args, policies, console)
     if args.track == "mig":
         return _run_mig(args, policies, console)
     return _run_fractional(args, policies, console)

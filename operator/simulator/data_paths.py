@@ -25,6 +25,19 @@ def data_root() -> Path | None:
     return None
 
 
+def shared_dataset(name: str) -> Path | None:
+    """``shared/data/<name>`` (e.g. ``parvagpu``) found as :func:`data_root` looks."""
+    env = os.environ.get("CONSPIRATOR_DATA")
+    if env:
+        return Path(env) / name
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        for cand in (d / "shared" / "data", d.parent / "shared" / "data"):
+            if (cand / name).is_dir():
+                return cand / name
+    return None
+
+
 def alibaba(name: str) -> Path | None:
     root = data_root()
     return root / ALIBABA / name if root else None
