@@ -161,11 +161,12 @@ def test_a_replan_migration_under_load_loses_nothing(
     evs = events(cluster, ns)
     (moving,) = [m for _, r, m in evs if r == "Migrating"]
     assert "make-before-break" in moving, moving
-    assert any(r == "Migrated" for _, r, _ in evs), evs
-    # Both replicas of the moved job were registered at once (the new one before the old
-    # one went), and the pod left is the one on the reserved instance: the new one.
+    # The old replica went once the agent counted both (the new one registered before the
+    # old one left; the 2 s samples above may miss that moment), and the pod left is the
+    # one on the reserved instance: the new one.
+    (migrated,) = [m for _, r, m in evs if r == "Migrated"]
+    assert "2 replica(s) registered at the DPU agents" in migrated, migrated
     (mover,) = [n for n in JOBS if any(row[n][2] for row in timeline)]
-    assert any(row[mover][3] == 2 for row in timeline), timeline
     (pod,) = pods(cluster, ns, mover)
     assert pod["metadata"]["name"] not in first[mover], (pod["metadata"]["name"], first)
     st = chart.get_job(cluster, ns, mover)["status"]
