@@ -72,14 +72,16 @@ unit: fakenvml
 # The fake libnvidia-ml.so.1 that the NVML backend's tests load through the real nvidia-ml-py
 # (native/fakenvml/, docs/nvml.md): C against NVIDIA's vendored, checksummed nvml.h.
 FAKENVML := build/fakenvml/libnvidia-ml.so.1
-FAKENVML_SRC := native/fakenvml/fakenvml.c native/fakenvml/json.c native/fakenvml/json.h \
+FAKENVML_SRC := native/fakenvml/fakenvml.c native/fakenvml/persist.c native/fakenvml/state.h \
+	native/fakenvml/json.c native/fakenvml/json.h \
 	native/fakenvml/nvml/nvml.h native/fakenvml/nvml/SHA256SUMS
 fakenvml: $(FAKENVML)
 $(FAKENVML): $(FAKENVML_SRC)
 	cd native/fakenvml/nvml && sha256sum --quiet -c SHA256SUMS
 	mkdir -p $(@D)
 	gcc -shared -fPIC -O2 -std=gnu11 -Wall -Wextra -Werror -fvisibility=hidden \
-		-Wl,-soname,libnvidia-ml.so.1 -o $@.tmp native/fakenvml/fakenvml.c native/fakenvml/json.c -lpthread
+		-Wl,-soname,libnvidia-ml.so.1 -o $@.tmp native/fakenvml/fakenvml.c native/fakenvml/persist.c \
+		native/fakenvml/json.c -lpthread
 	mv $@.tmp $@
 
 # Read-only NVML queries on this machine's GPUs against conspirator/mig.py's catalog, and a

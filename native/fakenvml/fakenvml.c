@@ -31,87 +31,31 @@
 
 #include "json.h"
 
-#define API __attribute__((visibility("default")))
-#define MAXGPU 16
-#define MAXMODEL 16
-#define MAXPROF 24
-#define MAXPLACE 8
-#define MAXGI 8
-#define MAXCI 8
-#define MAXPROC 16
-#define MAXSET 8
-#define MAXEV 64
-#define NO_ID 0xFFFFFFFFu
+#include "state.h"
 
-typedef struct {
-    unsigned profile;       /* NVML_GPU_INSTANCE_PROFILE_* (the enum index) */
-    unsigned id;            /* the id NVML reports in the info: what the other calls take */
-    char name[64];          /* "1g.10gb"; reported as "MIG 1g.10gb" */
-    unsigned slices, memSlices, instances, sms, copyEngines, decoders, encoders, jpegs, ofas;
-    unsigned long long memoryMiB;
-    unsigned nplace, place[MAXPLACE];
-    int media;              /* a +me profile: one set of media engines per GPU */
-} giprof_t;
+struct fake_state S;
 
-typedef struct {
-    char key[32], name[96];
-    unsigned long long memoryMiB;
-    unsigned memSlices, computeSlices, nprof;
-    giprof_t prof[MAXPROF];
-} model_t;
-
-typedef struct {
-    int used;
-    unsigned id, profile, slices;
-    char uuid[96];
-    unsigned npid, pids[MAXPROC];
-} ci_t;
-
-typedef struct {
-    int used;
-    unsigned id, start;
-    int prof;               /* index into the model's prof[] */
-    ci_t ci[MAXCI];
-} gi_t;
-
-typedef struct {
-    const model_t *m;
-    unsigned cur, pend;
-    char uuid[96];
-    unsigned npid, pids[MAXPROC];
-    gi_t gi[MAXGI];
-} gpu_t;
-
-typedef struct { unsigned gpu; unsigned long long xid; unsigned gi, ci; } event_t;
-
-/* Handles are pointers into these tables: stable, and checkable by range. */
-struct nvmlDevice_st { int mig; unsigned gpu, gi, ci; };
-struct nvmlGpuInstance_st { unsigned gpu, gi; };
-struct nvmlComputeInstance_st { unsigned gpu, gi, ci; };
-struct nvmlEventSet_st {
-    int used;
-    unsigned long long mask[MAXGPU];
-    unsigned head, n;
-    event_t ev[MAXEV];
-};
-
-static struct {
-    int loaded, initRef, allowMigModeSet, migModeNeedsReset;
-    unsigned ngpu, nmodel;
-    unsigned long long mutations, serial;
-    model_t models[MAXMODEL];
-    gpu_t gpu[MAXGPU];
-    char error[256];
-} S;
-
-static struct nvmlDevice_st Hgpu[MAXGPU], Hmig[MAXGPU][MAXGI][MAXCI];
-static struct nvmlGpuInstance_st Hgi[MAXGPU][MAXGI];
-static struct nvmlComputeInstance_st Hci[MAXGPU][MAXGI][MAXCI];
+struct nvmlDevice_st Hgpu[MAXGPU], Hmig[MAXGPU][MAXGI][MAXCI];
+struct nvmlGpuInstance_st Hgi[MAXGPU][MAXGI];
+struct nvmlComputeInstance_st Hci[MAXGPU][MAXGI][MAXCI];
 static struct nvmlEventSet_st Hset[MAXSET];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t evcond = PTHREAD_COND_INITIALIZER;
 
 #define LOCKED(expr) do { pthread_mutex_lock(&mu); nvmlReturn_t r_ = (expr); pthread_mutex_unlock(&mu); return r_; } while (0)
+
+/* A call that changes the driver's state: it takes FAKENVML_OP_DELAY_MS (as MIG changes take
+ * real time on a GPU, which lets a test kill a process mid-apply), and the state file of
+ * FAKENVML_STATE is rewritten after it (persist.c), refused calls too (they count). */
+static void op_delay(void) {
+    if (!S.opDelayMs) return;
+    struct timespec d = {S.opDelayMs / 1000, (long)(S.opDelayMs % 1000) * 1000000L};
+    while (nanosleep(&d, &d) != 0 && errno == EINTR) {}
+}
+
+#define MUTATING(expr) do { op_delay(); pthread_mutex_lock(&mu); nvmlReturn_t r_ = (expr); \
+    if (persist_save() != 0 && r_ == NVML_SUCCESS) r_ = NVML_ERROR_UNKNOWN; \
+    pthread_mutex_unlock(&mu); return r_; } while (0)
 
 /* ---- device file ------------------------------------------------------------------ */
 
@@ -273,6 +217,9 @@ static nvmlReturn_t init_locked(void) {
     if (!S.loaded) {
         const char *path = getenv("FAKENVML_CONFIG");
         if (!path || load_locked(path) != 0) return NVML_ERROR_DRIVER_NOT_LOADED;
+        if (persist_restore() != 0) { S.loaded = 0; return NVML_ERROR_DRIVER_NOT_LOADED; }
+        const char *delay = getenv("FAKENVML_OP_DELAY_MS");
+        S.opDelayMs = delay ? (unsigned)strtoul(delay, NULL, 10) : 0;
     }
     S.initRef++;
     return NVML_SUCCESS;
@@ -439,7 +386,7 @@ static nvmlReturn_t set_mig_locked(nvmlDevice_t d, unsigned mode, nvmlReturn_t *
 }
 
 API nvmlReturn_t nvmlDeviceSetMigMode(nvmlDevice_t device, unsigned int mode, nvmlReturn_t *activationStatus) {
-    LOCKED(set_mig_locked(device, mode, activationStatus));
+    MUTATING(set_mig_locked(device, mode, activationStatus));
 }
 
 /* ---- GPU instance profiles and placements -------------------------------------------------- */
@@ -562,7 +509,7 @@ static nvmlReturn_t create_gi_locked(nvmlDevice_t d, unsigned id, const nvmlGpuI
 API nvmlReturn_t nvmlDeviceCreateGpuInstanceWithPlacement(nvmlDevice_t device, unsigned int profileId,
                                                           const nvmlGpuInstancePlacement_t *placement,
                                                           nvmlGpuInstance_t *gpuInstance) {
-    LOCKED(create_gi_locked(device, profileId, placement, gpuInstance));
+    MUTATING(create_gi_locked(device, profileId, placement, gpuInstance));
 }
 
 static int ci_busy(const gi_t *x) {
@@ -583,7 +530,7 @@ static nvmlReturn_t destroy_gi_locked(nvmlGpuInstance_t h) {
     return NVML_SUCCESS;
 }
 
-API nvmlReturn_t nvmlGpuInstanceDestroy(nvmlGpuInstance_t gpuInstance) { LOCKED(destroy_gi_locked(gpuInstance)); }
+API nvmlReturn_t nvmlGpuInstanceDestroy(nvmlGpuInstance_t gpuInstance) { MUTATING(destroy_gi_locked(gpuInstance)); }
 
 static nvmlReturn_t list_gi_locked(nvmlDevice_t d, unsigned id, nvmlGpuInstance_t *out, unsigned *count) {
     READY();
@@ -708,7 +655,7 @@ static nvmlReturn_t create_ci_locked(nvmlGpuInstance_t h, unsigned profile, nvml
 
 API nvmlReturn_t nvmlGpuInstanceCreateComputeInstance(nvmlGpuInstance_t gpuInstance, unsigned int profileId,
                                                       nvmlComputeInstance_t *computeInstance) {
-    LOCKED(create_ci_locked(gpuInstance, profileId, computeInstance));
+    MUTATING(create_ci_locked(gpuInstance, profileId, computeInstance));
 }
 
 static nvmlReturn_t destroy_ci_locked(nvmlComputeInstance_t h) {
@@ -723,7 +670,7 @@ static nvmlReturn_t destroy_ci_locked(nvmlComputeInstance_t h) {
 }
 
 API nvmlReturn_t nvmlComputeInstanceDestroy(nvmlComputeInstance_t computeInstance) {
-    LOCKED(destroy_ci_locked(computeInstance));
+    MUTATING(destroy_ci_locked(computeInstance));
 }
 
 static nvmlReturn_t list_ci_locked(nvmlGpuInstance_t h, unsigned profile, nvmlComputeInstance_t *out, unsigned *count) {

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pynvml
@@ -157,3 +159,60 @@ def test_a_bad_device_file_says_why(fake_nvml: FakeNvml, tmp_path: Path) -> None
     assert lib.fakenvml_load(str(bad).encode()) == -1
     assert b"expected a key" in lib.fakenvml_last_error()
     fake_nvml.load()
+
+
+_STEP = """
+import json, sys
+from conspirator.deviceplugin.nvml import NvmlBackend
+b = NvmlBackend()
+for op in sys.argv[1:]:
+    kind, start = op.split(":")
+    if kind == "gi":
+        b.create_gpu_instance(0, "3g.71gb", int(start))
+    elif kind == "ci":
+        b.create_compute_instance(0, int(start))
+print(json.dumps([[i.profile, i.start, i.gi_id, i.ci_id, i.uuid] for i in b.instances(0)]))
+"""
+
+
+def _step(tmp: Path, *ops: str, delay_ms: int = 0) -> list[list[object]]:
+    """One process of its own (the fake found on LD_LIBRARY_PATH, as on a node) runs ``ops``
+    on GPU 0 and prints the instances it then sees."""
+    doc = tmp / "devices.json"
+    doc.write_text(json.dumps(config([{"model": "H200-141GB"}])))
+    env = {**os.environ, "LD_LIBRARY_PATH": str(LIBRARY.parent), "FAKENVML_CONFIG": str(doc),
+           "FAKENVML_STATE": str(tmp / "driver.json"), "FAKENVML_OP_DELAY_MS": str(delay_ms)}
+    proc = subprocess.run([sys.executable, "-c", _STEP, *ops], env=env, capture_output=True,
+                          text=True, timeout=60, check=False, cwd=tmp)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out: list[list[object]] = json.loads(proc.stdout.splitlines()[-1])
+    return out
+
+
+def test_the_driver_state_outlives_the_process_that_changed_it(
+        fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    """With FAKENVML_STATE, what one process made is what the next one finds, half-made
+    instances included (a daemon killed between the GI and the CI call), as on a GPU."""
+    assert _step(tmp_path) == []  # no state file yet: the device file's empty GPU
+    made = _step(tmp_path, "gi:0", "ci:0", "gi:4")
+    assert [(p, s, ci is not None) for p, s, _gi, ci, _u in made] == [
+        ("3g.71gb", 0, True), ("3g.71gb", 4, False)]
+    assert _step(tmp_path) == made  # the next process sees the same ids and UUIDs
+    state = json.loads((tmp_path / "driver.json").read_text())
+    assert state["mutations"] == 3
+    finished = _step(tmp_path, "ci:4", delay_ms=50)
+    assert finished[0] == made[0] and finished[1][3] is not None
+    assert finished[1][4] not in (None, made[0][4])  # a new MIG UUID, never a reused one
+    assert json.loads((tmp_path / "driver.json").read_text())["mutations"] == 4
+
+
+def test_a_state_file_of_other_gpus_is_a_driver_that_does_not_load(
+        fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    (tmp_path / "driver.json").write_text(json.dumps({"gpus": [], "mutations": 0}))
+    doc = tmp_path / "devices.json"
+    doc.write_text(json.dumps(config([{"model": "H200-141GB"}])))
+    env = {**os.environ, "LD_LIBRARY_PATH": str(LIBRARY.parent), "FAKENVML_CONFIG": str(doc),
+           "FAKENVML_STATE": str(tmp_path / "driver.json")}
+    proc = subprocess.run([sys.executable, "-c", "import pynvml; pynvml.nvmlInit()"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "Driver Not Loaded" in proc.stderr, proc.stderr
