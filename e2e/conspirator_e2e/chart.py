@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,15 @@ def helm(cluster: LocalCluster, *args: str, home: Path | None = None, timeout: f
 def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
                  gpus: Sequence[Mapping[str, Any]] = ({"model": "H200-141GB"},),
                  allocation: str = "devicePlugin", observe_interval: float = 3.0,
-                 observe_window: float = 15.0, replan_interval: float = 0
-                 ) -> dict[str, Any]:
+                 observe_window: float = 15.0, replan_interval: float = 0,
+                 nvml: FakeNvmlHost | None = None) -> dict[str, Any]:
     """Values that run the chart on this cluster's real node.
 
     ``images`` maps component (operator, node-daemon, dpu-agent) to the image refs that
     :func:`conspirator_e2e.images.build_product_images` imported; they share a registry and
-    a tag, which is what the chart's ``image`` block expresses.
+    a tag, which is what the chart's ``image`` block expresses.  With ``nvml`` the node
+    daemon runs the NVML backend on the fake libnvidia-ml of that host directory (``gpus``
+    is then unused: the fake's device file says what the GPUs are).
     """
     refs = {c: images[c] for c in ("operator", "node-daemon", "dpu-agent")}
     registries = {r.rsplit("/", 1)[0] for r in refs.values()}
@@ -97,6 +101,7 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
             "cdiDir": CDI_SPEC_DIRS[0],
             "resyncSeconds": 2, "metricsPort": NODE_METRICS_PORT,
             "image": {"name": refs["node-daemon"].rsplit("/", 1)[1].split(":")[0]},
+            **(nvml.values() if nvml is not None else {}),
         },
         "dpuAgent": {
             "nodeSelector": dpu_node, "port": AGENT_PORT, "metricsPort": AGENT_METRICS_PORT,
@@ -105,6 +110,42 @@ def local_values(cluster: LocalCluster, images: Mapping[str, str], *,
             "image": {"name": refs["dpu-agent"].rsplit("/", 1)[1].split(":")[0]},
         },
     }
+
+
+@dataclass(frozen=True)
+class FakeNvmlHost:
+    """A host directory with the fake libnvidia-ml (native/fakenvml, NOT a GPU: docs/nvml.md),
+    its device file and the file its driver state lives in, mounted into the node daemon's
+    pod where NVIDIA's container toolkit would inject the real driver's libraries."""
+
+    directory: Path
+    op_delay_ms: int = 0
+    MOUNT = "/opt/conspirator-fakenvml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "state" / "driver.json"
+
+    def prepare(self, library: Path, gpus: Sequence[Mapping[str, Any]]) -> FakeNvmlHost:
+        """Copy the built library in, write a device file with ``gpus`` (the fake's models),
+        and start from a GPU without instances (no state file)."""
+        doc = json.loads((REPO / "native" / "fakenvml" / "devices.json").read_text())
+        doc["gpus"] = [dict(g) for g in gpus]
+        (self.directory / "state").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(library, self.directory / library.name)
+        (self.directory / "devices.json").write_text(json.dumps(doc))
+        self.state_file.unlink(missing_ok=True)
+        return self
+
+    def values(self) -> dict[str, Any]:
+        env = {"LD_LIBRARY_PATH": self.MOUNT, "FAKENVML_CONFIG": f"{self.MOUNT}/devices.json",
+               "FAKENVML_STATE": f"{self.MOUNT}/state/driver.json",
+               "FAKENVML_OP_DELAY_MS": str(self.op_delay_ms)}
+        return {"backend": "nvml",
+                "extraEnv": [{"name": k, "value": v} for k, v in env.items()],
+                "extraVolumes": [{"name": "fakenvml", "hostPath": {
+                    "path": str(self.directory), "type": "Directory"}}],
+                "extraVolumeMounts": [{"name": "fakenvml", "mountPath": self.MOUNT}]}
 
 
 def write_values(path: Path, values: Mapping[str, Any]) -> Path:
