@@ -20,7 +20,8 @@ from .test_migration import DPU, placed, ready_all, report, settle
 OLD, NEW, NEWER = "conspirator/worker:0.1.0", "conspirator/worker:0.2.0", "conspirator/worker:0.3.0"
 
 
-def one_job(gpus: int = 2, profile: str = "1g.10gb", rps: float = 800) -> tuple[FakeKube, Controller]:
+def one_job(gpus: int = 2, profile: str = "1g.10gb", rps: float = 800
+            ) -> tuple[FakeKube, Controller]:
     api = FakeKube()
     api.nodes["n1"] = gpunode("n1", gpus=gpus, dpu=DPU)
     b = job_body("j", rps)
