@@ -188,6 +188,19 @@ class Kube:
             return out
         return await self._run(call)
 
+    async def scale_deployment(self, namespace: str, name: str, replicas: int,
+                               resource_version: str) -> dict[str, Any]:
+        patch = {"metadata": {"resourceVersion": resource_version},
+                 "spec": {"replicas": replicas}}
+
+        def call() -> dict[str, Any]:
+            r: Any = self.apps.patch_namespaced_deployment(
+                name, namespace, patch, _content_type="application/merge-patch+json",
+                _preload_content=False)
+            out: dict[str, Any] = json.loads(r.data)
+            return out
+        return await self._run(call)
+
     async def delete_deployment(self, namespace: str, name: str, uid: str | None = None
                                 ) -> None:
         opts = client.V1DeleteOptions(

@@ -56,6 +56,11 @@ class KubeAPI(SecretsAPI, Protocol):
         """Replace the Deployment's labels, annotations and spec (conflict-checked)."""
         ...
 
+    async def scale_deployment(self, namespace: str, name: str, replicas: int,
+                               resource_version: str) -> dict[str, Any]:
+        """Set only ``spec.replicas`` (conflict-checked): the template stays as it is."""
+        ...
+
     async def delete_deployment(self, namespace: str, name: str, uid: str | None = None
                                 ) -> None: ...
 

@@ -23,7 +23,9 @@ from conspirator.api.v1alpha1 import API_VERSION, InferenceJob
 from conspirator.operator.views import (
     ANNOTATION_NODE,
     ANNOTATION_PROFILE,
+    ANNOTATION_REVISION,
     ANNOTATION_TEMPLATE_HASH,
+    ANNOTATION_WORKER_SET,
     LABEL_JOB,
     LABEL_JOB_UID,
     LABEL_MANAGED_BY,
@@ -55,29 +57,54 @@ def _digest(*parts: str, n: int = 8) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:n]
 
 
-def worker_name(job: str, node: str, profile: str) -> str:
-    """Deployment name of a job's workers of one profile on one node.
+SET_SUFFIX = ("", "-b")
+"""Name suffix of a job's worker Deployments in set 0 and set 1 (rollouts alternate)."""
 
-    ``<job>-<node>-<profile>`` with dots as dashes, e.g. ``resnet50-kwok-a100-0-1g-10gb``;
-    when that exceeds 63 characters, the job and node parts are shortened and a hash of
-    the full triple keeps names apart.
+
+def worker_name(job: str, node: str, profile: str, worker_set: int = 0) -> str:
+    """Deployment name of a job's workers of one profile on one node, in one worker set.
+
+    ``<job>-<node>-<profile>`` with dots as dashes, e.g. ``resnet50-kwok-a100-0-1g-10gb``,
+    and ``-b`` after it in set 1; when that exceeds 63 characters, the job and node parts
+    are shortened and a hash of the full triple keeps names apart.
     """
-    full = f"{_slug(job)}-{_slug(node)}-{_slug(profile)}"
+    suffix = SET_SUFFIX[worker_set]
+    full = f"{_slug(job)}-{_slug(node)}-{_slug(profile)}{suffix}"
     if len(full) <= NAME_LIMIT:
         return full
     h = _digest(job, node, profile)
-    room = NAME_LIMIT - len(h) - len(_slug(profile)) - 3
+    room = NAME_LIMIT - len(h) - len(_slug(profile)) - len(suffix) - 3
     j = _slug(job)[: max(1, room // 2)].strip("-")
     nd = _slug(node)[: max(1, room - len(j))].strip("-")
-    return f"{j}-{nd}-{_slug(profile)}-{h}"
+    return f"{j}-{nd}-{_slug(profile)}-{h}{suffix}"
 
 
-def worker_groups(replicas: Iterable[Replica]) -> dict[tuple[str, str], int]:
-    """(node, profile) -> number of replicas: one Deployment each."""
-    out: dict[tuple[str, str], int] = {}
-    for r in replicas:
-        out[(r.node, r.profile)] = out.get((r.node, r.profile), 0) + 1
+WorkerGroup = tuple[str, str, int]
+"""(node, profile, worker set): one Deployment."""
+
+
+def worker_groups(replicas: Iterable[Replica], worker_set: int = 0,
+                  retiring: Iterable[Replica] = (), retiring_set: int | None = None
+                  ) -> dict[WorkerGroup, int]:
+    """(node, profile, set) -> number of replicas: one Deployment each.  ``replicas`` run
+    in ``worker_set``, ``retiring`` ones in ``retiring_set`` (default: the same set)."""
+    out: dict[WorkerGroup, int] = {}
+    old = worker_set if retiring_set is None else retiring_set
+    for reps, s in ((replicas, worker_set), (retiring, old)):
+        for r in reps:
+            out[(r.node, r.profile, s)] = out.get((r.node, r.profile, s), 0) + 1
     return dict(sorted(out.items()))
+
+
+def worker_revision(view: JobView) -> str:
+    """What of the job's spec its worker pods run (model, image, args, data path): a new
+    revision is a rollout.  The operator's own estimates (the throughput) are not part of
+    it: a learned profile does not roll the workers."""
+    spec = view.job.spec
+    return _digest(json.dumps({"model": spec.model.model_dump(mode="json", by_alias=True),
+                               "dataPath": spec.data_path.model_dump(mode="json",
+                                                                     by_alias=True)},
+                              sort_keys=True), n=16)
 
 
 def label_value(text: str) -> str:
@@ -140,18 +167,26 @@ def claim_template(view: JobView, node: str, profile: str) -> dict[str, Any]:
 
 
 def deployment(view: JobView, node: str, profile: str, count: int,
-               throughput: float | None = None, dra: bool = False) -> dict[str, Any]:
+               throughput: float | None = None, dra: bool = False,
+               worker_set: int = 0) -> dict[str, Any]:
     """The worker Deployment of ``view``'s ``count`` replicas of ``profile`` on ``node``.
 
     ``throughput`` is the placement's estimate of one replica's requests/s (the mean over
     the group, which differs only on a node mixing GPU models); the worker passes it to
     the DPU agent as the dispatcher's weight (``CONSPIRATOR_THROUGHPUT``).  ``dra``: the
     node allocates through DRA, so each pod gets a ResourceClaim from
-    :func:`claim_template` instead of the job's extended resource.
+    :func:`claim_template` instead of the job's extended resource (both sets share it).
+    ``worker_set``: which of the job's two sets (:data:`SET_SUFFIX`) the Deployment is in.
+
+    A new template replaces the pods in place, at most the job's disruption budget at a
+    time (``maxSurge: 0``: a new pod never needs an instance the node does not hold for
+    the job).  The planner makes a rollout of a new revision make-before-break instead
+    where there is room: the new replicas start in the other set.
     """
     ij: InferenceJob = view.job
     spec = ij.spec
-    name = worker_name(view.name, node, profile)
+    name = worker_name(view.name, node, profile, worker_set)
+    claim = worker_name(view.name, node, profile)
     res = mig.reserved_resource_name(profile, view.key)
     labels = {
         "app.kubernetes.io/name": "conspirator-worker",
@@ -192,7 +227,7 @@ def deployment(view: JobView, node: str, profile: str, count: int,
                 {"requests": {res: "1"}, "limits": {res: "1"}},
             }],
             **({"resourceClaims": [{"name": CLAIM_NAME,
-                                    "resourceClaimTemplateName": name}]} if dra else {}),
+                                    "resourceClaimTemplateName": claim}]} if dra else {}),
         },
     }
     body: dict[str, Any] = {
@@ -202,14 +237,16 @@ def deployment(view: JobView, node: str, profile: str, count: int,
             "name": name,
             "namespace": view.namespace,
             "labels": labels,
-            "annotations": {ANNOTATION_NODE: node, ANNOTATION_PROFILE: profile},
+            "annotations": {ANNOTATION_NODE: node, ANNOTATION_PROFILE: profile,
+                            ANNOTATION_WORKER_SET: str(worker_set),
+                            ANNOTATION_REVISION: worker_revision(view)},
             "ownerReferences": [owner_reference(view)],
         },
         "spec": {
             "replicas": count,
-            # A new template must never need more instances than the node holds for the
-            # job: old pods go before new ones start.
-            "strategy": {"type": "Recreate"},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                "maxSurge": 0,
+                "maxUnavailable": max(1, spec.migration.disruption_budget or 1)}},
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": {LABEL_WORKER: name, LABEL_JOB_UID: view.uid}},
             "template": template,
@@ -220,10 +257,11 @@ def deployment(view: JobView, node: str, profile: str, count: int,
 
 
 def template_hash(body: Mapping[str, Any]) -> str:
-    """Hash of what the operator decides in a Deployment (replicas and pod template)."""
+    """Hash of what the operator decides in a Deployment (replicas, strategy, pod
+    template)."""
     spec = body["spec"]
-    return _digest(json.dumps({"replicas": spec["replicas"], "template": spec["template"]},
-                              sort_keys=True), n=16)
+    return _digest(json.dumps({"replicas": spec["replicas"], "strategy": spec["strategy"],
+                               "template": spec["template"]}, sort_keys=True), n=16)
 
 
 def event(view: JobView | None, *, kind: str, name: str, namespace: str, uid: str,

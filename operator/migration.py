@@ -134,24 +134,27 @@ class Readiness:
 
 def new_replicas_running(reserved: Sequence[Replica], retiring: Sequence[Replica],
                          workers: Iterable[WorkerView], registered: int | None,
-                         waited_s: float, scraping: bool = True) -> Readiness:
-    """The retirement rule of the module docstring.
+                         waited_s: float, scraping: bool = True, reserved_set: int = 0,
+                         retiring_set: int = 0) -> Readiness:
+    """The retirement rule of the module docstring (and of a rollout's, :mod:`.rollouts`).
 
     ``workers``: the job's worker Deployments; ``registered``: replicas the DPU agents
     count ready for the job in a scrape newer than the move (None: none reported it);
     ``waited_s``: seconds since the move; ``scraping``: whether the operator scrapes the
-    agents at all (if not, the workers' readiness is all there is to go by).
+    agents at all (if not, the workers' readiness is all there is to go by); the sets:
+    which worker set runs the reserved and the retiring replicas.
     """
-    want: dict[tuple[str, str], int] = {}
-    for r in [*reserved, *retiring]:
-        want[(r.node, r.profile)] = want.get((r.node, r.profile), 0) + 1
-    have = {(w.node, w.profile): w for w in workers if not w.deleting}
+    want: dict[tuple[str, str, int], int] = {}
+    for reps, s in ((reserved, reserved_set), (retiring, retiring_set)):
+        for r in reps:
+            want[(r.node, r.profile, s)] = want.get((r.node, r.profile, s), 0) + 1
+    have = {(w.node, w.profile, w.worker_set): w for w in workers if not w.deleting}
     short = []
     for g, n in sorted(want.items()):
         w = have.get(g)
         ready = 0 if w is None else min(w.ready_replicas, w.replicas)
         if w is None or w.replicas < n or ready < n:
-            short.append(f"{g[1]} on {g[0]} {ready}/{n}")
+            short.append(f"{g[1]} on {g[0]}{' (set b)' if g[2] else ''} {ready}/{n}")
     if short:
         return Readiness(False, f"workers not ready: {', '.join(short)}")
     total = len(reserved) + len(retiring)

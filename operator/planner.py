@@ -15,6 +15,8 @@ The phases, in order (Kueue's scheduling cycle is the model):
 2b. :func:`phase_retire`: migrating jobs whose new replicas run let the old ones go
    (make-before-break, :mod:`~conspirator.operator.migration`);
 3. :func:`phase_revalidate`: changed jobs keep what still fits their spec;
+3b. :func:`phase_rollout`: jobs whose workers run an older revision of their spec get new
+   replicas in their other worker set while the old ones serve (where there is room);
 4. :func:`phase_place`: waiting jobs, one at a time, in arrival order;
 5. :func:`phase_replan`: the periodic global re-plan under each job's migration policy;
    the old instances of its moves are held (retiring) where nothing else needs them;
@@ -29,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from conspirator.api.v1alpha1 import ReplicaStatus
-from conspirator.operator import migration
+from conspirator.operator import migration, rollouts
 from conspirator.operator.cache import Work
 from conspirator.operator.global_replan import ReplanResult, replan
 from conspirator.operator.placement.objective import demand_met
@@ -77,24 +79,40 @@ class Plan:
     """Job key -> when its oldest retiring replica was moved (monotonic seconds)."""
     recorded_retiring: dict[str, list[ReplicaStatus]] | None = None
     """After a resync: ``status.retiring`` of every job (held again by the rebuild)."""
+    sets: dict[str, int] = field(default_factory=dict)
+    """Job key -> the worker set its reserved replicas run in (absent: 0)."""
+    rolling: dict[str, int] = field(default_factory=dict)
+    """Job key -> the worker set of its retiring replicas, for a rollout in progress (the
+    old revision's workers serve until the new ones run)."""
 
     @classmethod
     def from_statuses(cls, jobs: Mapping[str, JobView]) -> Plan:
         """The plan right after a resync: nothing decided, the statuses to rebuild from."""
+        sets = {k: _set_of(v.replicas) for k, v in jobs.items() if _set_of(v.replicas)}
+        rolling = {k: _set_of(v.retiring) for k, v in jobs.items()
+                   if v.retiring and _set_of(v.retiring) != sets.get(k, 0)}
         return cls(recorded={k: list(v.replicas) for k, v in jobs.items()},
                    recorded_retiring={k: list(v.retiring) for k, v in jobs.items()
-                                      if v.retiring})
+                                      if v.retiring}, sets=sets, rolling=rolling)
 
     def successor(self) -> Plan:
         """A new plan with copies of the maps (the engine state moves over)."""
         return Plan(dict(self.reserved), dict(self.reasons), dict(self.failures),
                     dict(self.announced), self.engine, self.recorded, self.table,
                     self.table_key, dict(self.retiring), dict(self.retiring_since),
-                    self.recorded_retiring)
+                    self.recorded_retiring, dict(self.sets), dict(self.rolling))
 
     def holding(self, key: str) -> list[Replica]:
         """Every instance job ``key`` holds: its reservation and its retiring replicas."""
         return [*self.reserved.get(key, []), *self.retiring.get(key, [])]
+
+    def worker_set(self, key: str) -> int:
+        """The worker set of job ``key``'s reserved replicas."""
+        return self.sets.get(key, 0)
+
+    def retiring_set(self, key: str) -> int:
+        """The worker set of job ``key``'s retiring replicas."""
+        return self.rolling.get(key, self.worker_set(key))
 
     def served(self, view: JobView) -> bool:
         reps = self.reserved.get(view.key)
@@ -206,6 +224,7 @@ def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
     phase_retire(c)
     if not c.changes.rebuilt:
         phase_revalidate(c)
+    phase_rollout(c)
     phase_place(c)
     if work.replan:
         phase_replan(c)
@@ -301,6 +320,9 @@ def phase_release(c: Cycle) -> None:
         migration.let_go(c.engine, k, plan.retiring.pop(k))
         plan.retiring_since.pop(k, None)
         c.capacity = True
+    for m2 in (plan.sets, plan.rolling):
+        for k in [k for k in m2 if k not in c.live]:
+            del m2[k]
     for m in (plan.failures, plan.reasons):
         for k in [k for k in m if k not in c.live]:
             del m[k]
@@ -317,13 +339,20 @@ def phase_retire(c: Cycle) -> None:
         ready = migration.new_replicas_running(
             plan.reserved.get(k, []), plan.retiring[k],
             [w for w in work.workers.values() if w.job_uid == view.uid], fresh,
-            work.now_s - since, work.scraping and _has_agent(work, plan.holding(k)))
+            work.now_s - since, work.scraping and _has_agent(work, plan.holding(k)),
+            plan.worker_set(k), plan.retiring_set(k))
         if not ready.done:
             continue
         gone = plan.retiring.pop(k)
         plan.retiring_since.pop(k, None)
         migration.let_go(c.engine, k, gone)
         c.capacity = True
+        if plan.rolling.pop(k, None) is not None:
+            c.changes.events.append((k, "RolledOut", (
+                f"the new revision's replica(s) run ({ready.detail}): {len(gone)} replica(s) "
+                f"of the old one go ({', '.join(_where(r) for r in gone)}; their workers "
+                f"drain)"), False))
+            continue
         c.changes.events.append((k, "Migrated", (
             f"the new replica(s) run ({ready.detail}): {len(gone)} moved replica(s) go "
             f"({', '.join(_where(r) for r in gone)}; their workers drain)"), False))
@@ -377,6 +406,51 @@ def phase_revalidate(c: Cycle) -> None:
             c.capacity = True
 
 
+def phase_rollout(c: Cycle) -> None:
+    """3b. Rollouts: a job whose worker Deployments run an older revision of its spec
+    (:func:`~conspirator.operator.manifests.worker_revision`) is placed again while its
+    instances are held for the old workers, which serve until the new ones run; the new
+    replicas start in the job's other worker set (:func:`rollouts.start`).  Where the new
+    replicas do not all fit beside the old ones there is no room for both: the old
+    reservation stays and its Deployments replace their pods in place, within the
+    disruption budget."""
+    plan = c.plan
+    for v in c.ordered:
+        k = v.key
+        if k in plan.retiring or k not in plan.reserved or k in plan.failures:
+            continue
+        stale = rollouts.stale_workers(v, c.work.workers.values(), plan.worker_set(k))
+        if not stale:
+            continue
+        old = plan.reserved[k]
+        started = rollouts.start(c.engine, v, engine_job(v), old, c.inputs.policy, c.info.table)
+        c.tally.durations.append(("rollout", started.seconds))
+        budget = v.job.spec.migration.disruption_budget or 1
+        if started.new:
+            plan.reserved[k] = started.new
+            plan.retiring[k] = started.held
+            plan.retiring_since[k] = c.work.now_s
+            plan.rolling[k] = plan.worker_set(k)
+            plan.sets[k] = 1 - plan.worker_set(k)
+            plan.announced.pop(k, None)
+            c.capacity = True
+            c.changes.events.append((k, "RollingOut", (
+                f"new worker revision {rollouts.revision(v)} (was {', '.join(stale)}): "
+                f"make-before-break: {len(started.new)} new replica(s) "
+                f"({profile_counts(started.new)} on "
+                f"{', '.join(sorted({r.node for r in started.new}))}) start beside the "
+                f"{len(old)} old one(s), which serve until the new ones run"), False))
+            continue
+        if started.kept:
+            plan.reserved[k] = started.kept
+        else:
+            plan.reserved.pop(k, None)
+        _announce(plan, c.changes, k, "RollingOut", (
+            f"new worker revision {rollouts.revision(v)}: no room for both ({started.why}): "
+            f"the {len(old)} worker(s) are replaced in place, at most {budget} at a time "
+            f"(the disruption budget)"), memo=f"rollout:{rollouts.revision(v)}")
+
+
 def phase_place(c: Cycle) -> None:
     """4. Waiting jobs, one at a time, in arrival order (the policy's arrival path)."""
     plan, ch, tally, spec_dirty = c.plan, c.changes, c.tally, c.work.spec_dirty
@@ -417,7 +491,8 @@ def phase_replan(c: Cycle) -> None:
     """5. The global re-plan; an accepted one rebuilds the engine state from its result."""
     plan, ch = c.plan, c.changes
     movable = {v.key: v.job.spec.migration.disruption_budget or 1
-               for v in c.ordered if v.job.spec.migration.allowed}
+               for v in c.ordered if v.job.spec.migration.allowed
+               and v.key not in plan.rolling}  # a rollout finishes first
     pending = [engine_job(v) for v in c.ordered
                if not plan.served(v) and v.key not in plan.failures]
     result = replan(c.engine, movable, pending, c.inputs.policy, c.info.table,
@@ -493,7 +568,7 @@ def phase_diff(c: Cycle) -> None:
         ch.old_nodes |= {r.node for r in before.get(k, [])}
         ch.render.add(k)
         reps = plan.reserved.get(k)
-        if reps and k in c.live and k not in moved:
+        if reps and k in c.live and k not in moved and k not in plan.rolling:
             total = sum(r.throughput_rps for r in reps)
             ch.events.append((k, "Placed", (
                 f"placed {len(reps)} replica(s) ({profile_counts(reps)}) on "
@@ -522,6 +597,11 @@ def move_text(old: list[Replica], new: list[Replica], n: int, res: ReplanResult)
         return ", ".join(f"{r.profile}@{r.start} on {r.node}/GPU {r.gpu_index}"
                          for r in rs) or "-"
     return f"global re-plan moves {n} replica(s): {fmt(gone)} -> {fmt(came)} ({res.note})"
+
+
+def _set_of(statuses: Iterable[ReplicaStatus]) -> int:
+    """The worker set recorded for a job's replicas (0 when none says)."""
+    return max((rs.worker_set or 0 for rs in statuses), default=0)
 
 
 def _status_slot(rs: ReplicaStatus) -> tuple[str, str, str, int]:

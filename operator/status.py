@@ -68,6 +68,10 @@ class Outcome:
     """The autoscaler's last decision (None: keep what the status shows)."""
     retiring: Sequence[Replica] = ()
     """Moved replicas that serve until the new ones run (make-before-break)."""
+    worker_set: int = 0
+    """The worker set of ``replicas`` (:mod:`~conspirator.operator.rollouts`)."""
+    retiring_set: int = 0
+    """The worker set of ``retiring``."""
 
 
 def claim_template(view: JobView, r: Replica, node: NodeView | None) -> str | None:
@@ -197,7 +201,10 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
             phase = JobPhase.DEGRADED
             message = (f"serves {served:.0f} of {demand:g} requests/s: "
                        f"{outcome.reason or 'demand not met'}")
-        if outcome.retiring:
+        if outcome.retiring and outcome.retiring_set != outcome.worker_set:
+            message += (f"; rolling out: {len(outcome.retiring)} replica(s) of the old "
+                        f"revision serve until the new ones run")
+        elif outcome.retiring:
             message += (f"; migrating: {len(outcome.retiring)} moved replica(s) serve "
                         f"until the new ones run")
     ok, reason, dp_message = data_path_condition(replicas, nodes, outcome.token_secret)
@@ -206,9 +213,9 @@ def render(view: JobView, outcome: Outcome, nodes: Mapping[str, NodeView],
     return InferenceJobStatus(
         phase=phase,
         replicas=[r.to_status(device_id(nodes.get(r.node), r), claim_template(
-            view, r, nodes.get(r.node))) for r in replicas],
+            view, r, nodes.get(r.node)), outcome.worker_set) for r in replicas],
         retiring=[r.to_status(device_id(nodes.get(r.node), r), claim_template(
-            view, r, nodes.get(r.node))) for r in outcome.retiring],
+            view, r, nodes.get(r.node)), outcome.retiring_set) for r in outcome.retiring],
         replica_count=len(replicas),
         profiles=profile_summary([r.to_status() for r in replicas]) or None,
         estimated_throughput=round(served, 3),

@@ -35,6 +35,10 @@ LABEL_WORKER = "conspirator.io/worker"
 ANNOTATION_NODE = "conspirator.io/node"
 ANNOTATION_PROFILE = "conspirator.io/profile"
 ANNOTATION_TEMPLATE_HASH = "conspirator.io/template-hash"
+ANNOTATION_WORKER_SET = "conspirator.io/worker-set"
+"""Which of the job's two sets of worker Deployments a Deployment is in (0 or 1)."""
+ANNOTATION_REVISION = "conspirator.io/worker-revision"
+"""What of the job's spec the Deployment's pods run (a new one is a rollout)."""
 POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 """Pod annotation the ReplicaSet controller reads on scale-down (cheapest pod goes first)."""
 FINALIZER = "conspirator.io/release"
@@ -63,8 +67,8 @@ class Replica:
         """(node, GPU index, profile, start): where the replica sits, without throughput."""
         return (self.node, self.gpu_index, self.profile, self.start)
 
-    def to_status(self, device_id: str | None = None,
-                  claim_template: str | None = None) -> ReplicaStatus:
+    def to_status(self, device_id: str | None = None, claim_template: str | None = None,
+                  worker_set: int = 0) -> ReplicaStatus:
         return ReplicaStatus(
             node=self.node,
             gpuUUID=self.gpu_uuid,
@@ -73,6 +77,7 @@ class Replica:
             start_slice=self.start,
             deviceID=device_id,
             resource_claim_template=claim_template,
+            workerSet=worker_set or None,
         )
 
 
@@ -296,6 +301,10 @@ class WorkerView:
     throughput: float | None = None
     """The ``CONSPIRATOR_THROUGHPUT`` its pod template gives the workers (their weight at
     the agent's dispatcher)."""
+    worker_set: int = 0
+    """Which of the job's two sets of worker Deployments it is in."""
+    revision: str = ""
+    """The job's worker revision its pods run ("": made by an operator that did not say)."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> WorkerView:
@@ -325,6 +334,8 @@ class WorkerView:
             uid=str(meta.get("uid", "")),
             resource_version=str(meta.get("resourceVersion", "")),
             throughput=_template_throughput(spec),
+            worker_set=1 if str(annotations.get(ANNOTATION_WORKER_SET, "0")) == "1" else 0,
+            revision=str(annotations.get(ANNOTATION_REVISION, "")),
         )
 
     @property

@@ -135,7 +135,7 @@ class Writer:
                    for node in {r.node for r in reps}}
         workers: dict[tuple[str, str], tuple[int, int]] = {}
         for w in index.get(view.uid, []):
-            if not w.deleting:
+            if not w.deleting and w.worker_set == plan.worker_set(k):
                 workers[(w.node, w.profile)] = (min(w.ready_replicas, w.replicas), w.replicas)
         source = plan.table.sources.get(view.job.spec.model.name, "") if plan.table else ""
         return Outcome(replicas=reps, reason=plan.reasons.get(k), failure=plan.failures.get(k),
@@ -143,7 +143,8 @@ class Writer:
                        token_secret=self.cache.token_secrets.get(k),
                        observed=self.cache.loads.get(k),
                        autoscaling=self.cache.autoscaling.get(k),
-                       retiring=plan.retiring.get(k, ()))
+                       retiring=plan.retiring.get(k, ()), worker_set=plan.worker_set(k),
+                       retiring_set=plan.retiring_set(k))
 
     # --- 2: layouts -----------------------------------------------------------------------
 
@@ -198,34 +199,46 @@ class Writer:
             view = jobs.get(k) or snap.jobs.get(k)
             if view is None:
                 continue
-            existing = {(w.node, w.profile): w for w in by_uid.get(view.uid, [])}
+            # A Deployment being deleted (background propagation: gone in a moment) is
+            # no Deployment to update: one of the same name is created anew.
+            existing = {(w.node, w.profile, w.worker_set): w
+                        for w in by_uid.get(view.uid, []) if not w.deleting}
             reps = plan.holding(k)  # retiring replicas keep their workers until they go
-            groups = manifests.worker_groups(reps) if not view.deleting else {}
-            for (node, profile), w in existing.items():
-                if (node, profile) not in groups and not w.deleting:
+            live_set, old_set = plan.worker_set(k), plan.retiring_set(k)
+            groups = manifests.worker_groups(
+                plan.reserved.get(k, []), live_set, plan.retiring.get(k, []),
+                old_set) if not view.deleting else {}
+            for g, w in existing.items():
+                if g not in groups and not w.deleting:
                     tasks.append(self._delete_worker(w))
-            for (node, profile), count in groups.items():
+            for (node, profile, wset), count in groups.items():
                 mine = [r for r in reps if r.node == node]
                 if not layout_applied(snap.nodes.get(node), mine):
                     continue
-                group = [r for r in mine if r.profile == profile]
+                old = existing.get((node, profile, wset))
+                if wset != live_set:
+                    # The old revision's workers of a rollout: their template stays (they
+                    # serve until the new ones run); only their number follows the plan.
+                    if old is not None and not old.deleting and old.replicas != count:
+                        tasks.append(self._scale_worker(view, old, count))
+                    continue
+                group = [r for r in plan.reserved.get(k, []) + plan.retiring.get(k, [])
+                         if r.node == node and r.profile == profile]
                 nv = snap.nodes.get(node)
                 dra = nv is not None and nv.dra
                 # The workers' weight is set when their Deployment is made: a new estimate
                 # (a learned profile, a re-plan) must not roll running workers, whose
                 # weights stay in proportion (one profile per Deployment).
-                old = existing.get((node, profile))
                 weight = (old.throughput if old is not None and old.throughput is not None
                           else sum(r.throughput_rps for r in group) / max(1, len(group)))
                 body = manifests.deployment(view, node, profile, count, throughput=weight,
-                                            dra=dra)
+                                            dra=dra, worker_set=wset)
                 claims = manifests.claim_template(view, node, profile) if dra else None
-                tasks.append(self._put_worker(view, body, existing.get((node, profile)), ch,
-                                              claims))
+                tasks.append(self._put_worker(view, body, old, ch, claims))
             # Deployments of an older job of the same name (its uid differs).
-            for n, p in groups:
+            for n, p, wset in groups:
                 old = snap.workers.get(
-                    f"{view.namespace}/{manifests.worker_name(view.name, n, p)}")
+                    f"{view.namespace}/{manifests.worker_name(view.name, n, p, wset)}")
                 if old is not None and old.job_uid != view.uid and not old.deleting:
                     tasks.append(self._delete_worker(old))
         await gather(tasks)
@@ -254,13 +267,22 @@ class Writer:
             view = snap.jobs.get(k)
             if view is None:
                 continue
-            group = (r.node, r.profile)
-            want = manifests.worker_groups(plan.holding(k)).get(group, 0)
-            current = next((w for w in by_uid.get(view.uid, [])
-                            if (w.node, w.profile) == group and not w.deleting), None)
-            if want == 0 or current is None:
-                continue
             ns, _, name = pod.partition("/")
+            # The pod's Deployment: the job's one of that node and profile or, during a
+            # rollout (one in each worker set), the one whose name its pods' names begin
+            # with (<deployment>-<hash>-<suffix>).
+            candidates = [w for w in by_uid.get(view.uid, [])
+                          if (w.node, w.profile) == (r.node, r.profile) and not w.deleting]
+            if len(candidates) > 1:
+                candidates = [w for w in candidates if name.startswith(w.name + "-")]
+            current = max(candidates, key=lambda w: len(w.name), default=None)
+            if current is None:
+                continue
+            want = manifests.worker_groups(
+                plan.reserved.get(k, []), plan.worker_set(k), plan.retiring.get(k, []),
+                plan.retiring_set(k)).get((r.node, r.profile, current.worker_set), 0)
+            if want == 0:
+                continue
             if want < current.replicas:
                 calls.append(self.kube.set_pod_deletion_cost(ns, name, LEAVING_COST))
             else:
@@ -270,6 +292,18 @@ class Writer:
         except Exception:
             self.metrics.api_errors.labels("Pod").inc()
             raise
+
+    async def _scale_worker(self, view: JobView, w: WorkerView, count: int) -> None:
+        try:
+            got = await self.kube.scale_deployment(w.namespace, w.name, count,
+                                                   w.resource_version)
+        except (ConflictError, NotFoundError):
+            self.cache.status_dirty.add(view.key)  # look again next pass
+            return
+        except Exception:
+            self.metrics.api_errors.labels("Deployment").inc()
+            raise
+        self.cache.observe_worker(got)
 
     async def _delete_worker(self, w: WorkerView) -> None:
         try:

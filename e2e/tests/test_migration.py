@@ -171,3 +171,82 @@ def test_a_replan_migration_under_load_loses_nothing(
     assert pod["metadata"]["name"] not in first[mover], (pod["metadata"]["name"], first)
     st = chart.get_job(cluster, ns, mover)["status"]
     assert st["phase"] == "Running" and not st.get("retiring"), st
+
+
+def test_a_rollout_of_a_lone_replica_under_load_loses_nothing(
+        release: Release, namespace: str, tmp_path: Path) -> None:
+    """Issue 15, part 3, rollouts: a job's only replica gets a new worker revision (its
+    args) under open-loop load.  The new worker starts on a new instance in the job's other
+    worker set (Deployment ``...-b``) while the old one serves, registers at the agent, and
+    only then does the old one go and drain: no request fails or is lost."""
+    cluster, ns = release.cluster, namespace
+    profile, body = objects(release.worker_image)[:2]
+    name = "roll-a"
+    body["metadata"]["name"] = name
+    body["spec"]["tenant"] = name
+    body["spec"]["isolation"] = {"dedicatedGPU": False}
+    body["spec"]["migration"] = {"allowed": False}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body))
+    timeline: list[tuple[Any, ...]] = []
+    marks: dict[str, float] = {}
+    proc: subprocess.Popen[str] | None = None
+    try:
+        served = chart.wait_serving(cluster, ns, name)
+        assert len(served["status"]["replicas"]) == 1
+        chart.serve_through_agent(cluster, ns, name, tmp_path, 20)
+        (first,) = [p["metadata"]["name"] for p in pods(cluster, ns, name)]
+        token = tmp_path / f"{name}.token"
+        token.write_text(chart.job_token(cluster, ns, served))
+        proc = loadgen(served["status"]["clientEndpoints"][0]["endpoint"], f"{ns}/{name}",
+                       token, tmp_path / f"{name}.json")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < LOAD_S - 20:
+            now = time.monotonic() - t0
+            if "patched" not in marks and now >= PATCH_AT:
+                args = ["65536", "2", "1999"]  # the same service, a new revision
+                cluster.kubectl("patch", "ij", name, "-n", ns, "--type", "merge", "-p",
+                                json.dumps({"spec": {"model": {"args": args}}}))
+                marks["patched"] = now
+            st = chart.get_job(cluster, ns, name).get("status", {})
+            deps = json.loads(cluster.kubectl(
+                "get", "deployments", "-n", ns, "-o", "json").stdout)["items"]
+            names = sorted(d["metadata"]["name"] for d in deps)
+            row = (round(now, 1), st.get("phase"), len(st.get("replicas", [])),
+                   len(st.get("retiring", [])), chart.agent_replicas(f"{ns}/{name}"), names)
+            timeline.append(row)
+            if st.get("retiring") and "rolling" not in marks:
+                marks["rolling"] = now
+            if "rolling" in marks and "rolled" not in marks and not st.get("retiring") \
+                    and names == [d for d in names if d.endswith("-b")]:
+                marks["rolled"] = now
+            time.sleep(2)
+        text, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, text
+        out = json.loads((tmp_path / f"{name}.json").read_text())
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        print("\n[timeline] t(s) | phase, replicas, retiring, at agent, Deployments")
+        for row in timeline:
+            print("[timeline]", *row)
+        for obj, reason, message in events(cluster, ns):
+            if reason in ("RollingOut", "RolledOut", "WorkersCreated", "Placed"):
+                print(f"[event] {obj} {reason}: {message}")
+    print(f"[timing] marks (s from the start of the load): {marks}")
+    print(f"[load] {name}: sent {out['sent']} ok {out['ok']} lost {out['lost']} "
+          f"failed {out['failed']} not sent {out.get('not_sent')}")
+    assert out["lost"] == 0 and out["failed"] == {} and not out.get("not_sent"), out
+    assert out["ok"] == out["sent"] > 0, out
+    assert "rolling" in marks and "rolled" in marks, (marks, timeline)
+    assert marks["rolled"] - marks["patched"] <= MOVE_LIMIT_S, marks
+    evs = events(cluster, ns)
+    (rolling,) = [m for _, r, m in evs if r == "RollingOut"]
+    assert "make-before-break" in rolling, rolling
+    (rolled,) = [m for _, r, m in evs if r == "RolledOut"]
+    assert "2 replica(s) registered at the DPU agents" in rolled, rolled
+    (pod,) = pods(cluster, ns, name)
+    assert pod["metadata"]["name"] != first
+    assert pod["spec"]["containers"][0]["args"][-1] == "1999"
+    st = chart.get_job(cluster, ns, name)["status"]
+    assert st["phase"] == "Running" and st["replicas"][0]["workerSet"] == 1, st

@@ -201,6 +201,19 @@ class FakeKube(FakeSecrets):
         cur["spec"] = copy.deepcopy(body["spec"])
         return self._touch(cur)
 
+    async def scale_deployment(self, namespace: str, name: str, replicas: int,
+                               resource_version: str) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        self._maybe_fail("scale_deployment")
+        key = f"{namespace}/{name}"
+        cur = self.deployments.get(key)
+        if cur is None:
+            raise NotFoundError(key)
+        if cur["metadata"]["resourceVersion"] != resource_version:
+            raise ConflictError(key)
+        cur["spec"]["replicas"] = replicas
+        return self._touch(cur)
+
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
         try:
             return copy.deepcopy(self.deployments[f"{namespace}/{name}"])

@@ -13,6 +13,7 @@ from conspirator.operator.manifests import (
     throughput_text,
     worker_groups,
     worker_name,
+    worker_revision,
 )
 from conspirator.operator.views import Replica, WorkerView
 
@@ -31,8 +32,18 @@ def test_one_group_per_node_and_profile() -> None:
     reps = [Replica("n1", 0, "u", "A100-80GB", "1g.10gb", s, 1.0) for s in (5, 6)] + [
         Replica("n1", 1, "u2", "A100-80GB", "3g.40gb", 0, 1.0),
         Replica("n2", 0, "u3", "A100-80GB", "1g.10gb", 6, 1.0)]
-    assert worker_groups(reps) == {("n1", "1g.10gb"): 2, ("n1", "3g.40gb"): 1,
-                                   ("n2", "1g.10gb"): 1}
+    assert worker_groups(reps) == {("n1", "1g.10gb", 0): 2, ("n1", "3g.40gb", 0): 1,
+                                   ("n2", "1g.10gb", 0): 1}
+    # A rollout: the reserved replicas in set 1, the old ones (retiring) in set 0.
+    assert worker_groups(reps[:2], 1, reps[2:], 0) == {
+        ("n1", "1g.10gb", 1): 2, ("n1", "3g.40gb", 0): 1, ("n2", "1g.10gb", 0): 1}
+
+
+def test_the_two_worker_sets_have_names_of_their_own() -> None:
+    assert worker_name("j", "n", "1g.10gb", 1) == "j-n-1g-10gb-b"
+    long0 = worker_name("j" * 200, "node." * 40, "3g.40gb")
+    long1 = worker_name("j" * 200, "node." * 40, "3g.40gb", 1)
+    assert len(long1) <= 63 and long1.endswith("-b") and long1 != long0
 
 
 def test_deployment_is_pinned_to_the_node_and_asks_for_the_instances() -> None:
@@ -43,7 +54,13 @@ def test_deployment_is_pinned_to_the_node_and_asks_for_the_instances() -> None:
     assert meta["ownerReferences"] == [{
         "apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob", "name": "resnet50",
         "uid": "uid-resnet50", "controller": True, "blockOwnerDeletion": True}]
-    assert spec["replicas"] == 3 and spec["strategy"] == {"type": "Recreate"}
+    # A new template replaces pods in place, never needing an instance more than the node
+    # holds for the job, at most the disruption budget (default 1) at a time.
+    assert spec["replicas"] == 3 and spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    meta = d["metadata"]["annotations"]
+    assert meta["conspirator.io/worker-set"] == "0"
+    assert meta["conspirator.io/worker-revision"] == worker_revision(v)
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {"kubernetes.io/hostname": "kwok-a100-0"}
     assert {"key": "conspirator.io/gpu", "operator": "Exists", "effect": "NoSchedule"} in \

@@ -256,6 +256,11 @@ class ReplicaStatus(ApiModel):
     """DRA mode: the ResourceClaimTemplate (in the job's namespace) whose claims the
     replica's worker pods get; its selector admits only the instances the plan reserved
     for the job."""
+    worker_set: int | None = Field(default=None, ge=0, le=1, alias="workerSet")
+    """Which of the job's two sets of worker Deployments runs the replica: absent or 0, the
+    Deployments named ``<job>-<node>-<profile>``; 1, the same names ending in ``-b``.  A
+    rollout of a new worker template (image, args, data path) starts its replicas in the
+    other set while the old ones serve (make-before-break)."""
 
 
 def profile_summary(replicas: Sequence[ReplicaStatus]) -> str:
