@@ -88,9 +88,10 @@ class Plan:
     @classmethod
     def from_statuses(cls, jobs: Mapping[str, JobView]) -> Plan:
         """The plan right after a resync: nothing decided, the statuses to rebuild from."""
-        sets = {k: _set_of(v.replicas) for k, v in jobs.items() if _set_of(v.replicas)}
-        rolling = {k: _set_of(v.retiring) for k, v in jobs.items()
-                   if v.retiring and _set_of(v.retiring) != sets.get(k, 0)}
+        recorded = rollouts.recorded_set
+        sets = {k: recorded(v.replicas) for k, v in jobs.items() if recorded(v.replicas)}
+        rolling = {k: recorded(v.retiring) for k, v in jobs.items()
+                   if v.retiring and recorded(v.retiring) != sets.get(k, 0)}
         return cls(recorded={k: list(v.replicas) for k, v in jobs.items()},
                    recorded_retiring={k: list(v.retiring) for k, v in jobs.items()
                                       if v.retiring}, sets=sets, rolling=rolling)
@@ -407,13 +408,9 @@ def phase_revalidate(c: Cycle) -> None:
 
 
 def phase_rollout(c: Cycle) -> None:
-    """3b. Rollouts: a job whose worker Deployments run an older revision of its spec
-    (:func:`~conspirator.operator.manifests.worker_revision`) is placed again while its
-    instances are held for the old workers, which serve until the new ones run; the new
-    replicas start in the job's other worker set (:func:`rollouts.start`).  Where the new
-    replicas do not all fit beside the old ones there is no room for both: the old
-    reservation stays and its Deployments replace their pods in place, within the
-    disruption budget."""
+    """3b. Rollouts (:mod:`~conspirator.operator.rollouts`): a job whose workers run an
+    older revision of its spec is placed again beside its held instances, the new replicas
+    in its other worker set; with no room for both, its pods are replaced in place."""
     plan = c.plan
     for v in c.ordered:
         k = v.key
@@ -425,30 +422,21 @@ def phase_rollout(c: Cycle) -> None:
         old = plan.reserved[k]
         started = rollouts.start(c.engine, v, engine_job(v), old, c.inputs.policy, c.info.table)
         c.tally.durations.append(("rollout", started.seconds))
-        budget = v.job.spec.migration.disruption_budget or 1
         if started.new:
-            plan.reserved[k] = started.new
-            plan.retiring[k] = started.held
+            plan.reserved[k], plan.retiring[k] = started.new, started.held
             plan.retiring_since[k] = c.work.now_s
-            plan.rolling[k] = plan.worker_set(k)
-            plan.sets[k] = 1 - plan.worker_set(k)
+            plan.rolling[k], plan.sets[k] = plan.worker_set(k), 1 - plan.worker_set(k)
             plan.announced.pop(k, None)
             c.capacity = True
-            c.changes.events.append((k, "RollingOut", (
-                f"new worker revision {rollouts.revision(v)} (was {', '.join(stale)}): "
-                f"make-before-break: {len(started.new)} new replica(s) "
-                f"({profile_counts(started.new)} on "
-                f"{', '.join(sorted({r.node for r in started.new}))}) start beside the "
-                f"{len(old)} old one(s), which serve until the new ones run"), False))
+            c.changes.events.append((k, "RollingOut", rollouts.started_text(
+                v, stale, started, len(old)), False))
             continue
         if started.kept:
             plan.reserved[k] = started.kept
         else:
             plan.reserved.pop(k, None)
-        _announce(plan, c.changes, k, "RollingOut", (
-            f"new worker revision {rollouts.revision(v)}: no room for both ({started.why}): "
-            f"the {len(old)} worker(s) are replaced in place, at most {budget} at a time "
-            f"(the disruption budget)"), memo=f"rollout:{rollouts.revision(v)}")
+        _announce(plan, c.changes, k, "RollingOut", rollouts.no_room_text(v, started, len(old)),
+                  memo=f"rollout:{rollouts.revision(v)}")
 
 
 def phase_place(c: Cycle) -> None:
@@ -597,11 +585,6 @@ def move_text(old: list[Replica], new: list[Replica], n: int, res: ReplanResult)
         return ", ".join(f"{r.profile}@{r.start} on {r.node}/GPU {r.gpu_index}"
                          for r in rs) or "-"
     return f"global re-plan moves {n} replica(s): {fmt(gone)} -> {fmt(came)} ({res.note})"
-
-
-def _set_of(statuses: Iterable[ReplicaStatus]) -> int:
-    """The worker set recorded for a job's replicas (0 when none says)."""
-    return max((rs.worker_set or 0 for rs in statuses), default=0)
 
 
 def _status_slot(rs: ReplicaStatus) -> tuple[str, str, str, int]:

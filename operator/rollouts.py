@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from conspirator.api.v1alpha1 import ReplicaStatus
 from conspirator.operator import migration
 from conspirator.operator.manifests import worker_revision
 from conspirator.operator.placement.jobs import Job
@@ -77,3 +78,27 @@ def start(cluster: EngineCluster, view: JobView, job: Job, old: Sequence[Replica
                                          else "no new replica fits")
     return Started(kept=back.kept.get(key, []), why=reason,
                    seconds=placed.seconds if placed is not None else 0.0)
+
+
+def recorded_set(statuses: Iterable[ReplicaStatus]) -> int:
+    """The worker set a job's status records for its replicas (0 when none says)."""
+    return max((rs.worker_set or 0 for rs in statuses), default=0)
+
+
+def started_text(view: JobView, stale: Sequence[str], started: Started, old: int) -> str:
+    new = started.new
+    counts: dict[str, int] = {}
+    for r in new:
+        counts[r.profile] = counts.get(r.profile, 0) + 1
+    profiles = ",".join(f"{n}x{p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"new worker revision {revision(view)} (was {', '.join(stale)}): "
+            f"make-before-break: {len(new)} new replica(s) ({profiles} on "
+            f"{', '.join(sorted({r.node for r in new}))}) start beside the {old} old one(s), "
+            f"which serve until the new ones run")
+
+
+def no_room_text(view: JobView, started: Started, old: int) -> str:
+    budget = view.job.spec.migration.disruption_budget or 1
+    return (f"new worker revision {revision(view)}: no room for both ({started.why}): the "
+            f"{old} worker(s) are replaced in place, at most {budget} at a time (the "
+            f"disruption budget)")
