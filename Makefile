@@ -72,7 +72,8 @@ unit: fakenvml
 # The fake libnvidia-ml.so.1 that the NVML backend's tests load through the real nvidia-ml-py
 # (native/fakenvml/, docs/nvml.md): C against NVIDIA's vendored, checksummed nvml.h.
 FAKENVML := build/fakenvml/libnvidia-ml.so.1
-FAKENVML_SRC := native/fakenvml/fakenvml.c native/fakenvml/persist.c native/fakenvml/state.h \
+FAKENVML_SRC := native/fakenvml/fakenvml.c native/fakenvml/devicefile.c native/fakenvml/instances.c \
+	native/fakenvml/persist.c native/fakenvml/state.h \
 	native/fakenvml/json.c native/fakenvml/json.h \
 	native/fakenvml/nvml/nvml.h native/fakenvml/nvml/SHA256SUMS
 fakenvml: $(FAKENVML)
@@ -80,7 +81,8 @@ $(FAKENVML): $(FAKENVML_SRC)
 	cd native/fakenvml/nvml && sha256sum --quiet -c SHA256SUMS
 	mkdir -p $(@D)
 	gcc -shared -fPIC -O2 -std=gnu11 -Wall -Wextra -Werror -fvisibility=hidden \
-		-Wl,-soname,libnvidia-ml.so.1 -o $@.tmp native/fakenvml/fakenvml.c native/fakenvml/persist.c \
+		-Wl,-soname,libnvidia-ml.so.1 -o $@.tmp native/fakenvml/fakenvml.c native/fakenvml/devicefile.c \
+		native/fakenvml/instances.c native/fakenvml/persist.c \
 		native/fakenvml/json.c -lpthread
 	mv $@.tmp $@
 

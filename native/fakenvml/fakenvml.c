@@ -10,6 +10,10 @@
  * not: anything about real GPUs (the driver's placement rules beyond NVIDIA's documented
  * tables, timings, resets, IDs the driver picks).  See docs/nvml.md.
  *
+ * Files: this one (init, inventory, MIG mode, MIG devices, processes, events, test controls),
+ * instances.c (GPU and compute instances), devicefile.c, persist.c (the driver state file),
+ * state.h (what they share).
+ *
  * The functions prefixed fakenvml_ are NOT NVML: they are test controls (load a device
  * file, allow MIG mode changes, start/stop a process on a device, inject an XID, count
  * mutating calls), called through ctypes.
@@ -38,133 +42,31 @@ struct fake_state S;
 struct nvmlDevice_st Hgpu[MAXGPU], Hmig[MAXGPU][MAXGI][MAXCI];
 struct nvmlGpuInstance_st Hgi[MAXGPU][MAXGI];
 struct nvmlComputeInstance_st Hci[MAXGPU][MAXGI][MAXCI];
-static struct nvmlEventSet_st Hset[MAXSET];
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+struct nvmlEventSet_st Hset[MAXSET];
+pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t evcond = PTHREAD_COND_INITIALIZER;
 
-#define LOCKED(expr) do { pthread_mutex_lock(&mu); nvmlReturn_t r_ = (expr); pthread_mutex_unlock(&mu); return r_; } while (0)
 
 /* A call that changes the driver's state: it takes FAKENVML_OP_DELAY_MS (as MIG changes take
  * real time on a GPU, which lets a test kill a process mid-apply), and the state file of
  * FAKENVML_STATE is rewritten after it (persist.c), refused calls too (they count). */
-static void op_delay(void) {
+void op_delay(void) {
     if (!S.opDelayMs) return;
     struct timespec d = {S.opDelayMs / 1000, (long)(S.opDelayMs % 1000) * 1000000L};
     while (nanosleep(&d, &d) != 0 && errno == EINTR) {}
 }
 
-#define MUTATING(expr) do { op_delay(); pthread_mutex_lock(&mu); nvmlReturn_t r_ = (expr); \
-    if (persist_save() != 0 && r_ == NVML_SUCCESS) r_ = NVML_ERROR_UNKNOWN; \
-    pthread_mutex_unlock(&mu); return r_; } while (0)
 
-/* ---- device file ------------------------------------------------------------------ */
-
-static unsigned num(const jv *o, const char *k, unsigned dflt) {
-    const jv *v = json_get(o, k);
-    return v && (v->t == J_NUM || v->t == J_BOOL) ? (unsigned)v->num : dflt;
-}
-
-static int load_model(model_t *m, const char *key, const jv *o) {
-    const jv *name = json_get(o, "name"), *profs = json_get(o, "profiles");
-    snprintf(m->key, sizeof m->key, "%s", key);
-    snprintf(m->name, sizeof m->name, "%s", name && name->t == J_STR ? name->str : key);
-    m->memoryMiB = num(o, "memoryMiB", 0);
-    m->memSlices = num(o, "memorySlices", 0);
-    m->computeSlices = num(o, "computeSlices", 0);
-    m->nprof = 0;
-    if (!profs) return 0;
-    if (profs->t != J_ARR || profs->n > MAXPROF) return -1;
-    for (int i = 0; i < profs->n; i++) {
-        const jv *p = profs->kids[i], *pn = json_get(p, "name"), *pl = json_get(p, "placements");
-        giprof_t *g = &m->prof[m->nprof++];
-        if (!pn || pn->t != J_STR || !pl || pl->t != J_ARR || pl->n > MAXPLACE) return -1;
-        snprintf(g->name, sizeof g->name, "%s", pn->str);
-        g->profile = num(p, "profile", 999);
-        g->id = num(p, "id", 999);
-        g->slices = num(p, "slices", 0);
-        g->memSlices = num(p, "memorySlices", 0);
-        g->instances = num(p, "instances", 0);
-        g->sms = num(p, "sms", 0);
-        g->copyEngines = num(p, "copyEngines", 1);
-        g->decoders = num(p, "decoders", 0);
-        g->encoders = num(p, "encoders", 0);
-        g->jpegs = num(p, "jpegs", 0);
-        g->ofas = num(p, "ofas", 0);
-        g->memoryMiB = num(p, "memoryMiB", 0);
-        g->media = strstr(g->name, "+me") != NULL;
-        g->nplace = (unsigned)pl->n;
-        for (int j = 0; j < pl->n; j++) g->place[j] = (unsigned)pl->kids[j]->num;
-        if (g->profile >= NVML_GPU_INSTANCE_PROFILE_COUNT || g->slices == 0 || g->memSlices == 0) return -1;
-    }
-    return 0;
-}
-
-static void gpu_uuid(char *out, size_t n, unsigned index, const char *model) {
-    unsigned h = 2166136261u;
-    for (const char *c = model; *c; c++) h = (h ^ (unsigned char)*c) * 16777619u;
-    snprintf(out, n, "GPU-%08x-fa6e-4e11-8000-%012x", h, 0xF00D0000u + index);
-}
-
-static int load_locked(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { snprintf(S.error, sizeof S.error, "%s: %s", path, strerror(errno)); return -1; }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)len + 1);
-    if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) { fclose(f); free(text); return -1; }
-    fclose(f);
-    text[len] = '\0';
-    char err[160];
-    jv *doc = json_parse(text, err, sizeof err);
-    free(text);
-    if (!doc) { snprintf(S.error, sizeof S.error, "%s: %s", path, err); return -1; }
-    const jv *models = json_get(doc, "models"), *gpus = json_get(doc, "gpus");
-    int rc = -1;
-    memset(S.gpu, 0, sizeof S.gpu);
-    memset(Hset, 0, sizeof Hset);
-    S.ngpu = S.nmodel = 0;
-    if (!models || models->t != J_OBJ || models->n > MAXMODEL || !gpus || gpus->t != J_ARR || gpus->n > MAXGPU) {
-        snprintf(S.error, sizeof S.error, "%s: needs \"models\" (object) and \"gpus\" (array)", path);
-        goto out;
-    }
-    for (int i = 0; i < models->n; i++) {
-        if (load_model(&S.models[S.nmodel++], models->keys[i], models->kids[i]) != 0) {
-            snprintf(S.error, sizeof S.error, "%s: model %s is malformed", path, models->keys[i]);
-            goto out;
-        }
-    }
-    for (int i = 0; i < gpus->n; i++) {
-        const jv *g = gpus->kids[i], *mk = json_get(g, "model");
-        gpu_t *gp = &S.gpu[S.ngpu];
-        for (unsigned k = 0; mk && mk->t == J_STR && k < S.nmodel; k++)
-            if (strcmp(S.models[k].key, mk->str) == 0) gp->m = &S.models[k];
-        if (!gp->m) { snprintf(S.error, sizeof S.error, "%s: gpus[%d]: unknown model", path, i); goto out; }
-        gp->cur = gp->pend = gp->m->nprof ? num(g, "migEnabled", 1) : 0;
-        gpu_uuid(gp->uuid, sizeof gp->uuid, S.ngpu, gp->m->key);
-        Hgpu[S.ngpu] = (struct nvmlDevice_st){0, S.ngpu, 0, 0};
-        S.ngpu++;
-    }
-    S.allowMigModeSet = (int)num(doc, "allowMigModeSet", 0);
-    S.migModeNeedsReset = (int)num(doc, "migModeNeedsReset", 0);
-    S.mutations = 0;
-    S.loaded = 1;
-    rc = 0;
-out:
-    json_free(doc);
-    if (rc != 0) S.loaded = 0, S.ngpu = 0;
-    return rc;
-}
 
 /* ---- handles ------------------------------------------------------------------------ */
 
-static gpu_t *dev_gpu(nvmlDevice_t d) {
+gpu_t *dev_gpu(nvmlDevice_t d) {
     struct nvmlDevice_st *h = d.handle;
     if (h >= &Hgpu[0] && h < &Hgpu[S.ngpu]) return &S.gpu[h - Hgpu];
     return NULL;
 }
 
-static ci_t *dev_mig(nvmlDevice_t d, unsigned *gpu, unsigned *gi) {
+ci_t *dev_mig(nvmlDevice_t d, unsigned *gpu, unsigned *gi) {
     struct nvmlDevice_st *h = d.handle;
     char *base = (char *)&Hmig[0][0][0];
     if ((char *)h < base || (char *)h >= base + sizeof Hmig || !h->mig || h->gpu >= S.ngpu) return NULL;
@@ -175,7 +77,7 @@ static ci_t *dev_mig(nvmlDevice_t d, unsigned *gpu, unsigned *gi) {
     return &g->ci[h->ci];
 }
 
-static gi_t *gi_of(nvmlGpuInstance_t g, unsigned *gpu) {
+gi_t *gi_of(nvmlGpuInstance_t g, unsigned *gpu) {
     struct nvmlGpuInstance_st *h = g.handle;
     char *base = (char *)&Hgi[0][0];
     if ((char *)h < base || (char *)h >= base + sizeof Hgi || h->gpu >= S.ngpu) return NULL;
@@ -185,7 +87,7 @@ static gi_t *gi_of(nvmlGpuInstance_t g, unsigned *gpu) {
     return gi;
 }
 
-static ci_t *ci_of(nvmlComputeInstance_t c, unsigned *gpu, unsigned *gi) {
+ci_t *ci_of(nvmlComputeInstance_t c, unsigned *gpu, unsigned *gi) {
     struct nvmlComputeInstance_st *h = c.handle;
     char *base = (char *)&Hci[0][0][0];
     if ((char *)h < base || (char *)h >= base + sizeof Hci || h->gpu >= S.ngpu) return NULL;
@@ -196,20 +98,19 @@ static ci_t *ci_of(nvmlComputeInstance_t c, unsigned *gpu, unsigned *gi) {
     return &g->ci[h->ci];
 }
 
-static const giprof_t *prof_by_id(const gpu_t *g, unsigned id) {
+const giprof_t *prof_by_id(const gpu_t *g, unsigned id) {
     for (unsigned i = 0; i < g->m->nprof; i++)
         if (g->m->prof[i].id == id) return &g->m->prof[i];
     return NULL;
 }
 
-static nvmlReturn_t copy_str(char *dst, unsigned len, const char *src) {
+nvmlReturn_t copy_str(char *dst, unsigned len, const char *src) {
     if (!dst) return NVML_ERROR_INVALID_ARGUMENT;
     if (strlen(src) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
     memcpy(dst, src, strlen(src) + 1);
     return NVML_SUCCESS;
 }
 
-#define READY() do { if (!S.loaded || S.initRef <= 0) return NVML_ERROR_UNINITIALIZED; } while (0)
 
 /* ---- init, errors ------------------------------------------------------------------- */
 
@@ -387,328 +288,6 @@ static nvmlReturn_t set_mig_locked(nvmlDevice_t d, unsigned mode, nvmlReturn_t *
 
 API nvmlReturn_t nvmlDeviceSetMigMode(nvmlDevice_t device, unsigned int mode, nvmlReturn_t *activationStatus) {
     MUTATING(set_mig_locked(device, mode, activationStatus));
-}
-
-/* ---- GPU instance profiles and placements -------------------------------------------------- */
-
-static gpu_t *mig_gpu(nvmlDevice_t d, nvmlReturn_t *r) {
-    gpu_t *g = dev_gpu(d);
-    *r = !g ? NVML_ERROR_INVALID_ARGUMENT : !g->m->nprof || !g->cur ? NVML_ERROR_NOT_SUPPORTED : NVML_SUCCESS;
-    return *r == NVML_SUCCESS ? g : NULL;
-}
-
-static nvmlReturn_t gi_profile_locked(nvmlDevice_t d, unsigned profile, nvmlGpuInstanceProfileInfo_v2_t *info) {
-    READY();
-    nvmlReturn_t r;
-    if (!info) return NVML_ERROR_INVALID_ARGUMENT;
-    gpu_t *g = mig_gpu(d, &r);
-    if (!g) return r;
-    if (info->version != nvmlGpuInstanceProfileInfo_v2 && info->version != nvmlGpuInstanceProfileInfo_v3)
-        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-    if (profile >= NVML_GPU_INSTANCE_PROFILE_COUNT) return NVML_ERROR_INVALID_ARGUMENT;
-    const giprof_t *p = NULL;
-    for (unsigned i = 0; i < g->m->nprof; i++)
-        if (g->m->prof[i].profile == profile) p = &g->m->prof[i];
-    if (!p) return NVML_ERROR_NOT_SUPPORTED;
-    char name[NVML_DEVICE_NAME_V2_BUFFER_SIZE];
-    snprintf(name, sizeof name, "MIG %s", p->name);
-    if (info->version == nvmlGpuInstanceProfileInfo_v3) {
-        nvmlGpuInstanceProfileInfo_v3_t *v3 = (nvmlGpuInstanceProfileInfo_v3_t *)(void *)info;
-        *v3 = (nvmlGpuInstanceProfileInfo_v3_t){
-            .version = nvmlGpuInstanceProfileInfo_v3, .id = p->id, .sliceCount = p->slices,
-            .instanceCount = p->instances, .multiprocessorCount = p->sms,
-            .copyEngineCount = p->copyEngines, .decoderCount = p->decoders,
-            .encoderCount = p->encoders, .jpegCount = p->jpegs, .ofaCount = p->ofas,
-            .memorySizeMB = p->memoryMiB, .capabilities = NVML_GPU_INSTANCE_PROFILE_CAPS_P2P};
-        memcpy(v3->name, name, sizeof name);
-    } else {
-        *info = (nvmlGpuInstanceProfileInfo_v2_t){
-            .version = nvmlGpuInstanceProfileInfo_v2, .id = p->id, .isP2pSupported = 1,
-            .sliceCount = p->slices, .instanceCount = p->instances, .multiprocessorCount = p->sms,
-            .copyEngineCount = p->copyEngines, .decoderCount = p->decoders,
-            .encoderCount = p->encoders, .jpegCount = p->jpegs, .ofaCount = p->ofas,
-            .memorySizeMB = p->memoryMiB};
-        memcpy(info->name, name, sizeof name);
-    }
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlDeviceGetGpuInstanceProfileInfoV(nvmlDevice_t device, unsigned int profile,
-                                                      nvmlGpuInstanceProfileInfo_v2_t *info) {
-    LOCKED(gi_profile_locked(device, profile, info));
-}
-
-static nvmlReturn_t placements_locked(nvmlDevice_t d, unsigned id, nvmlGpuInstancePlacement_t *out, unsigned *count) {
-    READY();
-    gpu_t *g = dev_gpu(d);
-    if (!g || !count) return NVML_ERROR_INVALID_ARGUMENT;
-    if (!g->m->nprof) return NVML_ERROR_NOT_SUPPORTED;
-    const giprof_t *p = prof_by_id(g, id);
-    if (!p) return NVML_ERROR_INVALID_ARGUMENT;
-    if (out) {
-        /* "If non-NULL must be large enough": the caller's count is not read. */
-        for (unsigned i = 0; i < p->nplace; i++) out[i] = (nvmlGpuInstancePlacement_t){p->place[i], p->memSlices};
-    }
-    *count = p->nplace;
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlDeviceGetGpuInstancePossiblePlacements_v2(nvmlDevice_t device, unsigned int profileId,
-                                                               nvmlGpuInstancePlacement_t *placements,
-                                                               unsigned int *count) {
-    LOCKED(placements_locked(device, profileId, placements, count));
-}
-
-/* ---- GPU instances ------------------------------------------------------------------------ */
-
-static nvmlReturn_t create_gi_locked(nvmlDevice_t d, unsigned id, const nvmlGpuInstancePlacement_t *pl,
-                                     nvmlGpuInstance_t *out) {
-    READY();
-    S.mutations++;
-    nvmlReturn_t r;
-    if (!pl || !out) return NVML_ERROR_INVALID_ARGUMENT;
-    gpu_t *g = mig_gpu(d, &r);
-    if (!g) return r;
-    const giprof_t *p = prof_by_id(g, id);
-    if (!p || pl->size != p->memSlices) return NVML_ERROR_INVALID_ARGUMENT;
-    int valid = 0;
-    for (unsigned i = 0; i < p->nplace; i++) valid |= p->place[i] == pl->start;
-    if (!valid) return NVML_ERROR_INVALID_ARGUMENT;
-    unsigned long long want = ((1ull << p->memSlices) - 1) << pl->start, used = 0;
-    unsigned compute = p->slices, same = 1, media = (unsigned)p->media, free_slot = MAXGI;
-    for (unsigned i = 0; i < MAXGI; i++) {
-        const gi_t *x = &g->gi[i];
-        if (!x->used) { if (free_slot == MAXGI) free_slot = i; continue; }
-        const giprof_t *q = &g->m->prof[x->prof];
-        used |= ((1ull << q->memSlices) - 1) << x->start;
-        compute += q->slices;
-        same += q == p;
-        media += (unsigned)q->media;
-    }
-    if ((used & want) || compute > g->m->computeSlices || same > p->instances || media > 1 || free_slot == MAXGI)
-        return NVML_ERROR_INSUFFICIENT_RESOURCES;
-    /* The lowest free GI id from 1 (the driver picks its own; nobody may rely on them). */
-    unsigned gid = 1;
-    for (int again = 1; again;) {
-        again = 0;
-        for (unsigned i = 0; i < MAXGI; i++)
-            if (g->gi[i].used && g->gi[i].id == gid) { gid++; again = 1; }
-    }
-    gi_t *x = &g->gi[free_slot];
-    memset(x, 0, sizeof *x);
-    x->used = 1;
-    x->id = gid;
-    x->start = pl->start;
-    x->prof = (int)(p - g->m->prof);
-    unsigned gpu = (unsigned)(g - S.gpu);
-    Hgi[gpu][free_slot] = (struct nvmlGpuInstance_st){gpu, free_slot};
-    out->handle = &Hgi[gpu][free_slot];
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlDeviceCreateGpuInstanceWithPlacement(nvmlDevice_t device, unsigned int profileId,
-                                                          const nvmlGpuInstancePlacement_t *placement,
-                                                          nvmlGpuInstance_t *gpuInstance) {
-    MUTATING(create_gi_locked(device, profileId, placement, gpuInstance));
-}
-
-static int ci_busy(const gi_t *x) {
-    for (int i = 0; i < MAXCI; i++)
-        if (x->ci[i].used) return 1;
-    return 0;
-}
-
-static nvmlReturn_t destroy_gi_locked(nvmlGpuInstance_t h) {
-    READY();
-    S.mutations++;
-    unsigned gpu;
-    gi_t *x = gi_of(h, &gpu);
-    if (!x) return NVML_ERROR_INVALID_ARGUMENT;
-    if (!S.gpu[gpu].cur) return NVML_ERROR_NOT_SUPPORTED;
-    if (ci_busy(x)) return NVML_ERROR_IN_USE;  /* compute instances (and their processes) live */
-    x->used = 0;
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlGpuInstanceDestroy(nvmlGpuInstance_t gpuInstance) { MUTATING(destroy_gi_locked(gpuInstance)); }
-
-static nvmlReturn_t list_gi_locked(nvmlDevice_t d, unsigned id, nvmlGpuInstance_t *out, unsigned *count) {
-    READY();
-    nvmlReturn_t r;
-    if (!out || !count) return NVML_ERROR_INVALID_ARGUMENT;
-    gpu_t *g = mig_gpu(d, &r);
-    if (!g) return r;
-    const giprof_t *p = prof_by_id(g, id);
-    if (!p) return NVML_ERROR_INVALID_ARGUMENT;
-    unsigned n = 0, gpu = (unsigned)(g - S.gpu);
-    for (unsigned i = 0; i < MAXGI; i++)
-        if (g->gi[i].used && &g->m->prof[g->gi[i].prof] == p) out[n++].handle = &Hgi[gpu][i];
-    *count = n;
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlDeviceGetGpuInstances(nvmlDevice_t device, unsigned int profileId,
-                                           nvmlGpuInstance_t *gpuInstances, unsigned int *count) {
-    LOCKED(list_gi_locked(device, profileId, gpuInstances, count));
-}
-
-static nvmlReturn_t gi_info_locked(nvmlGpuInstance_t h, nvmlGpuInstanceInfo_t *info) {
-    READY();
-    unsigned gpu;
-    gi_t *x = gi_of(h, &gpu);
-    if (!x || !info) return NVML_ERROR_INVALID_ARGUMENT;
-    const giprof_t *p = &S.gpu[gpu].m->prof[x->prof];
-    info->device.handle = &Hgpu[gpu];
-    info->id = x->id;
-    info->profileId = p->id;
-    info->placement = (nvmlGpuInstancePlacement_t){x->start, p->memSlices};
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlGpuInstanceGetInfo(nvmlGpuInstance_t gpuInstance, nvmlGpuInstanceInfo_t *info) {
-    LOCKED(gi_info_locked(gpuInstance, info));
-}
-
-/* ---- compute instances ----------------------------------------------------------------------- */
-
-/* Compute instance profiles: NVML_COMPUTE_INSTANCE_PROFILE_{1,2,3,4,7}_SLICE; the fake's ids
- * equal the enum (nvidia-smi mig -lcip lists 0..4 for these). */
-static unsigned ci_slices(unsigned profile) {
-    static const unsigned s[] = {1, 2, 3, 4, 7};
-    return profile < 5 ? s[profile] : 0;
-}
-
-static int ci_fits(unsigned profile, unsigned gi_slices) {
-    unsigned s = ci_slices(profile);
-    return s && s <= gi_slices && (s <= 2 || s == gi_slices || (gi_slices == 7 && s <= 4));
-}
-
-static nvmlReturn_t ci_profile_locked(nvmlGpuInstance_t h, unsigned profile, unsigned eng,
-                                      nvmlComputeInstanceProfileInfo_v2_t *info) {
-    READY();
-    unsigned gpu;
-    gi_t *x = gi_of(h, &gpu);
-    if (!x || !info || profile >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT ||
-        eng >= NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_COUNT)
-        return NVML_ERROR_INVALID_ARGUMENT;
-    if (info->version != nvmlComputeInstanceProfileInfo_v2 && info->version != nvmlComputeInstanceProfileInfo_v3)
-        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-    const giprof_t *p = &S.gpu[gpu].m->prof[x->prof];
-    if (!ci_fits(profile, p->slices)) return NVML_ERROR_NOT_SUPPORTED;
-    unsigned s = ci_slices(profile), version = info->version;
-    nvmlComputeInstanceProfileInfo_v3_t v = {
-        .version = version, .id = profile, .sliceCount = s, .instanceCount = p->slices / s,
-        .multiprocessorCount = p->sms / p->slices * s, .sharedCopyEngineCount = p->copyEngines,
-        .sharedDecoderCount = p->decoders, .sharedEncoderCount = p->encoders,
-        .sharedJpegCount = p->jpegs, .sharedOfaCount = p->ofas};
-    if (s == p->slices) snprintf(v.name, sizeof v.name, "MIG %s", p->name);
-    else snprintf(v.name, sizeof v.name, "MIG %uc.%s", s, p->name);
-    memcpy(info, &v, version == nvmlComputeInstanceProfileInfo_v3 ? sizeof v : sizeof *info);
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlGpuInstanceGetComputeInstanceProfileInfoV(nvmlGpuInstance_t gpuInstance, unsigned int profile,
-                                                               unsigned int engProfile,
-                                                               nvmlComputeInstanceProfileInfo_v2_t *info) {
-    LOCKED(ci_profile_locked(gpuInstance, profile, engProfile, info));
-}
-
-static void mig_uuid(char *out, size_t n) {
-    unsigned long long s = ++S.serial;
-    snprintf(out, n, "MIG-%08llx-fa6e-5e11-9000-%012llx", 0xC0FFEE00ull + s, s * 2654435761ull & 0xFFFFFFFFFFFFull);
-}
-
-static nvmlReturn_t create_ci_locked(nvmlGpuInstance_t h, unsigned profile, nvmlComputeInstance_t *out) {
-    READY();
-    S.mutations++;
-    unsigned gpu;
-    gi_t *x = gi_of(h, &gpu);
-    if (!x || !out) return NVML_ERROR_INVALID_ARGUMENT;
-    const giprof_t *p = &S.gpu[gpu].m->prof[x->prof];
-    if (profile >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT) return NVML_ERROR_INVALID_ARGUMENT;
-    if (!ci_fits(profile, p->slices)) return NVML_ERROR_NOT_SUPPORTED;
-    unsigned used = ci_slices(profile), slot = MAXCI;
-    for (unsigned i = 0; i < MAXCI; i++) {
-        if (x->ci[i].used) used += x->ci[i].slices;
-        else if (slot == MAXCI) slot = i;
-    }
-    if (used > p->slices || slot == MAXCI) return NVML_ERROR_INSUFFICIENT_RESOURCES;
-    unsigned cid = 0;
-    for (int again = 1; again;) {
-        again = 0;
-        for (unsigned i = 0; i < MAXCI; i++)
-            if (x->ci[i].used && x->ci[i].id == cid) { cid++; again = 1; }
-    }
-    ci_t *c = &x->ci[slot];
-    memset(c, 0, sizeof *c);
-    c->used = 1;
-    c->id = cid;
-    c->profile = profile;
-    c->slices = ci_slices(profile);
-    mig_uuid(c->uuid, sizeof c->uuid);
-    unsigned gi = (unsigned)(x - S.gpu[gpu].gi);
-    Hci[gpu][gi][slot] = (struct nvmlComputeInstance_st){gpu, gi, slot};
-    Hmig[gpu][gi][slot] = (struct nvmlDevice_st){1, gpu, gi, slot};
-    out->handle = &Hci[gpu][gi][slot];
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlGpuInstanceCreateComputeInstance(nvmlGpuInstance_t gpuInstance, unsigned int profileId,
-                                                      nvmlComputeInstance_t *computeInstance) {
-    MUTATING(create_ci_locked(gpuInstance, profileId, computeInstance));
-}
-
-static nvmlReturn_t destroy_ci_locked(nvmlComputeInstance_t h) {
-    READY();
-    S.mutations++;
-    unsigned gpu, gi;
-    ci_t *c = ci_of(h, &gpu, &gi);
-    if (!c) return NVML_ERROR_INVALID_ARGUMENT;
-    if (c->npid) return NVML_ERROR_IN_USE;
-    c->used = 0;
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlComputeInstanceDestroy(nvmlComputeInstance_t computeInstance) {
-    MUTATING(destroy_ci_locked(computeInstance));
-}
-
-static nvmlReturn_t list_ci_locked(nvmlGpuInstance_t h, unsigned profile, nvmlComputeInstance_t *out, unsigned *count) {
-    READY();
-    unsigned gpu;
-    gi_t *x = gi_of(h, &gpu);
-    if (!x || !out || !count || profile >= NVML_COMPUTE_INSTANCE_PROFILE_COUNT) return NVML_ERROR_INVALID_ARGUMENT;
-    unsigned n = 0, gi = (unsigned)(x - S.gpu[gpu].gi);
-    for (unsigned i = 0; i < MAXCI; i++)
-        if (x->ci[i].used && x->ci[i].profile == profile) out[n++].handle = &Hci[gpu][gi][i];
-    *count = n;
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlGpuInstanceGetComputeInstances(nvmlGpuInstance_t gpuInstance, unsigned int profileId,
-                                                    nvmlComputeInstance_t *computeInstances, unsigned int *count) {
-    LOCKED(list_ci_locked(gpuInstance, profileId, computeInstances, count));
-}
-
-static nvmlReturn_t ci_info_locked(nvmlComputeInstance_t h, nvmlComputeInstanceInfo_t *info) {
-    READY();
-    unsigned gpu, gi;
-    ci_t *c = ci_of(h, &gpu, &gi);
-    if (!c || !info) return NVML_ERROR_INVALID_ARGUMENT;
-    unsigned start = 0;
-    const gi_t *x = &S.gpu[gpu].gi[gi];
-    for (const ci_t *o = x->ci; o < c; o++)
-        if (o->used) start += o->slices;
-    info->device.handle = &Hgpu[gpu];
-    info->gpuInstance.handle = &Hgi[gpu][gi];
-    info->id = c->id;
-    info->profileId = c->profile;
-    info->placement = (nvmlComputeInstancePlacement_t){start, c->slices};
-    return NVML_SUCCESS;
-}
-
-API nvmlReturn_t nvmlComputeInstanceGetInfo_v2(nvmlComputeInstance_t computeInstance, nvmlComputeInstanceInfo_t *info) {
-    LOCKED(ci_info_locked(computeInstance, info));
 }
 
 /* ---- MIG devices ---------------------------------------------------------------------------- */

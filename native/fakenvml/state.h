@@ -84,6 +84,26 @@ extern struct fake_state S;
 extern struct nvmlDevice_st Hgpu[MAXGPU], Hmig[MAXGPU][MAXGI][MAXCI];
 extern struct nvmlGpuInstance_st Hgi[MAXGPU][MAXGI];
 extern struct nvmlComputeInstance_st Hci[MAXGPU][MAXGI][MAXCI];
+extern struct nvmlEventSet_st Hset[MAXSET];
+
+/* fakenvml.c: the lock every entry point takes, and the helpers the other files share. */
+#include <pthread.h>
+extern pthread_mutex_t mu;
+void op_delay(void);
+gpu_t *dev_gpu(nvmlDevice_t d);
+ci_t *dev_mig(nvmlDevice_t d, unsigned *gpu, unsigned *gi);
+gi_t *gi_of(nvmlGpuInstance_t g, unsigned *gpu);
+ci_t *ci_of(nvmlComputeInstance_t c, unsigned *gpu, unsigned *gi);
+const giprof_t *prof_by_id(const gpu_t *g, unsigned id);
+nvmlReturn_t copy_str(char *dst, unsigned len, const char *src);
+/* devicefile.c: reset every GPU to the state a device file describes.  0 or -1. */
+int load_locked(const char *path);
+
+#define LOCKED(expr) do { pthread_mutex_lock(&mu); nvmlReturn_t r_ = (expr); pthread_mutex_unlock(&mu); return r_; } while (0)
+#define MUTATING(expr) do { op_delay(); pthread_mutex_lock(&mu); nvmlReturn_t r_ = (expr); \
+    if (persist_save() != 0 && r_ == NVML_SUCCESS) r_ = NVML_ERROR_UNKNOWN; \
+    pthread_mutex_unlock(&mu); return r_; } while (0)
+#define READY() do { if (!S.loaded || S.initRef <= 0) return NVML_ERROR_UNINITIALIZED; } while (0)
 
 /* persist.c: the driver's state (MIG mode, instances) in the file FAKENVML_STATE names, so
  * that it outlives the process, as a real GPU's does.  0 or -1 (S.error says why). */
