@@ -11,8 +11,12 @@ from typing import Any
 
 import pytest
 
-from conspirator.operator.datapath import aggregate_key, secret_labels, token_secret, \
-    token_secret_name
+from conspirator.operator.datapath import (
+    aggregate_key,
+    secret_labels,
+    token_secret,
+    token_secret_name,
+)
 from conspirator.operator.manifests import claim_template, deployment, job_event
 
 from .builders import job
