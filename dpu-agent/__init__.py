@@ -8,7 +8,8 @@ returns the worker's result on the client's connection.  DESIGN section 6; docs/
 Modules, each importing only those below it (``cli`` at the top)::
 
     cli > server | localregistry | metrics > accept > rdma > sessionstart
-        > inline | staged > session | poller > core > state > targets | staging | tokens
+        > inline | staged > session | poller > core > limits > state > targets | staging
+        | tokens
 
 - :mod:`.server`: the listeners and their lifecycle; :mod:`.accept`: a connection from
   accept on (the shared handshake, then a client's session set-up or the registry's
@@ -19,6 +20,8 @@ Modules, each importing only those below it (``cli`` at the top)::
   :mod:`.poller`: busy polling;
 - :mod:`.staging`: the staging pool (and backpressure); :mod:`.targets`: shared-memory and
   CUDA targets, and the BlueField DMA seam; :mod:`.tokens`: per-job tokens;
+- :mod:`.limits`: the caps a network service keeps (pending handshakes, connections per
+  agent and per job, the idle timeout);
 - :mod:`.localregistry`: the node daemon's worker registry with a trust-all identity
   (development, tests, benchmarks); :mod:`.metrics`: Prometheus.
 

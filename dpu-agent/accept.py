@@ -65,27 +65,39 @@ async def serve_client(agent: Serving, tokens: TokenStore, sock: socket.socket,
     """Authenticate a client of one of ``modes`` and start its session."""
     cfg = agent.core.config
     hs = ServerHandshake(tokens.token_for, modes)
+    agent.limits.handshake_started(sock)
     try:
         hello = await asyncio.wait_for(handshake(
             hs, lambda allowed: asyncsock.recv_frame(sock, allowed),
             lambda frame: asyncsock.send_packet(sock, frame)), cfg.handshake_timeout)
         if agent.core.shutting_down:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "shutting down")
+        over = agent.limits.refusal(hello.identity, agent.sessions)
+        if over is not None:
+            agent.core.stats.connections_refused += 1
+            raise over
     except ProtocolError as e:
+        agent.limits.handshake_ended(sock)
         await refuse(agent.core, sock, e)
         sock.close()
         return
     except (TimeoutError, ConnectionError, OSError) as e:
+        agent.limits.handshake_ended(sock)
         log.info("handshake abandoned: %s", e or type(e).__name__)
         sock.close()
         return
+    agent.limits.handshake_ended(sock)
     session = ConnSession(agent, hello.identity, cfg.window, hello.mode)
+    # Counted from now on (the caps), though its transport's set-up still awaits.
+    agent.sessions.add(session)
     try:
         await STARTS[hello.mode](SessionStart(agent, sock, session, hs.version, rdma_device))
     except ProtocolError as e:
+        agent.sessions.discard(session)
         await refuse(agent.core, sock, e)
         sock.close()
     except (ConnectionError, OSError, TimeoutError) as e:
+        agent.sessions.discard(session)
         log.info("connection of %s failed during setup: %s", hello.identity, e)
         sock.close()
 

@@ -62,6 +62,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="staging slot of one-sided clients")
     p.add_argument("--request-timeout", type=float, default=30.0)
     p.add_argument("--no-replica-timeout", type=float, default=5.0)
+    p.add_argument("--handshake-timeout", type=float, default=5.0,
+                   help="seconds a connection has to authenticate")
+    p.add_argument("--max-handshakes", type=int, default=256,
+                   help="connections in their handshake at once; past it the oldest is closed "
+                   "(0: no cap)")
+    p.add_argument("--max-connections", type=int, default=1024,
+                   help="authenticated client connections, all jobs (0: no cap)")
+    p.add_argument("--max-connections-per-job", type=int, default=256,
+                   help="authenticated client connections of one job (0: no cap)")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="close a connection with nothing in flight, silent this long (0: never)")
+    p.add_argument("--no-fair-staging", action="store_true",
+                   help="let one job hold all of staging (default: each job with replicas "
+                   "here holds at most its share)")
     p.add_argument("--observe-window", type=float, default=60.0,
                    help="seconds of the observed load's window (rates, latency percentiles)")
     p.add_argument("--observe-slice", type=float, default=5.0,
@@ -132,7 +146,11 @@ def main(args: argparse.Namespace) -> int:
                       request_timeout=args.request_timeout,
                       no_replica_timeout=args.no_replica_timeout,
                       local_slot_bytes=args.local_slot, busy_poll_us=args.busy_poll_us,
-                      observe_window=args.observe_window, observe_slice=args.observe_slice)
+                      observe_window=args.observe_window, observe_slice=args.observe_slice,
+                      handshake_timeout=args.handshake_timeout,
+                      max_handshakes=args.max_handshakes, max_connections=args.max_connections,
+                      max_connections_per_job=args.max_connections_per_job,
+                      idle_timeout=args.idle_timeout, fair_staging=not args.no_fair_staging)
     if not 0 < cfg.observe_slice <= cfg.observe_window:
         raise SystemExit("--observe-slice must be positive and at most --observe-window")
     loop_factory, loop_name = event_loop(args.event_loop)

@@ -92,6 +92,10 @@ class AgentCore:
 
     # ------------------------------------------------------------------ replicas
 
+    def served_jobs(self) -> int:
+        """Jobs with a replica here (taking requests or draining): the staging shares."""
+        return sum(1 for j in self.jobs.values() if j.replicas or j.draining)
+
     def job(self, name: str) -> JobState:
         j = self.jobs.get(name)
         if j is None:

@@ -61,6 +61,7 @@ class InlineProtocol(SessionProtocol, asyncio.BufferedProtocol):
         return self._dest[self._pos:self._need]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.session.rx += 1
         core = self.agent.core
         if core.kick is not no_kick:
             core.kick()
@@ -150,7 +151,7 @@ class InlineProtocol(SessionProtocol, asyncio.BufferedProtocol):
 
     def _get_staging(self) -> bool:
         assert self._pending is not None and self._header is not None
-        buf = self.agent.pool.acquire(self._header.length)
+        buf = self.agent.pool.acquire(self._header.length, self.session.job)
         if buf is None:
             self._state = self.WAIT
             self.session.pause("staging")
@@ -181,9 +182,9 @@ class InlineProtocol(SessionProtocol, asyncio.BufferedProtocol):
         buf, self._staging = self._staging, None
         self._next_header()
         if buf is not None:
-            pool = self.agent.pool
+            pool, job = self.agent.pool, self.session.job
             p.src, p.src_off = buf.mm, 0
-            p.release = lambda: pool.release(buf)
+            p.release = lambda: pool.release(buf, job)
         elif p.length:
             p.src, p.src_off, self._private = self._private, 0, None
         if p.done:  # answered meanwhile (timeout)
@@ -193,7 +194,7 @@ class InlineProtocol(SessionProtocol, asyncio.BufferedProtocol):
 
     def _drop_current(self) -> None:
         if self._staging is not None:
-            self.agent.pool.release(self._staging)
+            self.agent.pool.release(self._staging, self.session.job)
             self._staging = None
         if self._state == self.WAIT:
             self.agent.pool.cancel(self._staging_available)

@@ -22,11 +22,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 from conspirator.dpu_agent.accept import serve_client, serve_publisher
 from conspirator.dpu_agent.core import AgentConfig, AgentCore
+from conspirator.dpu_agent.limits import Limits
 from conspirator.dpu_agent.poller import BusyPoller
 from conspirator.dpu_agent.session import ConnSession
 from conspirator.dpu_agent.staging import StagingPool
@@ -54,8 +56,10 @@ class Agent:
         self.rdma_device = rdma_device
         self.native = native
         self.core: AgentCore = AgentCore(config, native)
-        self.pool = StagingPool(config.staging_budget, config.max_payload)
+        self.pool = StagingPool(config.staging_budget, config.max_payload,
+                                shares=self.core.served_jobs if config.fair_staging else None)
         self.sessions: set[ConnSession] = set()
+        self.limits = Limits(config, self.core.stats)
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tcp_port = 0
@@ -129,6 +133,11 @@ class Agent:
             await asyncio.sleep(SWEEP_EVERY)
             try:
                 self.core.sweep()
+                serving = [s for s in self.sessions if s.transport is not None]
+                for s in self.limits.idle(serving, time.monotonic()):
+                    self.core.stats.idle_closed += 1
+                    if isinstance(s, ConnSession):
+                        s.close_idle(self.config.idle_timeout)
             except Exception:
                 log.exception("sweep failed")
 

@@ -10,6 +10,7 @@ import logging
 from typing import Protocol, cast
 
 from conspirator.dpu_agent.core import AgentCore
+from conspirator.dpu_agent.limits import Limits
 from conspirator.dpu_agent.staging import StagingPool
 from conspirator.dpu_agent.state import Session
 from conspirator.wire.frames import HEADER, MAGIC, VERSION, ErrorCode, Header, Mode, MsgType, encode
@@ -30,6 +31,8 @@ class Serving(Protocol):
     def pool(self) -> StagingPool: ...
     @property
     def sessions(self) -> set[ConnSession]: ...
+    @property
+    def limits(self) -> Limits: ...
 
 
 class ConnSession(Session):
@@ -79,6 +82,16 @@ class ConnSession(Session):
         log.info("closing a %s connection of %s: %s: %s", self.mode.name.lower(), self.job,
                  code.name, message)
         self.send_error(0, code, message)
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_idle(self, timeout: float) -> None:
+        """Close the connection after ``timeout`` seconds without traffic (limits.py)."""
+        log.info("closing an idle %s connection of %s (%g s)", self.mode.name.lower(),
+                 self.job, timeout)
+        self.send_error(0, ErrorCode.IDLE_TIMEOUT,
+                        f"idle for {timeout:g} s with nothing in flight")
         self.flush()
         if self.transport is not None:
             self.transport.close()

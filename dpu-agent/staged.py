@@ -47,6 +47,7 @@ class StagedProtocol(SessionProtocol, asyncio.Protocol):
         self._on_close = on_close
 
     def data_received(self, data: bytes) -> None:
+        self.session.rx += 1
         core = self.agent.core
         if core.kick is not no_kick:
             core.kick()

@@ -6,6 +6,12 @@ classes from 4 KiB up to the largest payload and are reused; the pool never hold
 than ``budget`` bytes.  When it cannot serve a request the caller waits (``wait``) and the
 connection stops reading: that is the agent's backpressure, so a slow replica slows its
 clients through TCP flow control instead of growing the agent's memory.
+
+Fairness between jobs: with ``shares`` set, the buffers are held by owners (jobs), and one
+owner holds at most its share, ``budget / shares()`` (never under one largest buffer).  The
+agent's ``shares`` is the number of jobs with replicas here, so with the budget at least that
+many largest buffers, every job always finds its share free, whatever another job's flood
+holds: a job whose replicas stall keeps its share, not the whole pool.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class StagingBuffer:
 
 class StagingPool:
     def __init__(self, budget: int, max_buffer: int,
-                 on_new: Callable[[StagingBuffer], None] | None = None) -> None:
+                 on_new: Callable[[StagingBuffer], None] | None = None,
+                 shares: Callable[[], int] | None = None) -> None:
         if max_buffer > budget:
             raise ValueError("the staging budget must hold at least one largest buffer")
         self.budget = budget
@@ -50,12 +57,27 @@ class StagingPool:
         self._free: dict[int, list[StagingBuffer]] = {}
         self._waiters: deque[Callable[[], None]] = deque()
         self._on_new = on_new
+        self._shares = shares
+        self.held: dict[str, int] = {}  # bytes in use by each owner (with ``shares``)
 
-    def acquire(self, n: int) -> StagingBuffer | None:
-        """A buffer of at least ``n`` bytes, or None when the budget is exhausted."""
+    def share(self) -> int:
+        """The most one owner may hold: the budget over the shares, at least one largest
+        buffer (the whole budget without ``shares``)."""
+        if self._shares is None:
+            return self.budget
+        return max(self.max_buffer, self.budget // max(1, self._shares()))
+
+    def acquire(self, n: int, owner: str = "") -> StagingBuffer | None:
+        """A buffer of at least ``n`` bytes, or None when the budget (or with ``shares``,
+        ``owner``'s share) is exhausted."""
         c = size_class(n)
         if c > self.max_buffer:
             raise ValueError(f"{n} bytes exceed the largest staging buffer")
+        if self._shares is not None:
+            held = self.held.get(owner, 0) + c
+            # Within one largest buffer a share always allows it (no need to count shares).
+            if held > self.max_buffer and held > self.share():
+                return None
         free = self._free.get(c)
         if free:
             buf = free.pop()
@@ -70,6 +92,8 @@ class StagingPool:
                 self._on_new(buf)
         self.in_use += c
         self.peak_in_use = max(self.peak_in_use, self.in_use)
+        if self._shares is not None:
+            self.held[owner] = self.held.get(owner, 0) + c
         return buf
 
     def _evict_one(self, keep: int) -> bool:
@@ -80,8 +104,14 @@ class StagingPool:
                 return True
         return False
 
-    def release(self, buf: StagingBuffer) -> None:
+    def release(self, buf: StagingBuffer, owner: str = "") -> None:
         self.in_use -= buf.size
+        if self._shares is not None:
+            left = self.held.get(owner, 0) - buf.size
+            if left > 0:
+                self.held[owner] = left
+            else:
+                self.held.pop(owner, None)
         self._free.setdefault(buf.size, []).append(buf)
         # Each waiter tries again; one that still finds nothing waits for the next release.
         waiters = list(self._waiters)

@@ -32,6 +32,10 @@ class Session:
         self.closed = False
         self.answered = 0
         self.paused: set[str] = set()  # why the transport stopped reading (if it did)
+        # Idle timeout (limits.py): reads counted by the transports, checked by the sweeper.
+        self.rx = 0
+        self.rx_seen = 0
+        self.idle_since = time.monotonic()
 
     def send_response(self, request_id: int, buffer_id: int, data: bytes | memoryview) -> None:
         raise NotImplementedError

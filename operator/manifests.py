@@ -275,7 +275,9 @@ def event(view: JobView | None, *, kind: str, name: str, namespace: str, uid: st
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "generateName": f"{_slug(name)[:40] or 'object'}.",
+            # Cut, the slug may end in '-': "<slug>-." is no DNS subdomain (the API server
+            # refuses the Event), so the cut drops trailing dashes.
+            "generateName": f"{_slug(name)[:40].rstrip('-') or 'object'}.",
             "namespace": ns,
             "labels": {LABEL_MANAGED_BY: MANAGED_BY},
         },

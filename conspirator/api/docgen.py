@@ -67,6 +67,8 @@ NOTES = """\
   refused.
 - **`dataPath`** describes one request's input tensor (`inputShape`, `dtype`); each replica's
   input buffer holds `maxBatch` of them. Workers call `conspirator.runtime.input_tensor`.
+  The API server refuses a buffer (`maxBatch` x `inputShape` x dtype) over 141 GiB, the memory
+  of the largest GPU, with `spec.dataPath.inputShape` named.
 - **Status.** `phase` is one of `Pending`, `Unschedulable`, `Partitioning`, `Starting`,
   `Running`, `Degraded`, `Failed`. The conditions are `Placed` (a placement exists),
   `Partitioned` (the GPUNodes report the layouts applied), `Ready` (the workers are ready) and
@@ -83,8 +85,11 @@ NOTES = """\
   `observedGeneration` to the generation it applied.
 - The API server checks the MIG rules that hold on every MIG-capable model: no two instances at
   the same start slice; `7g` alone on its GPU; `7g` and `4g` start at 0, `3g` at 0 or 4, `2g` at
-  0, 2 or 4, `1g` at 0-6. The rules that depend on the model (memory size of each profile,
-  overlaps of two-slice `1g` profiles, the A30's 4 slices) are checked by the node daemon
+  0, 2 or 4, `1g` at 0-6; no instance starting inside another's slices, each counted at the
+  fewest it takes on any model (`7g` 8, `4g` and `3g` 4, `2g` 2, `1g` 1: `3g` at 0 and `2g`
+  at 2 are refused with `spec.gpus[i].instances` named). The rules that depend on the model
+  (memory size of each profile, overlaps of two-slice `1g` profiles, the A30's 4 slices) are
+  checked by the node daemon
   against the GPU's catalog, which marks the layout failed in the `LayoutApplied` condition.
 - Conditions: `Ready` (daemon healthy, devices advertised), `LayoutApplied` (status matches
   spec), `DPUReady` (the DPU agent is reachable).

@@ -100,6 +100,8 @@ class ErrorCode(IntEnum):
     CONNECTION_LOST = 16
     REGISTRATION_REFUSED = 17
     BAD_INPUT = 18
+    TOO_MANY_CONNECTIONS = 19
+    IDLE_TIMEOUT = 20
 
 
 class ProtocolError(Exception):

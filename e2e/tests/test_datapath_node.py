@@ -166,7 +166,9 @@ def test_two_worker_pods_serve_requests_through_the_agent(
     s = json.loads(out.read_text())
     assert (s["sent"], s["ok"], s["lost"], s["failed"]) == (2000, 2000, 0, {}), stdout
     spread = {int(k): v for k, v in s["by_buffer"].items()}
-    assert set(spread) == bids and min(spread.values()) >= 2000 * 0.2, spread
+    # The dispatcher's promise (both serve), not a share: a busy host sets the share.
+    assert set(spread) == bids and min(spread.values()) >= 1, spread
+    assert sum(spread.values()) == 2000, spread
     print(stdout)
 
     # A worker pod goes away mid-load: its in-flight requests fail explicitly, the other

@@ -257,9 +257,13 @@ def _check_served(cluster: LocalCluster, ns: str, tmp: Path) -> dict[str, Any]:
     assert (summary["sent"], summary["ok"], summary["lost"], summary["failed"]) == (
         2000, 2000, 0, {}), text
     spread = {int(k): v for k, v in summary["by_buffer"].items()}
-    # Both replicas serve; how evenly depends on how fast each runs on a busy 2-core host
-    # (one run gave 345 of 2000 to one replica), which the dispatcher follows by design.
-    assert len(spread) == 2 and min(spread.values()) >= 2000 * 0.05, spread
+    # What the dispatcher promises (dpu-agent/core.py, _pick: a free slot is never passed
+    # over, least outstanding work per weight, ties rotating): both replicas serve and
+    # every answer comes from one of them.  How evenly is each worker's speed on the host
+    # (runs gave 345 and 339 of 2000 to one replica); no share is promised, so none is
+    # asserted (tests/datapath/test_dispatch_spread.py shows a right dispatch at 1%).
+    assert len(spread) == 2 and min(spread.values()) >= 1, spread
+    assert sum(spread.values()) == 2000, spread
     return summary
 
 

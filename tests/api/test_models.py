@@ -266,3 +266,38 @@ def test_api_imports_no_component() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=EXAMPLES.parent)
+
+
+def test_input_buffer_bound_is_the_largest_gpus_memory() -> None:
+    """Exactly 141 GiB of input buffer is accepted; twice that (maxBatch 2) is refused."""
+    from conspirator.api.v1alpha1.inferencejob import (
+        MAX_INPUT_BUFFER_BYTES,
+        DataPath,
+        input_buffer_bytes,
+    )
+
+    shape = [1 << 20, 141 << 10]
+    ok = DataPath.model_validate({"inputShape": shape, "dtype": "uint8", "maxBatch": 1})
+    assert input_buffer_bytes(ok.input_shape, ok.dtype, ok.max_batch) == MAX_INPUT_BUFFER_BYTES
+    with pytest.raises(ValidationError, match="exceeds 141 GiB"):
+        DataPath.model_validate({"inputShape": shape, "dtype": "uint8", "maxBatch": 2})
+    with pytest.raises(ValidationError, match="exceeds 141 GiB"):  # the default dtype: float32
+        DataPath.model_validate({"inputShape": shape})
+
+
+@pytest.mark.parametrize("layout", [
+    [("3g.40gb", 0), ("2g.20gb", 2)],
+    [("3g.40gb", 4), ("1g.10gb", 6)],
+    [("2g.20gb", 0), ("1g.10gb", 1)],
+    [("4g.40gb", 0), ("2g.20gb", 2)],
+])
+def test_overlapping_instances_are_refused(layout: list[tuple[str, int]]) -> None:
+    gpu = {"index": 0, "instances": [{"profile": p, "start": s} for p, s in layout]}
+    with pytest.raises(ValidationError, match="two instances overlap"):
+        GPUNode.model_validate({"spec": {"gpus": [gpu]}})
+
+
+def test_adjacent_instances_are_accepted() -> None:
+    layout = [("4g.40gb", 0), ("2g.20gb", 4), ("1g.10gb", 6)]
+    gpu = {"index": 0, "instances": [{"profile": p, "start": s} for p, s in layout]}
+    GPUNode.model_validate({"spec": {"gpus": [gpu]}})

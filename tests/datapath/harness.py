@@ -196,3 +196,18 @@ def env_without_progress() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("CONSPIRATOR_PROGRESS", None)
     return env
+
+
+def spread_problems(by_buffer: dict[int, int], replicas: int, sent: int) -> list[str]:
+    """What the dispatcher promises of a run's spread over ``replicas`` replicas, whatever
+    their speeds: every request answered by one of them, and each of them served some (a
+    replica with a free slot is never passed over for a queue: least outstanding work per
+    weight, ties rotating, so the first requests reach every replica).  How evenly depends
+    on each worker's speed, which on a busy host is anything; no share is promised."""
+    problems = []
+    if len(by_buffer) != replicas:
+        problems.append(f"{len(by_buffer)} replicas served, not {replicas}")
+    if sum(by_buffer.values()) != sent:
+        problems.append(f"{sum(by_buffer.values())} answers by the replicas, not {sent}")
+    problems += [f"buffer {b} served none" for b, n in by_buffer.items() if n < 1]
+    return problems

@@ -18,7 +18,7 @@ import pytest
 
 from conspirator.client import Client
 
-from .harness import conspirator, node, stop_process, worker_process
+from .harness import conspirator, node, spread_problems, stop_process, worker_process
 
 JOB, TOKEN = "team-a/echo", "job-token"
 
@@ -48,8 +48,8 @@ def test_two_worker_processes_serve_loadgen(tmp_path: Path, transport: str, mode
             s = json.loads(out.read_text())
             assert (s["sent"], s["ok"], s["lost"], s["failed"]) == (1500, 1500, 0, {})
             spread = {int(k): v for k, v in s["by_buffer"].items()}
-            assert len(spread) == 2, spread
-            assert min(spread.values()) >= 1500 * 0.2, spread
+            # What the dispatcher promises (both serve), not a share a busy host may upset.
+            assert not spread_problems(spread, 2, 1500), spread
             assert "latency: p50" in r.stdout and "replicas: buffer" in r.stdout
             stats = n.stats()
             assert stats.requests == stats.responses >= 1500

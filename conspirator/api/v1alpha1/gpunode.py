@@ -93,6 +93,33 @@ _INSTANCES_NEED_MIG = cel(
 )
 
 
+def min_slices(profile: str) -> int:
+    """The fewest memory slices an instance of ``profile`` occupies on any MIG-capable model,
+    by compute size: ``7g`` 8, ``4g`` and ``3g`` 4, ``2g`` 2, ``1g`` 1 (``1g.20gb`` takes 2
+    on an A100-80GB, the A30's ``4g`` its 4 slices: the node daemon checks those against the
+    model's catalog)."""
+    if profile.startswith("7g."):
+        return MAX_MEMORY_SLICES
+    if profile.startswith(("4g.", "3g.")):
+        return 4
+    if profile.startswith("2g."):
+        return 2
+    return 1
+
+
+_MIN_SLICES_CEL = ("({p}.startsWith('7g.') ? 8 : ({p}.startsWith('4g.') || {p}.startsWith('3g.'))"
+                   " ? 4 : {p}.startsWith('2g.') ? 2 : 1)")
+_NO_OVERLAP = cel(
+    "!has(self.instances) || self.instances.all(a, self.instances.all(b,"
+    " a.start >= b.start || a.start + " + _MIN_SLICES_CEL.format(p="a.profile")
+    + " <= b.start))",
+    "two instances overlap: an instance occupies the memory slices [start, start + size)"
+    " (size 8 for 7g, 4 for 4g and 3g, 2 for 2g, 1 or more for 1g), and the next"
+    " instance starts inside them",
+    field_path=".instances",
+)
+
+
 _WHOLE_RESERVATION = cel(
     "!has(self.reservedFor) || !has(self.instances) || size(self.instances) == 0",
     "reservedFor on a GPU reserves it whole: its instances carry their own reservedFor",
@@ -105,7 +132,7 @@ class GPULayout(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=k8s_extra(validations=[_FULL_ALONE, _INSTANCES_NEED_MIG,
-                                                   _WHOLE_RESERVATION])
+                                                   _WHOLE_RESERVATION, _NO_OVERLAP])
     )
 
     index: int = Field(ge=0, le=MAX_GPUS_PER_NODE - 1)
@@ -133,6 +160,10 @@ class GPULayout(ApiModel):
             raise ValueError(_FULL_ALONE["message"])
         if not self.mig_enabled and self.instances:
             raise ValueError(_INSTANCES_NEED_MIG["message"])
+        for a in self.instances:
+            for b in self.instances:
+                if a.start < b.start < a.start + min_slices(a.profile):
+                    raise ValueError(_NO_OVERLAP["message"])
         if self.reserved_for is not None and self.instances:
             raise ValueError(_WHOLE_RESERVATION["message"])
         return self

@@ -147,15 +147,63 @@ MAX_DIM = 1 << 20
 """Largest dimension of an input tensor."""
 
 
+ITEM_BYTES: dict[DType, int] = {
+    DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.INT8: 1, DType.UINT8: 1,
+    DType.INT32: 4, DType.INT64: 8,
+}
+"""Bytes of one element of each dtype."""
+
+MAX_INPUT_BUFFER_BYTES = 141 << 30
+"""Largest input buffer of one replica (``inputShape`` x dtype x ``maxBatch``): 141 GiB, the
+memory of the largest GPU the placement knows (H200-141GB), which a replica's buffer could
+never exceed (the API server refuses more, before anything is allocated anywhere)."""
+
+
+def input_buffer_bytes(shape: Sequence[int], dtype: DType, max_batch: int) -> int:
+    """Bytes of one replica's input buffer: ``maxBatch`` requests of ``shape`` x dtype."""
+    n = ITEM_BYTES[dtype] * max_batch
+    for d in shape:
+        n *= d
+    return n
+
+
+def _buffer_rule() -> dict[str, str]:
+    # CEL has no fold: the product of the (at most 8) dimensions, in doubles so that no
+    # shape overflows int64 on its way to the comparison.
+    dims = " * ".join(f"(size(self.inputShape) > {i} ? double(self.inputShape[{i}]) : 1.0)"
+                      for i in range(8))
+    sizes = " : ".join(f"self.dtype == '{t.value}' ? {b}.0" for t, b in ITEM_BYTES.items())
+    return cel(
+        f"{dims} * double(has(self.maxBatch) ? self.maxBatch : 32)"
+        f" * (!has(self.dtype) ? 4.0 : {sizes} : 8.0) <= {float(MAX_INPUT_BUFFER_BYTES)}",
+        f"the input buffer of one replica (inputShape x dtype x maxBatch) exceeds "
+        f"{MAX_INPUT_BUFFER_BYTES >> 30} GiB, the memory of the largest GPU",
+        field_path=".inputShape",
+    )
+
+
+_BUFFER_RULE = _buffer_rule()
+
+
 class DataPath(ApiModel):
     """Shape of the request data the DPU agent writes into each replica's input buffer."""
+
+    model_config = ConfigDict(json_schema_extra=k8s_extra(validations=[_BUFFER_RULE]))
 
     input_shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(min_length=1, max_length=8)
     """Shape of one request's input tensor (without the batch dimension), e.g. ``[3, 224, 224]``."""
     dtype: DType = Field(default=DType.FLOAT32, strict=False)
     """Element type of the input tensor."""
     max_batch: int = Field(default=32, ge=1, le=4096)
-    """Largest batch a worker runs; the input buffer holds this many requests."""
+    """Largest batch a worker runs; the input buffer holds this many requests.  The buffer
+    (``maxBatch`` x ``inputShape`` x dtype) is at most 141 GiB, the largest GPU's memory."""
+
+    @model_validator(mode="after")
+    def _buffer_bounded(self) -> DataPath:
+        if input_buffer_bytes(self.input_shape, self.dtype, self.max_batch) \
+                > MAX_INPUT_BUFFER_BYTES:
+            raise ValueError(_BUFFER_RULE["message"])
+        return self
 
 
 _TENANT_IMMUTABLE = cel(
