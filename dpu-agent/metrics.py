@@ -100,9 +100,12 @@ class AgentCollector(Collector):
             yield g
         # Thread safety: the loop thread changes these dicts; copying them is one C call.
         jobs = sorted(dict(core.jobs).items())
-        yield from job_families(self.node, jobs, time.monotonic())
+        # One instant for the jobs' and the replicas' windows: a replica's rate is then over
+        # the same span as its job's (a slow scrape on a busy host once made them differ).
+        now = time.monotonic()
+        yield from job_families(self.node, jobs, now)
         yield from replica_families(self.node, [(name, sorted(dict(j.all_replicas()).items()))
-                                                for name, j in jobs], time.monotonic())
+                                                for name, j in jobs], now)
 
 
 def job_families(node: str, jobs: list[tuple[str, JobState]], now: float) -> Iterator[Metric]:
