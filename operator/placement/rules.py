@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.common import job_options, record
 from conspirator.operator.placement.decision import Decision, Unplaced
-from conspirator.operator.placement.fairshare import FairShares
+from conspirator.operator.placement.fairshare import FairShares, served_size
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.objective import demand_met
 from conspirator.operator.placement.plan_policy import PlanPolicy
@@ -88,21 +89,32 @@ class RuledPolicy:
                             self.plan.tenant_weights)
         fair = shares.shares(sum(shares.served(base).values()))
         running = set(state.jobs)
-        admitted: list[Job] = []
-        rest: list[Job] = []
-        by_tenant: dict[str, list[Job]] = {}
+        capacity = sum(fair.values())
+        queues: dict[str, list[Job]] = {}
         for j in everything:
-            by_tenant.setdefault(j.tenant, []).append(j)
-        for t, js in by_tenant.items():
-            js.sort(key=lambda j: (-j.priority, j.id not in running, shares.sizes[j.id]))
-            used = 0.0
-            for j in js:
-                s = shares.sizes[j.id]
-                if s > 0 and used + 0.5 * s <= fair[t]:
-                    admitted.append(j)
-                    used += s
-                else:
-                    rest.append(j)
+            queues.setdefault(j.tenant, []).append(j)
+        for js in queues.values():
+            js.sort(key=lambda j: (-j.priority, j.id not in running, shares.sizes[j.id]),
+                    reverse=True)  # pop() takes the first
+        # Deficit round robin: the tenant furthest below its share admits its next job
+        # while the capacity lasts.
+        admitted: list[Job] = []
+        used = dict.fromkeys(queues, 0.0)
+        total = 0.0
+        while True:
+            live = [t for t, js in queues.items() if js and fair.get(t, 0.0) > 0]
+            if not live:
+                break
+            t = min(live, key=lambda t: used[t] / fair[t])
+            s = shares.sizes[queues[t][-1].id]
+            if s <= 0 or total + s > capacity * (1 + 1e-6):
+                queues.pop(t)
+                continue
+            admitted.append(queues[t].pop())
+            used[t] += s
+            total += s
+        chosen = {j.id for j in admitted}
+        rest = [j for j in everything if j.id not in chosen]
         for j in rest:
             if j.id in state.jobs:
                 state.release(j.id)
@@ -113,8 +125,40 @@ class RuledPolicy:
         rest.sort(key=lambda j: (served[j.tenant] / fair[j.tenant] if fair[j.tenant] else 1.0,
                                  -j.priority, shares.sizes[j.id]))
         more = self.inner.place(state, rest, table)
+        self._top_up(state, shares, fair, [j for j in rest if j.id in more.unplaced_ids()],
+                     table)
         dec.unplaced = [u for u in dec.unplaced if u.job_id not in state.jobs] + more.unplaced
         return dec
+
+    def _top_up(self, state: ClusterState, shares: FairShares, fair: dict[str, float],
+                unmet: Sequence[Job], table: ThroughputTable) -> None:
+        """A tenant still below its share gets part of the demand of its next unmet job
+        (the job stays unplaced: its demand is not met, but what runs serves it)."""
+        served = shares.served(state)
+        for j in unmet:
+            gap = fair[j.tenant] - served[j.tenant]
+            size = shares.sizes[j.id]
+            if gap <= 0.05 * size or size <= 0:
+                continue
+            part = replace(j, demand_rps=j.demand_rps * min(1.0, gap / size))
+            trial = state.copy()
+            if part.id not in self.inner.place(trial, [part], table).unplaced_ids():
+                state.adopt(trial)
+                served[j.tenant] += served_size(state, j, size)
+
+    def retry_order(self, state: ClusterState, waiting: Sequence[Job],
+                    table: ThroughputTable) -> list[Job]:
+        """The order in which waiting jobs get capacity that frees up: with fairness, the
+        tenants furthest below their fair share first (then priority, then smallest)."""
+        if not self.plan.fairness:
+            return list(waiting)
+        jobs = list({**state.jobs, **{j.id: j for j in waiting}}.values())
+        shares = FairShares(jobs, state.models().values(), table, self.plan.tenant_weights)
+        served = shares.served(state)
+        fair = shares.shares(sum(served.values()))
+        return sorted(waiting, key=lambda j: (
+            served[j.tenant] / fair[j.tenant] if fair[j.tenant] > 0 else 1.0, -j.priority,
+            shares.sizes[j.id]))
 
     # --- phase 3: preemption ----------------------------------------------------------
 
@@ -124,9 +168,11 @@ class RuledPolicy:
         models = list(state.models().values())
         for job in sorted((j for j in jobs if j.id in unmet), key=lambda j: -j.priority):
             usable = {o.model.name for o in job_options(job, models, table)}
+            ratio = self._ratios(state, job, table)
             victims = [state.jobs[jid] for jid in _running(state)
                        if state.jobs[jid].priority < job.priority and jid != job.id
-                       and any(g.model.name in usable for g, _ in state.replicas(jid))]
+                       and any(g.model.name in usable for g, _ in state.replicas(jid))
+                       and self._may_evict(ratio, job, state.jobs[jid])]
             victims.sort(key=lambda v: (v.priority, -state.served_rps(v.id)))
             trial = state.copy()
             evicted: list[Job] = []
@@ -149,6 +195,21 @@ class RuledPolicy:
                     dec.unplaced.append(Unplaced(v.id, f"preempted by {job.id} (priority "
                                                  f"{job.priority} > {v.priority})",
                                                  v.demand_rps - state.served_rps(v.id)))
+
+    def _ratios(self, state: ClusterState, job: Job, table: ThroughputTable
+                ) -> dict[str, float]:
+        if not self.plan.fairness:
+            return {}
+        jobs = list({**state.jobs, job.id: job}.values())
+        return FairShares(jobs, state.models().values(), table,
+                          self.plan.tenant_weights).ratios(state)
+
+    def _may_evict(self, ratio: dict[str, float], job: Job, victim: Job) -> bool:
+        """With fairness, a job evicts only its own tenant's jobs or those of a tenant
+        better served (relative to its fair share) than its own."""
+        if not self.plan.fairness or victim.tenant == job.tenant:
+            return True
+        return ratio.get(victim.tenant, 1.0) > ratio.get(job.tenant, 1.0)
 
     def _finish(self, state: ClusterState, before: set[str], dec: Decision, t0: float,
                 whole_plan: bool) -> Decision:
