@@ -28,9 +28,9 @@ def test_waterfill_is_weighted_max_min() -> None:
         # at least as much as any capped tenant's demand per weight.
         level = {t: share[t] / weight[t] for t in demand if share[t] < demand[t] - 1e-6}
         assert max(level.values()) - min(level.values()) <= 1e-6
-        for t in demand:
-            if t not in level and demand[t] > 0:
-                assert demand[t] / weight[t] <= min(level.values()) + 1e-6
+        for t, d in demand.items():
+            if t not in level and d > 0:
+                assert d / weight[t] <= min(level.values()) + 1e-6
 
 
 def test_jain() -> None:
