@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
+	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -134,6 +134,11 @@ bench-mig: install
 
 # ParvaGPU's six SLO sets on A100-80GB (docs/parvagpu-track.md; seconds): every measured MPS
 # process count, then at most 3 as ParvaGPU's configurator allows.
+# The SchedulingPolicy bars (docs/scheduling-policy.md): cost and energy vs gpus on a priced
+# cluster, the fair share under 150% oversubscription (about 15 min on 2 cores).
+bench-policies: install
+	$(BIN)/python benchmarks/policies.py --seeds 1 --out benchmarks/results/policies
+
 bench-parvagpu: install
 	rm -rf benchmarks/results/parvagpu
 	$(BIN)/conspirator simulate --track parvagpu --policy conspirator --policy parvagpu \

@@ -76,11 +76,12 @@ def _sub_state(cluster: EngineCluster, frozen: set[int]) -> ClusterState:
     for g in cluster.state.gpus:
         if g.uid in frozen:
             continue
-        sg = sub.add_gpu(g.node, g.model, g.index)
+        sg = sub.add_gpu(g.node, g.model, g.index, spot=g.spot)
         for inst in g.instances:
             job = cluster.state.jobs[inst.job_id]
             sub.assign(job, sg, inst.profile, inst.start, inst.throughput_rps,
                        inst.time_share)
+        sg.down = g.down
     return sub
 
 

@@ -16,6 +16,7 @@ from conspirator.api.v1alpha1 import (
     InferenceJob,
     ModelProfile,
     Resource,
+    SchedulingPolicy,
     load,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "InferenceJob",
     "ModelProfile",
     "Resource",
+    "SchedulingPolicy",
     "load",
 ]

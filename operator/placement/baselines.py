@@ -93,7 +93,7 @@ class NaiveSharing(_Greedy):
     def step(self, state: ClusterState, job: Job, opts: Sequence[Option],
              remaining: float) -> tuple[GpuState, Option, int, float] | None:
         for g in state.gpus:
-            if g.used_mask or not g.admits_tenant(job.tenant, job.dedicated_gpu):
+            if g.used_mask or not g.admits(job):
                 continue
             o = _full(opts, g.model)
             if o is None:
@@ -124,7 +124,7 @@ class BestFit(_Greedy):
         first_empty: tuple[GpuState, Option, int, float] | None = None
         for g in state.gpus:
             so = smallest.get(g.model.name)
-            if so is None or not g.admits_tenant(job.tenant, job.dedicated_gpu):
+            if so is None or not g.admits(job):
                 continue
             starts = g.free_starts(so.profile)
             if not starts:

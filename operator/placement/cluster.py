@@ -41,6 +41,8 @@ class GpuState:
     index: int  # position of the GPU on its node
     model: GpuModel
     uid: int  # dense id in the cluster
+    spot: bool = False  # a spot (preemptible) GPU: hosts only spot-tolerant jobs
+    down: bool = False  # unavailable (a spot node taken back): hosts nothing new
     instances: list[Instance] = field(default_factory=list)
     used_mask: int = 0
     compute_used: int = 0
@@ -72,6 +74,12 @@ class GpuState:
             if inst.tenant != tenant and (dedicated or inst.dedicated):
                 return False
         return True
+
+    def admits(self, job: Job) -> bool:
+        """Whether a replica of ``job`` may join this GPU: tenancy and spot tolerance."""
+        if self.down or (self.spot and not job.spot_tolerant):
+            return False
+        return self.admits_tenant(job.tenant, job.dedicated_gpu)
 
     def free_starts(self, profile: MigProfile) -> list[int]:
         """Start slices where ``profile`` fits next to the current instances."""
@@ -140,22 +148,27 @@ class GpuState:
 class ClusterState:
     """All GPUs of a cluster and the jobs placed on them."""
 
-    def __init__(self, gpus: Iterable[tuple[str, GpuModel]] = ()) -> None:
+    def __init__(self, gpus: Iterable[tuple[str, GpuModel]] = (),
+                 spot_nodes: Iterable[str] = ()) -> None:
         self.gpus: list[GpuState] = []
         self.jobs: dict[str, Job] = {}
         self._where: dict[str, Counter[int]] = {}
+        spot = set(spot_nodes)
         per_node: Counter[str] = Counter()
         for node, model in gpus:
-            self.add_gpu(node, model, per_node[node])
+            self.add_gpu(node, model, per_node[node], spot=node in spot)
             per_node[node] += 1
 
     @classmethod
-    def from_nodes(cls, nodes: Iterable[tuple[str, GpuModel, int]]) -> ClusterState:
-        """Build from ``(node name, GPU model, GPU count)`` triples."""
-        return cls((name, model) for name, model, count in nodes for _ in range(count))
+    def from_nodes(cls, nodes: Iterable[tuple[str, GpuModel, int]],
+                   spot_nodes: Iterable[str] = ()) -> ClusterState:
+        """Build from ``(node name, GPU model, GPU count)`` triples; ``spot_nodes`` are
+        the nodes of the spot pool."""
+        return cls(((name, model) for name, model, count in nodes for _ in range(count)),
+                   spot_nodes)
 
-    def add_gpu(self, node: str, model: GpuModel, index: int) -> GpuState:
-        g = GpuState(node=node, index=index, model=model, uid=len(self.gpus))
+    def add_gpu(self, node: str, model: GpuModel, index: int, spot: bool = False) -> GpuState:
+        g = GpuState(node=node, index=index, model=model, uid=len(self.gpus), spot=spot)
         self.gpus.append(g)
         return g
 
@@ -208,6 +221,10 @@ class ClusterState:
         """
         if not gpu.admits_tenant(job.tenant, job.dedicated_gpu):
             raise MigLayoutError(f"{gpu.uuid} hosts another tenant; {job.id} needs isolation")
+        if gpu.down:
+            raise MigLayoutError(f"{gpu.uuid} is down")
+        if gpu.spot and not job.spot_tolerant:
+            raise MigLayoutError(f"{gpu.uuid} is a spot GPU; {job.id} is not spot-tolerant")
         inst = Instance(job.id, job.tenant, profile, start, throughput_rps, job.dedicated_gpu,
                         time_share)
         gpu.add(inst)

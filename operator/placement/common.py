@@ -15,12 +15,23 @@ from conspirator.operator.placement.throughput import ReplicaOption, ThroughputT
 SHARED = ""
 """Key of the shared tenant group (tenant groups are otherwise tenant names)."""
 
+SPOT = "spot:"
+"""Prefix of the groups of spot GPUs (``spot:`` + the group), which host only
+spot-tolerant jobs."""
+
+
+def spot_group(group: str) -> str:
+    return SPOT + group
+
 
 def job_groups(job: Job, groups: Sequence[str]) -> list[str]:
-    """Tenant groups whose GPUs may host ``job``: its tenant's only, when it is dedicated."""
-    if job.dedicated_gpu:
-        return [job.tenant]
-    return [SHARED] + ([job.tenant] if job.tenant in groups else [])
+    """Tenant groups whose GPUs may host ``job``: its tenant's only, when it is dedicated;
+    their spot variants too when the job is spot-tolerant and ``groups`` has them."""
+    base = [job.tenant] if job.dedicated_gpu else \
+        [SHARED] + ([job.tenant] if job.tenant in groups else [])
+    if job.spot_tolerant:
+        base += [spot_group(g) for g in base if spot_group(g) in groups]
+    return base
 
 
 def slot_cost(model: GpuModel, profile: MigProfile) -> float:

@@ -12,7 +12,10 @@
   (``mixpack.py``) runs too and competes on the same terms: on the seeded
   instances it lands within a few GPUs of the optimum where the greedy is ~20%
   off, but it is not faster than the MILP there, so it is the fallback, not the
-  first choice (docs/mig-track.md).
+  first choice (docs/mig-track.md).  It minimises GPUs only, so it does not run
+  under a priced objective or on a cluster with spot GPUs.
+* ``plan`` (a :class:`PlanPolicy`) is the objective both the MILP and the greedy
+  optimise, and what their plans are compared on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.milp import MilpPolicy
 from conspirator.operator.placement.mixpack import MixPackHeuristic
 from conspirator.operator.placement.objective import score
+from conspirator.operator.placement.plan_policy import DEFAULT_POLICY, PlanPolicy
 from conspirator.operator.placement.throughput import ThroughputTable
 
 Run = Callable[[ClusterState], Decision]
@@ -34,10 +38,16 @@ Run = Callable[[ClusterState], Decision]
 class ConspiratorPolicy:
     name = "conspirator"
 
-    def __init__(self, time_limit_s: float = 10.0) -> None:
-        self.greedy = GreedyHeuristic()
-        self.milp = MilpPolicy(time_limit_s=time_limit_s)
+    def __init__(self, time_limit_s: float = 10.0, plan: PlanPolicy = DEFAULT_POLICY) -> None:
+        self.plan = plan
+        self.greedy = GreedyHeuristic(plan=plan)
+        self.milp = MilpPolicy(time_limit_s=time_limit_s, plan=plan)
         self.mixpack = MixPackHeuristic(time_limit_s=time_limit_s)
+
+    def _fallback(self, state: ClusterState, run: Run) -> Run | None:
+        if self.plan.objective != "gpus" or any(g.spot or g.down for g in state.gpus):
+            return None
+        return run
 
     def place(self, state: ClusterState, jobs: Sequence[Job], table: ThroughputTable) -> Decision:
         if len(jobs) <= 1:
@@ -45,7 +55,8 @@ class ConspiratorPolicy:
         return self._best(state, jobs,
                           lambda s: self.greedy.place(s, jobs, table),
                           lambda s: self.milp.place(s, jobs, table),
-                          fallback=lambda s: self.mixpack.place(s, jobs, table))
+                          fallback=self._fallback(state,
+                                                  lambda s: self.mixpack.place(s, jobs, table)))
 
     def replan(self, state: ClusterState, jobs: Sequence[Job], table: ThroughputTable,
                migration_budget: int | None = None) -> Decision:
@@ -53,8 +64,8 @@ class ConspiratorPolicy:
                           lambda s: self.greedy.replan(s, jobs, table, migration_budget),
                           lambda s: self.milp.replan(s, jobs, table, migration_budget),
                           budget=migration_budget,
-                          fallback=lambda s: self.mixpack.replan(s, jobs, table,
-                                                                 migration_budget))
+                          fallback=self._fallback(state, lambda s: self.mixpack.replan(
+                              s, jobs, table, migration_budget)))
 
     def _best(self, state: ClusterState, jobs: Sequence[Job], *runs: Run,
               budget: int | None = None, fallback: Run | None = None) -> Decision:
@@ -76,7 +87,7 @@ class ConspiratorPolicy:
             solve += dec.solve_seconds
             # A plan that drops a running job loses to one that keeps it, whatever it saves.
             dropped = sum(1 for jid in served if jid in dec.unplaced_ids())
-            key = (dropped, score(trial, everyone).value, dec.migrations)
+            key = (dropped, score(trial, everyone, policy=self.plan).value, dec.migrations)
             if budget is not None and dec.migrations > budget and best is not None:
                 continue  # over the disruption budget: only ever a last resort
             if best is None or key < best[0] or (budget is not None

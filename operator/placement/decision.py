@@ -40,6 +40,9 @@ class Decision:
     objective: float | None = None
     mip_gap: float | None = None
     optimal: bool | None = None
+    preempted: list[str] = field(default_factory=list)
+    """Jobs that had replicas before and lost them to serve higher priorities or a fairer
+    share (the fairness and preemption rules of a plan policy)."""
 
     def unplaced_ids(self) -> set[str]:
         return {u.job_id for u in self.unplaced}

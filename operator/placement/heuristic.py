@@ -42,6 +42,7 @@ from conspirator.operator.placement.decision import Decision
 from conspirator.operator.placement.gpus import GpuModel
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE, score
+from conspirator.operator.placement.plan_policy import DEFAULT_POLICY, PlanPolicy
 from conspirator.operator.placement.throughput import ThroughputTable
 
 
@@ -59,7 +60,9 @@ class GreedyHeuristic:
     name = "greedy"
 
     def __init__(self, consolidate: bool = True, retries: int = 6,
-                 price_step: float = 1.5) -> None:
+                 price_step: float = 1.5, plan: PlanPolicy = DEFAULT_POLICY) -> None:
+        self.plan = plan
+        self._scale = 1.0
         self.consolidate = consolidate
         self.retries = retries
         self.price_step = price_step
@@ -75,6 +78,7 @@ class GreedyHeuristic:
         with the jobs that failed moved to the front, keeping the best plan.
         """
         t0 = time.perf_counter()
+        self._scale = self.plan.scale(state.gpus)
         models = list(state.models().values())
         opts = {j.id: job_options(j, models, table) for j in jobs}
         n_models = {j.id: len({o.model.name for o in opts[j.id]}) for j in jobs}
@@ -88,7 +92,7 @@ class GreedyHeuristic:
         candidates: list[tuple[float, ClusterState, Decision]] = []
         trial = base.copy()
         dec = self._place_in_order(trial, order, opts, models, table)
-        candidates.append((score(trial, jobs).value, trial, dec))
+        candidates.append((score(trial, jobs, policy=self.plan).value, trial, dec))
         prices: dict[str, float] = {}
         for _ in range(self.retries):
             failed = [j for j in order if j.id in dec.unplaced_ids() and opts[j.id]]
@@ -102,7 +106,7 @@ class GreedyHeuristic:
             order = failed + [j for j in order if j not in failed]
             trial = base.copy()
             dec = self._place_in_order(trial, order, opts, models, table)
-            candidates.append((score(trial, jobs).value, trial, dec))
+            candidates.append((score(trial, jobs, policy=self.plan).value, trial, dec))
         self._prices = {}
         _, best, dec = min(candidates, key=lambda c: c[0])
         state.adopt(best)
@@ -139,7 +143,8 @@ class GreedyHeuristic:
         running = {jid for jid in state.jobs if state.served_rps(jid) > 0}
         pick_b = (migration_budget is None or moves_b <= migration_budget) and (
             running.isdisjoint(dec_b.unplaced_ids())) and (
-            score(b_state, everything).value < score(a, everything).value
+            score(b_state, everything, policy=self.plan).value
+            < score(a, everything, policy=self.plan).value
         )
         chosen, dec, moves = (b_state, dec_b, moves_b) if pick_b else (a, dec_a, moves_a)
         state.adopt(chosen)
@@ -173,9 +178,13 @@ class GreedyHeuristic:
             remaining -= opt.throughput
         return finish_job(state, job, dec, added, models, table)
 
-    def _value(self, opt: Option, remaining: float) -> tuple[float, float]:
+    def _value(self, gpu: GpuState, opt: Option, remaining: float) -> tuple[float, float]:
+        """Useful throughput per unit of the objective: the option's share of what the GPU
+        costs (gpus: its share of one GPU), plus what the instance itself costs."""
         price = self._prices.get(opt.model.name, 1.0)
-        return (min(opt.throughput, remaining) / (opt.cost * price), -opt.cost)
+        cost = (opt.cost * self.plan.gpu_cost(gpu.model, gpu.spot, self._scale)
+                + self.plan.instance_cost(gpu.model, opt.profile, self._scale)) * price
+        return (min(opt.throughput, remaining) / cost, -cost)
 
     def _best_hole(self, state: ClusterState, job: Job, by_model: dict[str, list[Option]],
                    remaining: float, exclude: GpuState | None
@@ -186,13 +195,13 @@ class GreedyHeuristic:
             if not g.instances or g is exclude or g.time_share_used:
                 continue
             opts = by_model.get(g.model.name)
-            if not opts or not g.admits_tenant(job.tenant, job.dedicated_gpu):
+            if not opts or not g.admits(job):
                 continue
             for o in opts:
                 starts = g.free_starts(o.profile)
                 if not starts:
                     continue
-                v, c = self._value(o, remaining)
+                v, c = self._value(g, o, remaining)
                 # Prefer the fullest GPU among equals: it leaves the others' holes whole.
                 key = (v, c, -g.free_slots)
                 if best_key is None or key > best_key:
@@ -204,13 +213,13 @@ class GreedyHeuristic:
                   remaining: float) -> tuple[GpuState, Option, int] | None:
         best: tuple[GpuState, Option, int] | None = None
         best_key: tuple[float, float] | None = None
-        seen: set[str] = set()
+        seen: set[tuple[str, bool]] = set()
         for g in state.gpus:
-            if g.instances or g.model.name in seen:
+            if g.instances or (g.model.name, g.spot) in seen or not g.admits(job):
                 continue
-            seen.add(g.model.name)
+            seen.add((g.model.name, g.spot))
             for o in by_model.get(g.model.name, ()):
-                key = self._value(o, remaining)
+                key = self._value(g, o, remaining)
                 if best_key is None or key > best_key:
                     best_key = key
                     best = (g, o, best_start(g, o.profile, list(o.profile.starts)))

@@ -12,7 +12,8 @@ class Job:
     ``memory_gib`` is the GPU memory one replica needs.  ``dedicated_gpu`` asks that no
     other tenant share a physical GPU with any replica of this job.  ``allowed_gpus``
     limits the GPU models (``None``: any).  ``priority`` weighs unmet demand in the
-    objective (higher is more important; weight ``1 + priority``).
+    objective (higher is more important; weight ``1 + priority``).  ``spot_tolerant``
+    lets the job run on spot GPUs, which the provider may take back at any time.
     """
 
     id: str
@@ -25,6 +26,7 @@ class Job:
     allowed_gpus: frozenset[str] | None = None
     priority: int = 0
     max_batch: int = 256
+    spot_tolerant: bool = False
 
     def __post_init__(self) -> None:
         if self.demand_rps <= 0:

@@ -31,6 +31,7 @@ from conspirator.operator.placement.lpmodel import INF, LinearModel, Solution, s
 from conspirator.operator.placement.objective import E1_GPU, E2_UNMET
 from conspirator.operator.placement.pattern import PatternProblem, build_problem, formulate
 from conspirator.operator.placement.pattern_decode import decode, unplaced_jobs
+from conspirator.operator.placement.plan_policy import DEFAULT_POLICY, PlanPolicy
 from conspirator.operator.placement.throughput import ThroughputTable
 
 
@@ -60,13 +61,15 @@ class MilpPolicy:
 
     def __init__(self, time_limit_s: float = 60.0, mip_rel_gap: float = 0.0,
                  e1: float = E1_GPU, e2: float = E2_UNMET,
-                 prefer_fewer_moves: bool = True, moves_time_share: float = 0.25) -> None:
+                 prefer_fewer_moves: bool = True, moves_time_share: float = 0.25,
+                 plan: PlanPolicy = DEFAULT_POLICY) -> None:
         if time_limit_s <= 0:
             raise ValueError("time_limit_s must be > 0")
         self.time_limit_s = time_limit_s
         self.mip_rel_gap = mip_rel_gap
         self.e1 = e1
         self.e2 = e2
+        self.plan = plan
         self.prefer_fewer_moves = prefer_fewer_moves
         self.moves_time_share = moves_time_share
 
@@ -109,7 +112,7 @@ class MilpPolicy:
              replan: bool, budget: int | None) -> Decision:
         t0 = time.perf_counter()
         pb = build_problem(state, jobs, table, replan=replan, budget=budget, e1=self.e1,
-                           e2=self.e2)
+                           e2=self.e2, plan=self.plan)
         formulate(pb)
         remaining = max(1e-3, self.time_limit_s - (time.perf_counter() - t0))
         sol = solve(pb.model, remaining, mip_rel_gap=self.mip_rel_gap,

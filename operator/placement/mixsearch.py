@@ -291,7 +291,7 @@ def _targets(job: Job, models: Sequence[GpuModel], table: ThroughputTable,
                             c[p_i] for c in b.completions.counts):
                         continue
                     if not b.pool and not all(
-                            g.admits_tenant(job.tenant, job.dedicated_gpu) for g in b.gpus):
+                            g.admits(job) for g in b.gpus):
                         continue
                     targets.append((b_i, p_i, opt.throughput_rps, share))
     return targets

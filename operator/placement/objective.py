@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from conspirator.operator.placement.cluster import ClusterState
 from conspirator.operator.placement.jobs import Job
+from conspirator.operator.placement.plan_policy import DEFAULT_POLICY, PlanPolicy
 
 E1_GPU = 1.0
 E2_UNMET = 100.0
@@ -31,9 +32,25 @@ def demand_met(served: float, demand: float) -> bool:
     return served >= demand * (1.0 - DEMAND_TOLERANCE)
 
 
+def plan_cost(state: ClusterState, policy: PlanPolicy = DEFAULT_POLICY) -> float:
+    """What ``policy``'s objective charges for the GPUs and instances in use (gpus: the
+    count of GPUs used)."""
+    if policy.objective == "gpus":
+        return float(state.gpus_used())
+    scale = policy.scale(state.gpus)
+    total = 0.0
+    for g in state.gpus:
+        if g.instances:
+            total += policy.gpu_cost(g.model, g.spot, scale)
+            total += sum(policy.instance_cost(g.model, i.profile, scale)
+                         for i in g.instances if not i.time_share)
+    return total
+
+
 def score(state: ClusterState, jobs: Iterable[Job], e1: float = E1_GPU,
-          e2: float = E2_UNMET) -> Score:
+          e2: float = E2_UNMET, policy: PlanPolicy = DEFAULT_POLICY) -> Score:
+    """The objective of the plan in ``state`` (``policy``: what a GPU costs; default one)."""
     used = state.gpus_used()
     unmet = [j for j in jobs if not demand_met(state.served_rps(j.id), j.demand_rps)]
     w = sum(j.weight for j in unmet)
-    return Score(used, len(unmet), w, e1 * used + e2 * w)
+    return Score(used, len(unmet), w, e1 * plan_cost(state, policy) + e2 * w)

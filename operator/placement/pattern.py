@@ -63,12 +63,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from conspirator.operator.placement.cluster import ClusterState, GpuState, Instance
-from conspirator.operator.placement.common import SHARED, job_groups, job_options
+from conspirator.operator.placement.common import SHARED, job_groups, job_options, spot_group
 from conspirator.operator.placement.gpus import GpuModel
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.layouts import Layout, completions, layouts
 from conspirator.operator.placement.lpmodel import INF, LinearModel
 from conspirator.operator.placement.objective import DEMAND_TOLERANCE
+from conspirator.operator.placement.plan_policy import DEFAULT_POLICY, PlanPolicy
 from conspirator.operator.placement.throughput import ThroughputTable
 
 
@@ -82,6 +83,7 @@ class GpuClass:
     groups: list[str]  # tenant groups the class may join
     pool: bool  # True: GPUs without instances (cost E1 each when used)
     keep: bool = False  # replan: an existing GPU that may keep or free its replicas
+    spot: bool = False  # GPUs of the spot pool (their groups are the spot variants)
 
 
 @dataclass(slots=True)
@@ -121,6 +123,8 @@ class PatternProblem:
     e1: float
     e2: float
     table: ThroughputTable
+    plan: PlanPolicy = DEFAULT_POLICY
+    scale: float = 1.0  # the plan's normaliser (PlanPolicy.scale)
     keepable: int = 0  # existing replicas that may stay (replan)
     granularity: float = 0.0  # the objective takes multiples of it (0: unknown)
     model: LinearModel = field(default_factory=LinearModel)
@@ -131,7 +135,20 @@ class PatternProblem:
         """HiGHS's ``mip_abs_gap`` for this model: with a granular objective a gap below one
         step already proves the plan optimal."""
         g = self.granularity
-        return 0.999 * g if g > 0 else 1e-6
+        if g > 0:
+            return 0.999 * g
+        # A priced objective: a thousandth of the dearest GPU is not worth proving.
+        return 1e-6 if self.plan.objective == "gpus" else 1e-3
+
+    def gpu_cost(self, cl: GpuClass) -> float:
+        """Objective charge of one GPU of class ``cl`` in use (gpus: ``e1``)."""
+        return self.e1 * self.plan.gpu_cost(cl.model, cl.spot, self.scale)
+
+    def instance_cost(self, model: GpuModel, profile_name: str) -> float:
+        if self.plan.objective != "energy":
+            return 0.0
+        prof = next(p for p in model.planning_profiles if p.name == profile_name)
+        return self.e1 * self.plan.instance_cost(model, prof, self.scale)
 
     def round_bound(self, bound: float) -> float:
         """A lower bound on the objective rounded up to the objective's step (if any)."""
@@ -142,7 +159,8 @@ class PatternProblem:
 
 
 
-def _gpu_groups(instances: Iterable[Instance], groups: Sequence[str]) -> list[str]:
+def _gpu_groups(instances: Iterable[Instance], groups: Sequence[str],
+                spot: bool) -> list[str]:
     """Groups a GPU carrying ``instances`` (all kept) may belong to."""
     insts = list(instances)
     out = []
@@ -150,7 +168,12 @@ def _gpu_groups(instances: Iterable[Instance], groups: Sequence[str]) -> list[st
         out.append(SHARED)
     tenants = {i.tenant for i in insts}
     out += [t for t in groups if t != SHARED and tenants <= {t}]
-    return out
+    return _pool_groups(out, spot)
+
+
+def _pool_groups(groups: Sequence[str], spot: bool) -> list[str]:
+    """The groups of a GPU of the on-demand pool (``groups``) or of the spot pool."""
+    return [spot_group(g) for g in groups] if spot else list(groups)
 
 
 def _options(job: Job, models: Iterable[GpuModel],
@@ -160,8 +183,13 @@ def _options(job: Job, models: Iterable[GpuModel],
 
 
 def build_problem(state: ClusterState, jobs: Sequence[Job], table: ThroughputTable, *,
-                  replan: bool, budget: int | None, e1: float, e2: float) -> PatternProblem:
-    """The problem of placing ``jobs`` into ``state`` (``replan``: every job afresh)."""
+                  replan: bool, budget: int | None, e1: float, e2: float,
+                  plan: PlanPolicy = DEFAULT_POLICY) -> PatternProblem:
+    """The problem of placing ``jobs`` into ``state`` (``replan``: every job afresh).
+
+    GPUs that are down take no part; spot GPUs form their own classes, whose groups are
+    the spot variants (only spot-tolerant jobs may use them).
+    """
     models = sorted(state.models().values(), key=lambda m: m.name)
     if replan:
         planned: dict[str, Job] = dict(state.jobs)
@@ -180,22 +208,30 @@ def build_problem(state: ClusterState, jobs: Sequence[Job], table: ThroughputTab
     tenant_groups = {j.tenant for j in job_list if j.dedicated_gpu}
     if not replan:
         tenant_groups |= {i.tenant for g in state.gpus for i in g.instances if i.dedicated}
-    groups = [SHARED, *sorted(tenant_groups)]
+    base_groups = [SHARED, *sorted(tenant_groups)]
+    has_spot = any(g.spot and not g.down for g in state.gpus)
+    groups = base_groups + (_pool_groups(base_groups, True) if has_spot else [])
 
     classes: list[GpuClass] = []
     existing: list[ExistingReplica] = []
     constant = 0
     index = {j.id: k for k, j in enumerate(job_list)}
-    for m in models:
-        gpus = [g for g in state.gpus if g.model.name == m.name]
+    for m, spot in ((m, spot) for m in models for spot in (False, True)):
+        gpus = [g for g in state.gpus if g.model.name == m.name and g.spot == spot]
+        grp_all = _pool_groups(base_groups, spot)
+        if replan and any(g.down and not g.empty for g in gpus):
+            raise ValueError(f"a {m.name} GPU that is down still carries replicas")
+        gpus = [g for g in gpus if not g.down]
         empty = [g for g in gpus if g.empty]
         busy = [g for g in gpus if not g.empty]
+        if not gpus:
+            continue
         if replan:
             # Freed GPUs join the pool; the pool's size is bounded in the model.
-            classes.append(GpuClass(m, empty + busy, layouts(m), groups, pool=True))
+            classes.append(GpuClass(m, empty + busy, layouts(m), grp_all, pool=True, spot=spot))
             for g in busy:
-                classes.append(GpuClass(m, [g], completions(m, g.placements()), list(groups),
-                                      pool=False, keep=True))
+                classes.append(GpuClass(m, [g], completions(m, g.placements()), list(grp_all),
+                                      pool=False, keep=True, spot=spot))
                 for inst in g.instances:
                     if inst.job_id not in index:
                         raise ValueError(f"{g.uuid} carries a replica of {inst.job_id!r}, "
@@ -208,31 +244,32 @@ def build_problem(state: ClusterState, jobs: Sequence[Job], table: ThroughputTab
                                                          and inst.profile == m.whole)
                     keepable = (job.model in table.models and own
                                 and table.best(job, m, inst.profile) is not None)
-                    inst_groups = job_groups(job, groups) if keepable else []
+                    inst_groups = [t for t in job_groups(job, groups) if t in grp_all] \
+                        if keepable else []
                     existing.append(ExistingReplica(g, inst, k, inst_groups))
         else:
             if empty:
-                classes.append(GpuClass(m, empty, layouts(m), groups, pool=True))
+                classes.append(GpuClass(m, empty, layouts(m), grp_all, pool=True, spot=spot))
             constant += len(busy)
             by_key: dict[tuple[tuple[tuple[str, int], ...], tuple[str, ...]],
                          list[GpuState]] = defaultdict(list)
             for g in busy:
                 pls = tuple(sorted((p.profile.name, p.start) for p in g.placements()))
-                by_key[(pls, tuple(_gpu_groups(g.instances, groups)))].append(g)
+                by_key[(pls, tuple(_gpu_groups(g.instances, base_groups, spot)))].append(g)
             for (_, key_groups), members in by_key.items():
                 grp = list(key_groups)
                 confs = completions(m, members[0].placements())
                 if grp and any(not c.empty for c in confs):
-                    classes.append(GpuClass(m, members, confs, grp, pool=False))
+                    classes.append(GpuClass(m, members, confs, grp, pool=False, spot=spot))
     return PatternProblem(state, job_list, demand, options, classes, groups, existing, replan,
-                    budget, constant, e1, e2, table)
+                    budget, constant, e1, e2, table, plan=plan, scale=plan.scale(state.gpus))
 
 
 
 def _granularity(pb: PatternProblem) -> float:
     """Step of the paper objective when ``e1``, ``e2`` and the weights are integers, else 0."""
     values = [pb.e1, pb.e2, *(j.weight for j in pb.jobs)]
-    if not all(float(x).is_integer() and x > 0 for x in values):
+    if pb.plan.objective != "gpus" or not all(float(x).is_integer() and x > 0 for x in values):
         return 0.0
     return float(math.gcd(int(pb.e1), int(pb.e2)))
 
@@ -256,10 +293,24 @@ def _kept_served(pb: PatternProblem) -> set[int]:
             if r >= pb.jobs[i].demand_rps * (1.0 - DEMAND_TOLERANCE)}
 
 
+def _constant_cost(pb: PatternProblem) -> float:
+    """``place``: what the busy GPUs and their instances cost under ``pb.plan``."""
+    total = 0.0
+    for g in pb.state.gpus:
+        if g.instances:
+            total += pb.e1 * pb.plan.gpu_cost(g.model, g.spot, pb.scale)
+            total += sum(pb.e1 * pb.plan.instance_cost(g.model, i.profile, pb.scale)
+                         for i in g.instances if not i.time_share)
+    return total
+
+
 def formulate(pb: PatternProblem) -> None:
     """Write ``pb.model`` (and ``pb.vars``, ``keepable``, ``granularity``) from ``pb``."""
     md, v = pb.model, pb.vars
-    md.offset = pb.e1 * pb.constant_gpus
+    if pb.plan.objective == "gpus":
+        md.offset = pb.e1 * pb.constant_gpus
+    else:  # what the GPUs and instances kept as they are cost (place: every busy GPU)
+        md.offset = 0.0 if pb.replan else _constant_cost(pb)
     served = _kept_served(pb)
     # y and delta
     for i, job in enumerate(pb.jobs):
@@ -269,8 +320,10 @@ def formulate(pb: PatternProblem) -> None:
         jg = job_groups(job, pb.groups)
         for (mname, pname), thr in pb.options[i].items():
             ub = float(math.ceil(d / thr - 1e-9))
+            m = pb.state.models()[mname]
+            icost = pb.instance_cost(m, pname)
             for t in jg:
-                v.y[(i, mname, pname, t)] = md.var(0.0, ub)
+                v.y[(i, mname, pname, t)] = md.var(0.0, ub, icost)
         v.delta[i] = md.var(0.0, 0.0 if i in served else 1.0, pb.e2 * job.weight)
     # N / K per class
     for ci, cl in enumerate(pb.classes):
@@ -278,14 +331,16 @@ def formulate(pb: PatternProblem) -> None:
             for t in cl.groups:
                 if cl.pool and conf.empty:
                     continue
-                cost = pb.e1 if (cl.pool or cl.keep) else 0.0
+                cost = pb.gpu_cost(cl) if (cl.pool or cl.keep) else 0.0
                 v.n[(ci, cj, t)] = md.var(0.0, float(len(cl.gpus)), cost)
     # keep (replan)
     pb.keepable = sum(1 for ex in pb.existing if ex.groups)
     pb.granularity = _granularity(pb)
     for ei, ex in enumerate(pb.existing):
+        kcost = pb.e1 * pb.plan.instance_cost(ex.gpu.model, ex.inst.profile, pb.scale) \
+            if not ex.inst.time_share else 0.0
         for t in ex.groups:
-            v.keep[(ei, t)] = md.var(0.0, 1.0)
+            v.keep[(ei, t)] = md.var(0.0, 1.0, kcost)
 
     n_of: dict[int, list[tuple[str, int]]] = defaultdict(list)  # class -> (group, column)
     for (ci, _cj, t), c in v.n.items():
@@ -293,11 +348,11 @@ def formulate(pb: PatternProblem) -> None:
     keep_class = {cl.gpus[0].uid: ci for ci, cl in enumerate(pb.classes) if cl.keep}
 
     # class sizes
-    kept_by_model: dict[str, list[int]] = defaultdict(list)
+    kept_by_model: dict[tuple[str, bool], list[int]] = defaultdict(list)
     for ci, cl in enumerate(pb.classes):
         cols = [c for _, c in n_of[ci]]
         if cl.keep:
-            kept_by_model[cl.model.name].extend(cols)
+            kept_by_model[(cl.model.name, cl.spot)].extend(cols)
         if not cols:
             continue
         md.row(((c, 1.0) for c in cols), -INF, float(len(cl.gpus)))
@@ -306,7 +361,7 @@ def formulate(pb: PatternProblem) -> None:
         for ci, cl in enumerate(pb.classes):
             if not cl.pool:
                 continue
-            pool_cols = [c for _, c in n_of[ci]] + kept_by_model[cl.model.name]
+            pool_cols = [c for _, c in n_of[ci]] + kept_by_model[(cl.model.name, cl.spot)]
             terms = [(c, 1.0) for c in pool_cols]
             md.row(terms, -INF, float(len(cl.gpus)))
 

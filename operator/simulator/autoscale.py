@@ -330,7 +330,7 @@ class HpaReplicas:
             cut = self.partition.get(g.uid)
             if g.instances:
                 if cut is None or cut[0].name != prof.name or \
-                        not g.admits_tenant(job.tenant, job.dedicated_gpu):
+                        not g.admits(job):
                     continue
                 used = {i.start for i in g.instances}
                 free = [s for s in cut[1] if s not in used]

@@ -13,8 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from conspirator.cli import UsageError
 from conspirator.operator.placement.fractional.policy_names import POLICIES as FRACTIONAL_POLICIES
+from conspirator.operator.placement.plan_policy import DEFAULT_POLICY, PlanPolicy
 from conspirator.operator.placement.policy_names import MIG_POLICIES, mig_policy
 from conspirator.operator.placement.throughput import default_table
+from conspirator.operator.plan_spec import PolicyFileError, load_policy_file, plan_from_spec
 from conspirator.operator.simulator import (
     fractional,
     fractional_report,
@@ -34,6 +36,7 @@ from conspirator.operator.simulator.mig_inputs import (
     load_jobs,
     load_nodes,
 )
+from conspirator.operator.simulator.mig_spot import SpotSpec
 from conspirator.operator.simulator.traces import TraceError
 
 FIRST_SEED = 42  # FGD's seeds are 42..51; both tracks use the same numbering
@@ -75,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--time-limit", type=float, default=10.0,
                    help="mig track, time-varying demand: the MILP's time limit (s) in the "
                    "conspirator policy's re-plans")
+    p.add_argument("--policy-file", type=Path, metavar="YAML",
+                   help="mig track: a SchedulingPolicy manifest (objective, prices, power, "
+                   "fairness, preemption; docs/scheduling-policy.md)")
+    p.add_argument("--spot-interruptions", type=float, default=1.0, metavar="PER_DAY",
+                   help="mig track: mean times a spot node is taken back per day")
+    p.add_argument("--spot-downtime", type=float, default=1800.0, metavar="S",
+                   help="mig track: seconds a spot node stays away")
     parvagpu_cli.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -108,7 +118,10 @@ def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) ->
     try:
         nodes = load_nodes(args.nodes or default_nodes_path())
         fixed: list[JobEvent] | None = load_jobs(args.pods, table) if args.pods else None
-    except InputError as exc:
+        plan = plan_from_spec(load_policy_file(args.policy_file).spec) \
+            if args.policy_file else DEFAULT_POLICY
+        spot = SpotSpec(args.spot_interruptions, args.spot_downtime)
+    except (InputError, PolicyFileError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     workload = args.pods.stem if args.pods else "generated-inference-mix"
     seeds = [FIRST_SEED + k for k in range(args.seeds)]
@@ -119,9 +132,10 @@ def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) ->
                 events = fixed if fixed is not None else generate_jobs(seed, table)
                 task = prog.add_task(f"mig {pol} seed {seed}", total=len(events))
                 results.append(run_mig(
-                    nodes, events, mig_policy(pol), table, seed,
+                    nodes, events, mig_policy(pol, plan), table, seed,
                     replan_every_s=args.replan_every, migration_budget=args.migration_budget,
-                    progress=functools.partial(prog.advance, task)))
+                    progress=functools.partial(prog.advance, task), plan=plan, spot=spot,
+                    label=plan_label(pol, plan)))
                 prog.remove_task(task)
     out: Path = args.out
     mig_report.write_summary(workload, results, out / "mig_summary.csv")
@@ -130,6 +144,15 @@ def _run_mig(args: argparse.Namespace, policies: list[str], console: Console) ->
         mig_report.plot(results, out / "mig_summary.png")
     console.print(f"wrote {out / 'mig_summary.csv'}")
     return 0
+
+
+def plan_label(policy: str, plan: PlanPolicy) -> str:
+    """The policy column of a run: the policy, and the plan policy where it is not the
+    paper's (``conspirator:cost+fair+preempt``)."""
+    if plan.is_default:
+        return policy
+    return f"{policy}:{plan.objective}" + ("+fair" if plan.fairness else "") + \
+        ("+preempt" if plan.preemption else "")
 
 
 def _run_demand(args: argparse.Namespace, policies: list[str], console: Console) -> int:

@@ -2,10 +2,11 @@
 seeded default workload.
 
 Node CSV (the Alibaba node-list format; extra columns ignored):
-``sn,gpu,model`` and optionally ``gpu_memory_gib`` for non-MIG models of declared size.
+``sn,gpu,model`` and optionally ``gpu_memory_gib`` for non-MIG models of declared size
+and ``pool`` (``on-demand``, the default, or ``spot``).
 
 Job CSV: ``name,model,demand_rps,latency_slo_ms,memory_gib,arrival_s,duration_s`` and
-optionally ``tenant,dedicated_gpu,allowed_gpus,priority,max_batch``
+optionally ``tenant,dedicated_gpu,allowed_gpus,priority,max_batch,spot_tolerant``
 (``allowed_gpus`` separated by ``|``; empty means any).
 
 Every error names the file, the row (1 = first data row) and the field.
@@ -39,6 +40,7 @@ class NodeSpec:
     name: str
     model: GpuModel
     gpus: int
+    spot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,12 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+def _pool(s: str) -> bool:
+    if s in ("spot", "on-demand"):
+        return s == "spot"
+    raise ValueError(s)
+
+
 def _bool(s: str) -> bool:
     low = s.lower()
     if low in ("true", "1", "yes"):
@@ -121,7 +129,8 @@ def load_nodes(path: Path) -> list[NodeSpec]:
         mem = _field(path, n, row, "gpu_memory_gib", _pos_float, "memory in GiB > 0", -1.0)
         model = _field(path, n, row, "model", functools.partial(
             gpu_model, memory_gib=None if mem < 0 else mem), "a known GPU model")
-        nodes.append(NodeSpec(row["sn"] or f"node-{n}", model, count))
+        spot = _field(path, n, row, "pool", _pool, "on-demand or spot", False)
+        nodes.append(NodeSpec(row["sn"] or f"node-{n}", model, count, spot))
     if not nodes:
         raise InputError(f"{path.name}: no node with a GPU")
     return nodes
@@ -157,6 +166,7 @@ def load_jobs(path: Path, table: ThroughputTable) -> list[JobEvent]:
             allowed_gpus=allowed,
             priority=_field(path, n, row, "priority", _nonneg_int, "an integer >= 0", 0),
             max_batch=_field(path, n, row, "max_batch", _pos_int, "an integer >= 1", 256),
+            spot_tolerant=_field(path, n, row, "spot_tolerant", _bool, "true or false", False),
         )
         out.append(JobEvent(
             job,
@@ -189,6 +199,9 @@ class WorkloadSpec:
     demand_sigma: float = 1.0
     dedicated_share: float = 0.1
     tenants: int = 6
+    spot_tolerant_share: float = 0.3
+    """Jobs that may run on spot nodes (drawn from a second seeded stream, so the other
+    attributes are those of the workload without it)."""
 
 
 SLO_CHOICES_MS = (10.0, 25.0, 50.0, 100.0)
@@ -200,6 +213,7 @@ def generate_jobs(seed: int, table: ThroughputTable, spec: WorkloadSpec | None =
     """Poisson arrivals, exponential durations, log-normal demand; seeded."""
     spec = spec or WorkloadSpec()
     rng = random.Random(seed)
+    spot_rng = random.Random(seed + 7_000_003)
     models = sorted(table.models)
     out: list[JobEvent] = []
     t = 0.0
@@ -216,6 +230,7 @@ def generate_jobs(seed: int, table: ThroughputTable, spec: WorkloadSpec | None =
             tenant=f"tenant-{rng.randrange(spec.tenants)}",
             dedicated_gpu=rng.random() < spec.dedicated_share,
             priority=rng.choice((0, 0, 0, 1)),
+            spot_tolerant=spot_rng.random() < spec.spot_tolerant_share,
         )
         out.append(JobEvent(job, round(t, 1), round(rng.expovariate(1 / spec.mean_duration_s), 1)))
     return out

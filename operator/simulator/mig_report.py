@@ -14,7 +14,8 @@ from conspirator.operator.simulator.mig import MigRunResult
 COLUMNS = ("workload", "policy", "seed", "jobs", "gpu_hours", "peak_gpus", "slo_miss_jobs",
            "slo_miss_pct", "never_served_jobs", "waiting_job_hours", "migrations",
            "decision_p50_ms", "decision_p99_ms", "replan_median_ms", "replan_max_ms",
-           "mip_gap_max", "slo_attainment_pct", "reconfigurations")
+           "mip_gap_max", "slo_attainment_pct", "reconfigurations", "cost_usd", "energy_kwh",
+           "jain_fairness", "fair_share_min", "preemptions", "spot_interruptions")
 
 
 def _row(workload: str, r: MigRunResult) -> dict[str, str]:
@@ -31,6 +32,9 @@ def _row(workload: str, r: MigRunResult) -> dict[str, str]:
         "mip_gap_max": f"{max(r.mip_gaps):.6f}" if r.mip_gaps else "",
         "slo_attainment_pct": f"{r.slo_attainment_pct:.3f}",
         "reconfigurations": str(r.reconfigurations),
+        "cost_usd": f"{r.cost_usd:.2f}", "energy_kwh": f"{r.energy_kwh:.2f}",
+        "jain_fairness": f"{r.jain_fairness:.4f}", "fair_share_min": f"{r.fair_share_min:.4f}",
+        "preemptions": str(r.preemptions), "spot_interruptions": str(r.spot_interruptions),
     }
 
 
@@ -50,6 +54,12 @@ def means(results: Sequence[MigRunResult]) -> dict[str, dict[str, float]]:
             "replan_max_ms": max((max(r.replans_ms, default=0.0) for r in rs), default=0.0),
             "slo_attainment_pct": statistics.fmean(r.slo_attainment_pct for r in rs),
             "reconfigurations": statistics.fmean(r.reconfigurations for r in rs),
+            "cost_usd": statistics.fmean(r.cost_usd for r in rs),
+            "energy_kwh": statistics.fmean(r.energy_kwh for r in rs),
+            "jain_fairness": statistics.fmean(r.jain_fairness for r in rs),
+            "fair_share_min": statistics.fmean(r.fair_share_min for r in rs),
+            "preemptions": statistics.fmean(r.preemptions for r in rs),
+            "spot_interruptions": statistics.fmean(r.spot_interruptions for r in rs),
         }
     return out
 
@@ -74,7 +84,8 @@ def table(results: Sequence[MigRunResult], baseline: str = "naive-sharing") -> T
     t = Table(title="MIG track (mean over seeds)")
     for col in ("policy", "GPU-hours", f"vs {baseline}", "peak GPUs", "SLO miss %",
                 "attainment %", "waiting job-h", "migrations", "reconfig.",
-                "decision p50 ms", "p99 ms", "re-plan max ms"):
+                "decision p50 ms", "p99 ms", "re-plan max ms", "US$", "kWh", "Jain",
+                "fair min", "preempt."):
         t.add_column(col, justify="left" if col == "policy" else "right")
     base = m.get(baseline, {}).get("gpu_hours")
     for pol, v in m.items():
@@ -83,7 +94,10 @@ def table(results: Sequence[MigRunResult], baseline: str = "naive-sharing") -> T
                   f"{v['slo_miss_pct']:.1f}", f"{v['slo_attainment_pct']:.2f}",
                   f"{v['waiting_job_hours']:.1f}", f"{v['migrations']:.1f}",
                   f"{v['reconfigurations']:.0f}", f"{v['decision_p50_ms']:.2f}",
-                  f"{v['decision_p99_ms']:.2f}", f"{v['replan_max_ms']:.0f}")
+                  f"{v['decision_p99_ms']:.2f}", f"{v['replan_max_ms']:.0f}",
+                  f"{v['cost_usd']:.0f}", f"{v['energy_kwh']:.0f}",
+                  f"{v['jain_fairness']:.3f}", f"{v['fair_share_min']:.3f}",
+                  f"{v['preemptions']:.1f}")
     return t
 
 

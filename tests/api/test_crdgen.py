@@ -119,6 +119,7 @@ def test_crd_envelope() -> None:
         "InferenceJob": ("Namespaced", ["ij"]),
         "GPUNode": ("Cluster", ["gn"]),
         "ModelProfile": ("Cluster", ["mp"]),
+        "SchedulingPolicy": ("Cluster", ["sp"]),
     }
     for cls in KINDS:
         crd = build_crd(cls.crd, cls.__doc__ or "")

@@ -1,4 +1,5 @@
-"""API version ``conspirator.io/v1alpha1``: InferenceJob, GPUNode, ModelProfile."""
+"""API version ``conspirator.io/v1alpha1``: InferenceJob, GPUNode, ModelProfile,
+SchedulingPolicy."""
 
 from __future__ import annotations
 
@@ -59,14 +60,28 @@ from conspirator.api.v1alpha1.modelprofile import (
     ObservedEntry,
     ProfileEntry,
 )
+from conspirator.api.v1alpha1.schedulingpolicy import (
+    Fairness,
+    GPUPower,
+    GPUPrice,
+    NodeLabel,
+    Objective,
+    PreemptionPolicy,
+    SchedulingPolicy,
+    SchedulingPolicySpec,
+    SchedulingPolicyStatus,
+    TenantWeight,
+)
 
-Resource = InferenceJob | GPUNode | ModelProfile
+Resource = InferenceJob | GPUNode | ModelProfile | SchedulingPolicy
 """Any object of this API version."""
 
-KINDS: tuple[type[InferenceJob] | type[GPUNode] | type[ModelProfile], ...] = (
+KINDS: tuple[type[InferenceJob] | type[GPUNode] | type[ModelProfile] | type[SchedulingPolicy],
+             ...] = (
     InferenceJob,
     GPUNode,
     ModelProfile,
+    SchedulingPolicy,
 )
 """Every kind, in the order the CRDs and the docs list them."""
 
@@ -106,11 +121,14 @@ __all__ = [
     "DType",
     "DataPath",
     "Demand",
+    "Fairness",
     "GPULayout",
     "GPUModel",
     "GPUNode",
     "GPUNodeSpec",
     "GPUNodeStatus",
+    "GPUPower",
+    "GPUPrice",
     "GPUStatus",
     "InferenceJob",
     "InferenceJobSpec",
@@ -124,15 +142,22 @@ __all__ = [
     "ModelProfileSpec",
     "ModelProfileStatus",
     "ModelSpec",
+    "NodeLabel",
     "ObjectMeta",
+    "Objective",
     "ObservedEntry",
     "ObservedLoad",
+    "PreemptionPolicy",
     "PrinterColumn",
     "ProfileEntry",
     "ReplicaStatus",
     "Resource",
     "Scaling",
     "ScalingMode",
+    "SchedulingPolicy",
+    "SchedulingPolicySpec",
+    "SchedulingPolicyStatus",
+    "TenantWeight",
     "load",
     "profile_summary",
     "set_condition",

@@ -244,6 +244,9 @@ class InferenceJobSpec(ApiModel):
     """Whether and how fast re-planning may move this job's replicas."""
     scaling: Scaling = Field(default_factory=Scaling, json_schema_extra=k8s_extra(default={}))
     """Whether the observed load drives the capacity (``mode: Auto``)."""
+    spot_tolerant: bool = False
+    """The job may run on spot nodes, which the provider may take back at any time (the
+    ``SchedulingPolicy``'s ``spotNodeLabels``); other jobs never run there."""
 
     @field_validator("allowed_accelerators")
     @classmethod
