@@ -178,11 +178,15 @@ class GreedyHeuristic:
             remaining -= opt.throughput
         return finish_job(state, job, dec, added, models, table)
 
-    def _value(self, gpu: GpuState, opt: Option, remaining: float) -> tuple[float, float]:
+    def _value(self, gpu: GpuState, opt: Option, remaining: float, opens: bool = False
+               ) -> tuple[float, float]:
         """Useful throughput per unit of the objective: the option's share of what the GPU
-        costs (gpus: its share of one GPU), plus what the instance itself costs."""
+        costs (gpus: its share of one GPU), plus what the instance itself costs.  ``opens``:
+        the option opens an empty GPU, which a priced objective pays in full (its share
+        alone would make a dearer GPU look cheap for a job that fills little of it)."""
         price = self._prices.get(opt.model.name, 1.0)
-        cost = (opt.cost * self.plan.gpu_cost(gpu.model, gpu.spot, self._scale)
+        share = 1.0 if opens else opt.cost
+        cost = (share * self.plan.gpu_cost(gpu.model, gpu.spot, self._scale)
                 + self.plan.instance_cost(gpu.model, opt.profile, self._scale)) * price
         return (min(opt.throughput, remaining) / cost, -cost)
 
@@ -219,7 +223,7 @@ class GreedyHeuristic:
                 continue
             seen.add((g.model.name, g.spot))
             for o in by_model.get(g.model.name, ()):
-                key = self._value(g, o, remaining)
+                key = self._value(g, o, remaining, opens=self.plan.objective != "gpus")
                 if best_key is None or key > best_key:
                     best_key = key
                     best = (g, o, best_start(g, o.profile, list(o.profile.starts)))
