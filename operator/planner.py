@@ -29,11 +29,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from conspirator.api.v1alpha1 import ReplicaStatus
-from conspirator.operator import migration
+from conspirator.operator import migration, replan_job
 from conspirator.operator.cache import Work
 from conspirator.operator.global_replan import ReplanResult, replan
 from conspirator.operator.placement.objective import demand_met
 from conspirator.operator.placement.policy import PlacementPolicy
+from conspirator.operator.replan_check import revalidate
+from conspirator.operator.replan_job import Proposal
 from conspirator.operator.translate import (
     EngineCluster,
     TableInfo,
@@ -138,6 +140,8 @@ class Changes:
     render: set[str] = field(default_factory=set)
     """Jobs whose status must be re-rendered."""
     rebuilt: bool = False
+    conflict: str = ""
+    """Why a re-plan computed off the planner's path was dropped at commit ('' if not)."""
     leaving: dict[str, list[Replica]] = field(default_factory=dict)
     """Live job key -> instances it held before and no longer holds (their worker pods go:
     the writer picks those pods for the scale-down, or deletes them)."""
@@ -184,6 +188,8 @@ class Cycle:
     """Something freed or added capacity: every waiting job is tried again."""
     changes: Changes = field(default_factory=Changes)
     tally: Tally = field(default_factory=Tally)
+    proposal: Proposal | None = None
+    """A re-plan computed off the planner's path, to re-validate and commit."""
 
     @property
     def engine(self) -> EngineCluster:
@@ -191,15 +197,18 @@ class Cycle:
         return self.plan.engine
 
 
-def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
-    """The phases of the module docstring, in order."""
+def decide(work: Work, plan: Plan, inputs: Inputs, proposal: Proposal | None = None
+           ) -> Decision:
+    """The phases of the module docstring, in order; with a ``proposal`` (a re-plan run on
+    a snapshot, :mod:`~conspirator.operator.replan_job`), phase 5 commits what of it still
+    fits instead of re-planning here."""
     new = plan.successor()
     info, table_changed = phase_table(work, new, inputs)
     live = work.live
     c = Cycle(work, new, inputs, info, live, sorted(live.values(), key=lambda v: v.order),
               {k: list(v) for k, v in new.reserved.items()},
               {k: list(v) for k, v in new.retiring.items()},
-              capacity=work.capacity or table_changed)
+              capacity=work.capacity or table_changed, proposal=proposal)
     if work.rebuild or table_changed or new.engine is None:
         phase_rebuild(c)
     phase_release(c)
@@ -207,7 +216,7 @@ def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
     if not c.changes.rebuilt:
         phase_revalidate(c)
     phase_place(c)
-    if work.replan:
+    if work.replan or proposal is not None:
         phase_replan(c)
     phase_diff(c)
     c.tally.gpus_in_use = c.engine.gpus_in_use()
@@ -416,12 +425,18 @@ def phase_place(c: Cycle) -> None:
 def phase_replan(c: Cycle) -> None:
     """5. The global re-plan; an accepted one rebuilds the engine state from its result."""
     plan, ch = c.plan, c.changes
-    movable = {v.key: v.job.spec.migration.disruption_budget or 1
-               for v in c.ordered if v.job.spec.migration.allowed}
-    pending = [engine_job(v) for v in c.ordered
-               if not plan.served(v) and v.key not in plan.failures]
-    result = replan(c.engine, movable, pending, c.inputs.policy, c.info.table,
-                    c.inputs.max_migrations)
+    if c.proposal is not None:
+        found = _revalidated(c, c.proposal)
+        if found is None:
+            return
+        result = found
+    else:
+        movable = {v.key: v.job.spec.migration.disruption_budget or 1
+                   for v in c.ordered if v.job.spec.migration.allowed}
+        pending = [engine_job(v) for v in c.ordered
+                   if not plan.served(v) and v.key not in plan.failures]
+        result = replan(c.engine, movable, pending, c.inputs.policy, c.info.table,
+                        c.inputs.max_migrations)
     ch.replan = result
     c.tally.durations.append(("replan", result.seconds))
     c.tally.replans["accepted" if result.accepted else "kept"] += 1
@@ -465,6 +480,27 @@ def phase_replan(c: Cycle) -> None:
         c.info.table, before_blocking=hold_retiring).cluster
     for k in [k for k in plan.retiring_since if k not in plan.retiring]:
         del plan.retiring_since[k]
+
+
+def _revalidated(c: Cycle, proposal: Proposal) -> ReplanResult | None:
+    """The proposal's result trimmed to what still fits now; None: a conflict (said in
+    ``Changes.conflict``)."""
+    res = proposal.result
+    if not res.accepted:
+        c.changes.replan = res
+        return None
+    now = replan_job.now(c.engine, c.live, c.work.nodes.values(), c.plan.reserved,
+                         c.plan.retiring, res.changed)
+    verdict = revalidate(proposal.base, res.changed, res.moved, now)
+    if not verdict.commit:
+        c.changes.conflict = verdict.conflict
+        log.info("global re-plan dropped: %s", verdict.conflict)
+        return None
+    for k, why in verdict.trimmed.items():
+        log.info("global re-plan: %s left out (%s)", k, why)
+    res.changed, res.moved = verdict.changed, verdict.moved
+    res.accepted = bool(res.changed)
+    return res if res.accepted else None
 
 
 def phase_diff(c: Cycle) -> None:
