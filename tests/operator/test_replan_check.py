@@ -146,7 +146,7 @@ def test_a_new_replica_next_to_a_dedicated_tenant_is_a_conflict() -> None:
     (target,) = p.result.changed[mover]
     loner = job("loner", 800, tenant="other", isolation={"dedicatedGPU": True})
     free = 0 if target.start != 0 else 3
-    c.state.release([k for k in c.state.jobs if k != mover][0])
+    c.state.release(next(k for k in c.state.jobs if k != mover))
     restore(c, [(engine_job(loner), [rs(target.gpu_index, "1g.10gb", free)])], TABLE)
     stay = {k: v for k, v in live.items() if k == mover}
     v = check(p, c, {**stay, "ns/loner": loner}, nodes)
