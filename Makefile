@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator clean
+	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator bench-operator-replan clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -172,6 +172,12 @@ bench-datapath: install
 # Operator: 1,000 InferenceJobs on 100 simulated GPU nodes of the local cluster (~6 min).
 bench-operator: install e2e-build
 	$(BIN)/python benchmarks/operator_scale.py --out benchmarks/results/operator
+
+# The global re-plan in process (no cluster): 1,000 jobs on 800 GPUs and 10,000 on 8,000,
+# cold, warm, under the deadline while arrivals are decided, commit and restart check.
+bench-operator-replan: install
+	nice $(BIN)/python benchmarks/operator_replan.py --jobs 1000 --gpus 800 \
+		--jobs 10000 --gpus 8000 --out benchmarks/results/operator
 
 clean:
 	rm -rf $(VENV) build *.egg-info out

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from conspirator.operator import replan_job
 from conspirator.operator.agentload import AgentReport
 from conspirator.operator.cache import ObservationCache
 from conspirator.operator.datapath import TokenUnusableError
@@ -103,6 +104,8 @@ class Controller:
         self._pass_started: float | None = None
         self._last_pass = 0.0
         self._last_replan = time.monotonic()
+        self._replan_known: frozenset[int] = frozenset()
+        """Fingerprints of the pools the last re-plan kept (not solved again unchanged)."""
         self.load = LoadControl(self.cache, kube, self.metrics)
         """Observed load, autoscaling and learned profiles (fed by the agents' scrapes)."""
 
@@ -231,10 +234,37 @@ class Controller:
                 return
 
     async def replan(self) -> None:
-        """The global re-plan: resync, re-plan the movable jobs, write what changed."""
+        """The global re-plan, off the planner's path: a snapshot under the lock, the
+        re-plan in a worker thread while passes go on, then a pass that re-validates the
+        result against what changed meanwhile and commits what still fits (a conflict
+        drops it; one retry on a fresh snapshot).  No relist: the cache is the watches'."""
         self._last_replan = time.monotonic()
-        async with self._lock:
-            await self._pass(replan=True)
+        for _ in range(2):
+            async with self._lock:
+                if not self._synced or self.plan.engine is None or self.plan.table is None:
+                    await self._pass()
+                job = self._replan_job()
+            result = await asyncio.to_thread(
+                replan_job.run, job, self.inputs.policy, self.inputs.max_migrations,
+                deadline_s=self.settings.replan_deadline, known=self._replan_known)
+            self._replan_known = frozenset(result.kept)
+            log.info("global re-plan (%.2f s, off the planner's path): %s", result.seconds,
+                     result.note)
+            async with self._lock:
+                conflict = await self._pass(proposal=replan_job.Proposal(job.base, result))
+            if not conflict:
+                return
+            self.metrics.replans.labels("conflict").inc()
+
+    def _replan_job(self) -> replan_job.ReplanJob:
+        plan, snap = self.plan, self.cache.snap
+        assert plan.engine is not None and plan.table is not None
+        ordered = sorted((v for v in snap.jobs.values() if not v.deleting),
+                         key=lambda v: v.order)
+        return replan_job.snapshot(plan.engine, plan.table.table, ordered,
+                                   snap.nodes.values(), plan.reserved, plan.retiring,
+                                   {v.key: plan.served(v) for v in ordered}, plan.failures,
+                                   plan.rolling)
 
     async def reconcile(self, key: str | None = None) -> None:
         """Run a pass unless one that started after this call already completed."""
@@ -283,14 +313,16 @@ class Controller:
         log.info("synced: %d InferenceJobs, %d GPUNodes, %d ModelProfiles, %d workers",
                  len(snap.jobs), len(snap.nodes), len(snap.profiles), len(snap.workers))
 
-    async def _pass(self, replan: bool = False) -> None:
+    async def _pass(self, proposal: replan_job.Proposal | None = None) -> str:
+        """One pass (with ``proposal``: commit that re-plan); returns why the proposal was
+        dropped ('' if it was not)."""
         t0 = time.monotonic()
         self._pass_started = t0
-        if not self._synced or replan:
+        if not self._synced:
             await self._sync()
-        work = self.cache.take(replan=replan, rebuild=self.plan.engine is None)
+        work = self.cache.take(rebuild=self.plan.engine is None)
         try:
-            decision = await asyncio.to_thread(decide, work, self.plan, self.inputs)
+            decision = await asyncio.to_thread(decide, work, self.plan, self.inputs, proposal)
             self.plan = decision.plan
             self.cache.jobs_on_node = self.plan.jobs_on_node()
             self.cache.migrating = set(self.plan.retiring)
@@ -306,6 +338,7 @@ class Controller:
         self._last_pass = time.monotonic()
         self.metrics.passes.inc()
         self.metrics.pass_duration.observe(self._last_pass - t0)
+        return decision.changes.conflict
 
     def _count(self, decision: Decision) -> None:
         m, t = self.metrics, decision.tally

@@ -26,16 +26,25 @@ The phases, in order (Kueue's scheduling cycle is the model):
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from conspirator.api.v1alpha1 import ReplicaStatus
-from conspirator.operator import migration, rollouts
+from conspirator.operator import migration, replan_job, rollouts
 from conspirator.operator.cache import Work
+from conspirator.operator.describe import (
+    move_text,
+    profile_counts,
+    replica_slot,
+    status_slot,
+    where,
+)
 from conspirator.operator.global_replan import ReplanResult, replan
 from conspirator.operator.placement.objective import demand_met
 from conspirator.operator.placement.policy import PlacementPolicy
+from conspirator.operator.replan_check import revalidate
+from conspirator.operator.replan_job import Proposal
+from conspirator.operator.tally import Tally
 from conspirator.operator.translate import (
     EngineCluster,
     TableInfo,
@@ -130,21 +139,6 @@ class Plan:
 
 
 @dataclass(slots=True)
-class Tally:
-    """What a decision counts, for the controller to hand to the metrics."""
-
-    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(kind, result) -> placement decisions."""
-    durations: list[tuple[str, float]] = field(default_factory=list)
-    """(kind, seconds) per engine call."""
-    replans: Counter[str] = field(default_factory=Counter)
-    migrations: int = 0
-    gpus_in_use: int = 0
-    gpus_total: int = 0
-    pending: int = 0
-
-
-@dataclass(slots=True)
 class Changes:
     """What the decision changed, for the writer."""
 
@@ -157,6 +151,8 @@ class Changes:
     render: set[str] = field(default_factory=set)
     """Jobs whose status must be re-rendered."""
     rebuilt: bool = False
+    conflict: str = ""
+    """Why a re-plan computed off the planner's path was dropped at commit ('' if not)."""
     leaving: dict[str, list[Replica]] = field(default_factory=dict)
     """Live job key -> instances it held before and no longer holds (their worker pods go:
     the writer picks those pods for the scale-down, or deletes them)."""
@@ -203,6 +199,8 @@ class Cycle:
     """Something freed or added capacity: every waiting job is tried again."""
     changes: Changes = field(default_factory=Changes)
     tally: Tally = field(default_factory=Tally)
+    proposal: Proposal | None = None
+    """A re-plan computed off the planner's path, to re-validate and commit."""
 
     @property
     def engine(self) -> EngineCluster:
@@ -210,15 +208,18 @@ class Cycle:
         return self.plan.engine
 
 
-def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
-    """The phases of the module docstring, in order."""
+def decide(work: Work, plan: Plan, inputs: Inputs, proposal: Proposal | None = None
+           ) -> Decision:
+    """The phases of the module docstring, in order; with a ``proposal`` (a re-plan run on
+    a snapshot, :mod:`~conspirator.operator.replan_job`), phase 5 commits what of it still
+    fits instead of re-planning here."""
     new = plan.successor()
     info, table_changed = phase_table(work, new, inputs)
     live = work.live
     c = Cycle(work, new, inputs, info, live, sorted(live.values(), key=lambda v: v.order),
               {k: list(v) for k, v in new.reserved.items()},
               {k: list(v) for k, v in new.retiring.items()},
-              capacity=work.capacity or table_changed)
+              capacity=work.capacity or table_changed, proposal=proposal)
     if work.rebuild or table_changed or new.engine is None:
         phase_rebuild(c)
     phase_release(c)
@@ -227,7 +228,7 @@ def decide(work: Work, plan: Plan, inputs: Inputs) -> Decision:
         phase_revalidate(c)
     phase_rollout(c)
     phase_place(c)
-    if work.replan:
+    if work.replan or proposal is not None:
         phase_replan(c)
     phase_diff(c)
     c.tally.gpus_in_use = c.engine.gpus_in_use()
@@ -294,8 +295,8 @@ def phase_rebuild(c: Cycle) -> None:
         # What the statuses said is what stands (same slots: unchanged).
         c.before = {k: [] for k in recorded}
         for k, statuses in recorded.items():
-            if k in plan.reserved and sorted(_status_slot(x) for x in statuses) == \
-                    sorted(_replica_slot(r) for r in plan.reserved[k]):
+            if k in plan.reserved and sorted(status_slot(x) for x in statuses) == \
+                    sorted(replica_slot(r) for r in plan.reserved[k]):
                 c.before[k] = list(plan.reserved[k])
     for k, whys in restored.dropped.items():
         ch.events.append((k, "ReplicasReleased",
@@ -351,12 +352,12 @@ def phase_retire(c: Cycle) -> None:
         if plan.rolling.pop(k, None) is not None:
             c.changes.events.append((k, "RolledOut", (
                 f"the new revision's replica(s) run ({ready.detail}): {len(gone)} replica(s) "
-                f"of the old one go ({', '.join(_where(r) for r in gone)}; their workers "
+                f"of the old one go ({', '.join(where(r) for r in gone)}; their workers "
                 f"drain)"), False))
             continue
         c.changes.events.append((k, "Migrated", (
             f"the new replica(s) run ({ready.detail}): {len(gone)} moved replica(s) go "
-            f"({', '.join(_where(r) for r in gone)}; their workers drain)"), False))
+            f"({', '.join(where(r) for r in gone)}; their workers drain)"), False))
 
 
 def _has_agent(work: Work, reps: list[Replica]) -> bool:
@@ -378,10 +379,6 @@ def _hold(c: Cycle, cluster: EngineCluster, v: JobView, reps: list[Replica]) -> 
     if why:
         c.changes.events.append((v.key, "Migrated", (
             f"{len(why)} moved replica(s) no longer held: {'; '.join(why)}"), True))
-
-
-def _where(r: Replica) -> str:
-    return f"{r.profile}@{r.start} on {r.node}/GPU {r.gpu_index}"
 
 
 def phase_revalidate(c: Cycle) -> None:
@@ -478,13 +475,19 @@ def phase_place(c: Cycle) -> None:
 def phase_replan(c: Cycle) -> None:
     """5. The global re-plan; an accepted one rebuilds the engine state from its result."""
     plan, ch = c.plan, c.changes
-    movable = {v.key: v.job.spec.migration.disruption_budget or 1
-               for v in c.ordered if v.job.spec.migration.allowed
-               and v.key not in plan.rolling}  # a rollout finishes first
-    pending = [engine_job(v) for v in c.ordered
-               if not plan.served(v) and v.key not in plan.failures]
-    result = replan(c.engine, movable, pending, c.inputs.policy, c.info.table,
-                    c.inputs.max_migrations)
+    if c.proposal is not None:
+        found = _revalidated(c, c.proposal)
+        if found is None:
+            return
+        result = found
+    else:
+        movable = {v.key: v.job.spec.migration.disruption_budget or 1
+                   for v in c.ordered if v.job.spec.migration.allowed
+                   and v.key not in plan.rolling}  # a rollout finishes first
+        pending = [engine_job(v) for v in c.ordered
+                   if not plan.served(v) and v.key not in plan.failures]
+        result = replan(c.engine, movable, pending, c.inputs.policy, c.info.table,
+                        c.inputs.max_migrations)
     ch.replan = result
     c.tally.durations.append(("replan", result.seconds))
     c.tally.replans["accepted" if result.accepted else "kept"] += 1
@@ -514,7 +517,7 @@ def phase_replan(c: Cycle) -> None:
             how.append(f"break-before-make for {len(split.broken)} within the disruption "
                        f"budget ({'; '.join(why for _, why in split.broken)})")
         ch.events.append((k, "Migrating", move_text(old[k], plan.reserved.get(k, []), n,
-                                                    result) + "; " + "; ".join(how), False))
+                                                    result.note) + "; " + "; ".join(how), False))
     order = sorted(plan.reserved, key=lambda k: c.live[k].order)
     retiring, plan.retiring = plan.retiring, {}
 
@@ -528,6 +531,27 @@ def phase_replan(c: Cycle) -> None:
         c.info.table, before_blocking=hold_retiring).cluster
     for k in [k for k in plan.retiring_since if k not in plan.retiring]:
         del plan.retiring_since[k]
+
+
+def _revalidated(c: Cycle, proposal: Proposal) -> ReplanResult | None:
+    """The proposal's result trimmed to what still fits now; None: a conflict (said in
+    ``Changes.conflict``)."""
+    res = proposal.result
+    if not res.accepted:
+        c.changes.replan = res
+        return None
+    now = replan_job.now(c.engine, c.live, c.work.nodes.values(), c.plan.reserved,
+                         c.plan.retiring, res.changed)
+    verdict = revalidate(proposal.base, res.changed, res.moved, now)
+    if not verdict.commit:
+        c.changes.conflict = verdict.conflict
+        log.info("global re-plan dropped: %s", verdict.conflict)
+        return None
+    for k, why in verdict.trimmed.items():
+        log.info("global re-plan: %s left out (%s)", k, why)
+    res.changed, res.moved = verdict.changed, verdict.moved
+    res.accepted = bool(res.changed)
+    return res if res.accepted else None
 
 
 def phase_diff(c: Cycle) -> None:
@@ -569,27 +593,3 @@ def _announce(plan: Plan, ch: Changes, key: str, reason: str, message: str, memo
     if plan.announced.get(key) != memo:
         ch.events.append((key, reason, message, True))
         plan.announced[key] = memo
-
-
-def profile_counts(reps: Iterable[Replica]) -> str:
-    """``2x1g.10gb,1x3g.40gb``: most frequent first."""
-    counts: Counter[str] = Counter(r.profile for r in reps)
-    return ",".join(f"{n}x{p}" for p, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def move_text(old: list[Replica], new: list[Replica], n: int, res: ReplanResult) -> str:
-    gone = [r for r in old if r.slot not in {x.slot for x in new}]
-    came = [r for r in new if r.slot not in {x.slot for x in old}]
-
-    def fmt(rs: list[Replica]) -> str:
-        return ", ".join(f"{r.profile}@{r.start} on {r.node}/GPU {r.gpu_index}"
-                         for r in rs) or "-"
-    return f"global re-plan moves {n} replica(s): {fmt(gone)} -> {fmt(came)} ({res.note})"
-
-
-def _status_slot(rs: ReplicaStatus) -> tuple[str, str, str, int]:
-    return (rs.node, rs.gpu_uuid or "", rs.mig_profile, rs.start_slice or 0)
-
-
-def _replica_slot(r: Replica) -> tuple[str, str, str, int]:
-    return (r.node, r.gpu_uuid, r.profile, r.start)

@@ -33,6 +33,7 @@ class Settings:
     replan_interval: float = 300.0
     max_migrations: int = 8
     milp_time_limit: float = 10.0
+    replan_deadline: float = 20.0
     default_profiles: bool = True
     api_concurrency: int = 8
     max_handlers: int = 100
@@ -179,6 +180,9 @@ OPTIONS: tuple[Option, ...] = (
                                                "over all jobs"),
     Option("milp_time_limit", _float_at_least(0.0, strict=True),
            "time limit of the exact MILP in a re-plan, seconds"),
+    Option("replan_deadline", _float_at_least(0.0, strict=True),
+           "seconds after which a global re-plan starts no new pool (the others keep "
+           "their plan)"),
     Option("default_profiles", _bool, "plan models that have no ModelProfile with the "
                                       "engine's built-in default throughputs", kind="toggle"),
     Option("api_concurrency", _int_at_least(1), "parallel writes to the API server"),

@@ -6,7 +6,6 @@ they decide; callers that want to keep the original pass ``state.copy()``.
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -141,6 +140,14 @@ class GpuState:
                 self.used_mask |= i.mask
                 self.compute_used += i.profile.compute_slices
 
+    def clone(self) -> GpuState:
+        """A copy with its own instance list (instances and the model are frozen)."""
+        return GpuState(self.node, self.index, self.model, self.uid, spot=self.spot,
+                        down=self.down, instances=list(self.instances),
+                        used_mask=self.used_mask, compute_used=self.compute_used,
+                        time_share_used=self.time_share_used,
+                        memory_used_gib=self.memory_used_gib)
+
     def placements(self) -> list[Placement]:
         return [Placement(i.profile, i.start) for i in self.instances]
 
@@ -173,7 +180,14 @@ class ClusterState:
         return g
 
     def copy(self) -> ClusterState:
-        return copy.deepcopy(self)
+        """An independent copy: new containers and :class:`GpuState` values; the frozen
+        values (GPU models, instances, jobs) are shared, which is what makes it cheap
+        (a ``deepcopy`` of 800 GPUs took about 0.5 s; policies copy per trial)."""
+        out = ClusterState()
+        out.gpus = [g.clone() for g in self.gpus]
+        out.jobs = dict(self.jobs)
+        out._where = {k: Counter(v) for k, v in self._where.items()}
+        return out
 
     def adopt(self, other: ClusterState) -> None:
         """Take over ``other``'s GPUs, jobs and replica index in place: a move, not a copy.
