@@ -294,16 +294,23 @@ class Writer:
             raise
 
     async def _scale_worker(self, view: JobView, w: WorkerView, count: int) -> None:
+        await self._write_worker(view, self.kube.scale_deployment(w.namespace, w.name, count,
+                                                                  w.resource_version))
+
+    async def _write_worker(self, view: JobView,
+                            call: Awaitable[dict[str, Any] | None]) -> None:
+        """One Deployment write: its answer goes to the cache; a conflict or a missing
+        Deployment is looked at again next pass; anything else counts and raises."""
         try:
-            got = await self.kube.scale_deployment(w.namespace, w.name, count,
-                                                   w.resource_version)
+            got = await call
         except (ConflictError, NotFoundError):
             self.cache.status_dirty.add(view.key)  # look again next pass
             return
         except Exception:
             self.metrics.api_errors.labels("Deployment").inc()
             raise
-        self.cache.observe_worker(got)
+        if got is not None:
+            self.cache.observe_worker(got)
 
     async def _delete_worker(self, w: WorkerView) -> None:
         try:
@@ -317,33 +324,34 @@ class Writer:
         want_hash = body["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH]
         if existing is not None and existing.template_hash == want_hash:
             return
+        await self._write_worker(view, self._create_or_update(view, body, existing, ch,
+                                                              claims, want_hash))
+
+    async def _create_or_update(self, view: JobView, body: dict[str, Any],
+                                existing: WorkerView | None, ch: Changes,
+                                claims: dict[str, Any] | None, want_hash: str
+                                ) -> dict[str, Any] | None:
+        """The Deployment created or updated (None: the name is an older job's, deleted
+        when seen)."""
+        if claims is not None:
+            await self._put_claim_template(claims)
+        if existing is not None:
+            return await self.kube.update_deployment(body, existing.resource_version)
         try:
-            if claims is not None:
-                await self._put_claim_template(claims)
-            if existing is None:
-                try:
-                    got = await self.kube.create_deployment(body)
-                    ch.events.append((view.key, "WorkersCreated", (
-                        f"Deployment {body['metadata']['name']}: {body['spec']['replicas']} "
-                        f"worker(s) on {body['metadata']['annotations'][ANNOTATION_NODE]}"
-                    ), False))
-                except ConflictError:
-                    got = await self.kube.read_deployment(body["metadata"]["namespace"],
-                                                          body["metadata"]["name"])
-                    current = WorkerView.from_body(got)
-                    if current.job_uid != view.uid:
-                        return  # an older job's; deleted when seen
-                    if current.template_hash != want_hash:
-                        got = await self.kube.update_deployment(body, current.resource_version)
-            else:
-                got = await self.kube.update_deployment(body, existing.resource_version)
-        except (ConflictError, NotFoundError):
-            self.cache.status_dirty.add(view.key)  # look again next pass
-            return
-        except Exception:
-            self.metrics.api_errors.labels("Deployment").inc()
-            raise
-        self.cache.observe_worker(got)
+            got = await self.kube.create_deployment(body)
+        except ConflictError:
+            got = await self.kube.read_deployment(body["metadata"]["namespace"],
+                                                  body["metadata"]["name"])
+            current = WorkerView.from_body(got)
+            if current.job_uid != view.uid:
+                return None
+            if current.template_hash != want_hash:
+                got = await self.kube.update_deployment(body, current.resource_version)
+            return got
+        ch.events.append((view.key, "WorkersCreated", (
+            f"Deployment {body['metadata']['name']}: {body['spec']['replicas']} "
+            f"worker(s) on {body['metadata']['annotations'][ANNOTATION_NODE]}"), False))
+        return got
 
     async def _put_claim_template(self, body: dict[str, Any]) -> None:
         """DRA mode: the workers' ResourceClaimTemplate, before the Deployment that names it
