@@ -40,6 +40,7 @@ from conspirator.operator.describe import (
     where,
 )
 from conspirator.operator.global_replan import ReplanResult, replan
+from conspirator.operator.manifests import worker_revision
 from conspirator.operator.placement.objective import demand_met
 from conspirator.operator.placement.policy import PlacementPolicy
 from conspirator.operator.replan_check import revalidate
@@ -433,7 +434,7 @@ def phase_rollout(c: Cycle) -> None:
         else:
             plan.reserved.pop(k, None)
         _announce(plan, c.changes, k, "RollingOut", rollouts.no_room_text(v, started, len(old)),
-                  memo=f"rollout:{rollouts.revision(v)}")
+                  memo=f"rollout:{worker_revision(v)}")
 
 
 def phase_place(c: Cycle) -> None:

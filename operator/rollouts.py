@@ -25,16 +25,13 @@ from dataclasses import dataclass, field
 
 from conspirator.api.v1alpha1 import ReplicaStatus
 from conspirator.operator import migration
+from conspirator.operator.describe import profile_counts
 from conspirator.operator.manifests import worker_revision
 from conspirator.operator.placement.jobs import Job
 from conspirator.operator.placement.policy import PlacementPolicy
 from conspirator.operator.placement.throughput import ThroughputTable
 from conspirator.operator.translate import EngineCluster, place, restore
 from conspirator.operator.views import JobView, Replica, WorkerView
-
-
-def revision(view: JobView) -> str:
-    return worker_revision(view)
 
 
 def stale_workers(view: JobView, workers: Iterable[WorkerView], worker_set: int) -> list[str]:
@@ -87,18 +84,14 @@ def recorded_set(statuses: Iterable[ReplicaStatus]) -> int:
 
 def started_text(view: JobView, stale: Sequence[str], started: Started, old: int) -> str:
     new = started.new
-    counts: dict[str, int] = {}
-    for r in new:
-        counts[r.profile] = counts.get(r.profile, 0) + 1
-    profiles = ",".join(f"{n}x{p}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    return (f"new worker revision {revision(view)} (was {', '.join(stale)}): "
-            f"make-before-break: {len(new)} new replica(s) ({profiles} on "
+    return (f"new worker revision {worker_revision(view)} (was {', '.join(stale)}): "
+            f"make-before-break: {len(new)} new replica(s) ({profile_counts(new)} on "
             f"{', '.join(sorted({r.node for r in new}))}) start beside the {old} old one(s), "
             f"which serve until the new ones run")
 
 
 def no_room_text(view: JobView, started: Started, old: int) -> str:
     budget = view.job.spec.migration.disruption_budget or 1
-    return (f"new worker revision {revision(view)}: no room for both ({started.why}): the "
+    return (f"new worker revision {worker_revision(view)}: no room for both ({started.why}): the "
             f"{old} worker(s) are replaced in place, at most {budget} at a time (the "
             f"disruption budget)")
