@@ -1,16 +1,21 @@
-"""Autoscaling through the chart's pods on the real node (issue 15's bar).
+"""Autoscaling and a re-plan migration in one run, through the chart's pods on the real node
+(issue 15's bar).
 
 An ``Auto`` InferenceJob whose worker (e2e/images/dpserve with a service time) really serves
-twice what its ModelProfile says, under ``conspirator loadgen --mode open``:
+twice what its ModelProfile says, and a Static partner job of another tenant, each on a GPU
+of its own (``dedicatedGPU``) of the node's two simulated H200s, each under
+``conspirator loadgen --mode open``:
 
+* their isolation is lifted: the periodic global re-plan puts them on one GPU, moving one
+  replica make-before-break (``Migrating`` / ``Migrated``);
 * the operator pod scrapes the agent pod's metrics and writes ``status.observed``;
-* the rate triples: the single replica saturates, the autoscaler scales out (``ScaledOut``
-  Event with the figures) and the capacity is there within 90 s, with the observed p99
-  back under the SLO;
+* the Auto job's rate triples: the single replica saturates, the autoscaler scales out
+  (``ScaledOut`` Event with the figures) and the capacity is there within 90 s, with the
+  observed p99 back under the SLO;
 * the rate drops back: replicas are given back within the stabilization window + 2 min
   (``ScaledIn``), the leaving workers draining on SIGTERM;
-* across the whole run, scale-out and scale-in, **no request fails or is lost** (both
-  load generators: lost 0, no failure, nothing left unsent).
+* across the whole run, the migration, the scale-out and the scale-in, **no request fails
+  or is lost** (all three load generators: lost 0, no failure, nothing left unsent).
 
 The test prints the timeline it saw.  The second test: a Static job whose workers, kept
 saturated, refine the ModelProfile to their real speed (twice the spec's), and the plan
@@ -23,7 +28,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ from conspirator_e2e.release import Release, installed_release
 pytestmark = pytest.mark.skipif(not (CHART / "Chart.yaml").exists(), reason="no chart")
 
 JOB = "auto-e2e"
+PARTNER = "auto-partner"  # another tenant's Static job: the re-plan consolidates the two
 MODEL = "echo-auto"
 PROFILE = chart.DEMO_PROFILE
 CLAIMED_RPS = 100.0  # what the ModelProfile says one replica serves
@@ -44,16 +50,21 @@ SERVICE_US = 5000  # what the worker really takes per request: 200 requests/s
 SLO_MS = 100.0
 BASE, BURST = 80.0, 160.0  # the rate, then three times it (BASE + BURST)
 WINDOW_S = 30  # scaleDownStabilizationSeconds
-T_BURST, BURST_S, TAIL_S = 30.0, 90.0, 180.0
+PATCH_AT = 10.0  # seconds into the load: the isolation of both jobs lifted
+T_BURST, BURST_S, TAIL_S = 75.0, 90.0, 180.0
+PARTNER_RPS = 40.0
 
 
 @pytest.fixture(scope="module")
 def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    with installed_release(cluster, tmp_path_factory.mktemp("helm-auto")) as rel:
+    with installed_release(cluster, tmp_path_factory.mktemp("helm-auto"),
+                           gpus=({"model": "H200-141GB"}, {"model": "H200-141GB"}),
+                           replan_interval=5) as rel:
         yield rel
 
 
 def objects(worker_image: str) -> list[dict[str, Any]]:
+    """The ModelProfile, the Auto job and the partner job (a GPU each at first)."""
     return [
         {"apiVersion": "conspirator.io/v1alpha1", "kind": "ModelProfile",
          "metadata": {"name": MODEL},
@@ -68,15 +79,26 @@ def objects(worker_image: str) -> list[dict[str, Any]]:
                              "gpuMemoryGiB": 4},
                   "dataPath": {"inputShape": [65536], "dtype": "uint8", "maxBatch": 1},
                   "scaling": {"mode": "Auto", "targetUtilizationPercent": 80,
-                              "scaleDownStabilizationSeconds": WINDOW_S}}},
+                              "scaleDownStabilizationSeconds": WINDOW_S},
+                  "tenant": "auto", "isolation": {"dedicatedGPU": True},
+                  "migration": {"allowed": True, "disruptionBudget": 1}}},
+        {"apiVersion": "conspirator.io/v1alpha1", "kind": "InferenceJob",
+         "metadata": {"name": PARTNER},
+         "spec": {"model": {"name": MODEL, "image": worker_image,
+                            "args": ["65536", "2", str(SERVICE_US)]},
+                  "demand": {"requestsPerSecond": 50, "p99LatencyMs": SLO_MS,
+                             "gpuMemoryGiB": 4},
+                  "dataPath": {"inputShape": [65536], "dtype": "uint8", "maxBatch": 1},
+                  "tenant": "partner", "isolation": {"dedicatedGPU": True},
+                  "migration": {"allowed": True, "disruptionBudget": 1}}},
     ]
 
 
-def loadgen(endpoint: str, token: Path, out: Path, rate: float, seconds: float
-            ) -> subprocess.Popen[str]:
+def loadgen(endpoint: str, token: Path, out: Path, rate: float, seconds: float,
+            job: str = JOB) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "conspirator", "loadgen", "--address", f"tcp://{endpoint}",
-         "--job", f"{out.stem.split('.')[0]}/{JOB}", "--token-file", str(token),
+         "--job", f"{out.stem.split('.')[0]}/{job}", "--token-file", str(token),
          "--mode", "open", "--rate", str(rate), "--requests", "0", "--duration", str(seconds),
          "--connections", "4", "--payload-size", "4KiB", "--timeout", "60", "--json", str(out),
          "--no-progress"], cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -84,21 +106,32 @@ def loadgen(endpoint: str, token: Path, out: Path, rate: float, seconds: float
 
 
 def sample(cluster: LocalCluster, ns: str, t0: float) -> dict[str, Any]:
-    j = chart.get_job(cluster, ns, JOB)
-    st = j.get("status", {})
+    st = chart.get_job(cluster, ns, JOB).get("status", {})
+    partner = chart.get_job(cluster, ns, PARTNER).get("status", {})
     obs = st.get("observed") or {}
+    gpus = {r["gpuUUID"] for j in (st, partner) for r in j.get("replicas", [])}
     return {"t": round(time.monotonic() - t0, 1), "phase": st.get("phase"),
             "replicas": st.get("replicaCount"), "capacity": st.get("estimatedThroughput"),
             "planned": st.get("demand"), "offered": obs.get("offeredRPS"),
             "served": obs.get("servedRPS"), "p99": obs.get("p99LatencyMs"),
-            "waiting": obs.get("waiting"), "atAgent": chart.agent_replicas(f"{ns}/{JOB}")}
+            "waiting": obs.get("waiting"), "atAgent": chart.agent_replicas(f"{ns}/{JOB}"),
+            "retiring": len(st.get("retiring", [])) + len(partner.get("retiring", [])),
+            "partner": (partner.get("phase"), len(partner.get("replicas", [])),
+                        chart.agent_replicas(f"{ns}/{PARTNER}")),
+            "gpus": len(gpus)}
 
 
-def events(cluster: LocalCluster, ns: str) -> list[tuple[str, str]]:
+def events(cluster: LocalCluster, ns: str, *jobs: str) -> list[tuple[str, str, str]]:
+    """(object, reason, message) of the Events about ``jobs`` (default: the Auto job)."""
+    names = jobs or (JOB,)
     items = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
-    return [(e.get("reason", ""), e.get("message", "")) for e in sorted(
-        items, key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")
-        if e.get("involvedObject", {}).get("name") == JOB]
+    return [(e["involvedObject"]["name"], e.get("reason", ""), e.get("message", ""))
+            for e in sorted(items, key=lambda e: e.get("eventTime") or e.get("firstTimestamp")
+                            or "") if e.get("involvedObject", {}).get("name") in names]
+
+
+def at_agent(job: str, replicas: int) -> Callable[[], bool]:
+    return lambda: chart.agent_replicas(job) == replicas
 
 
 def print_logs(cluster: LocalCluster) -> None:
@@ -112,37 +145,58 @@ def print_logs(cluster: LocalCluster) -> None:
                 print(f"[{component}] {line}")
 
 
-def test_an_auto_job_follows_its_load_and_loses_nothing(
+def test_an_auto_job_follows_its_load_through_a_move_and_loses_nothing(
         release: Release, namespace: str, tmp_path: Path) -> None:
     cluster, ns = release.cluster, namespace
-    profile, job = objects(release.worker_image)
+    profile, *jobs = objects(release.worker_image)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(job))
+    for job in jobs:
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(job))
     timeline: list[dict[str, Any]] = []
+    procs: dict[str, subprocess.Popen[str]] = {}
+    marks: dict[str, float] = {}
     try:
-        served = chart.wait_serving(cluster, ns, JOB)
-        assert served["status"]["replicaCount"] == 1, served["status"]
-        chart.wait("the replica at the agent", lambda: chart.agent_replicas(f"{ns}/{JOB}") == 1,
-                   120, release.describe)
-        endpoint = served["status"]["clientEndpoints"][0]["endpoint"]
-        token = tmp_path / "token"
-        token.write_text(chart.job_token(cluster, ns, served))
-        # The agent learns the token from its mounted Secret within seconds: one request
-        # through it before the load starts.
-        chart.serve_through_agent(cluster, ns, JOB, tmp_path, 50)
+        served = {n: chart.wait_serving(cluster, ns, n) for n in (JOB, PARTNER)}
+        assert served[JOB]["status"]["replicaCount"] == 1, served[JOB]["status"]
+        gpus = {n: {r["gpuUUID"] for r in j["status"]["replicas"]} for n, j in served.items()}
+        assert len(gpus[JOB] | gpus[PARTNER]) == 2, gpus  # a GPU each
+        for n in (JOB, PARTNER):
+            chart.wait(f"{n}'s replica at the agent", at_agent(f"{ns}/{n}", 1), 120,
+                       release.describe)
+            # The agent learns the token from its mounted Secret within seconds: one
+            # request through it before the load starts.
+            chart.serve_through_agent(cluster, ns, n, tmp_path, 50)
+        tokens = {}
+        for n, j in served.items():
+            tokens[n] = tmp_path / f"{n}.token"
+            tokens[n].write_text(chart.job_token(cluster, ns, j))
+        endpoint = served[JOB]["status"]["clientEndpoints"][0]["endpoint"]
+        total = T_BURST + BURST_S + TAIL_S
         t0 = time.monotonic()
-        base = loadgen(endpoint, token, tmp_path / f"{ns}.base.json", BASE,
-                       T_BURST + BURST_S + TAIL_S)
-        burst: subprocess.Popen[str] | None = None
-        marks: dict[str, float] = {}
-        while time.monotonic() - t0 < T_BURST + BURST_S + TAIL_S:
+        procs["base"] = loadgen(endpoint, tokens[JOB], tmp_path / f"{ns}.base.json", BASE,
+                                total)
+        procs["partner"] = loadgen(
+            served[PARTNER]["status"]["clientEndpoints"][0]["endpoint"], tokens[PARTNER],
+            tmp_path / f"{ns}.partner.json", PARTNER_RPS, total, job=PARTNER)
+        while time.monotonic() - t0 < total:
             now = time.monotonic() - t0
-            if burst is None and now >= T_BURST:
-                burst = loadgen(endpoint, token, tmp_path / f"{ns}.burst.json", BURST, BURST_S)
+            if "patched" not in marks and now >= PATCH_AT:
+                for n in (JOB, PARTNER):
+                    cluster.kubectl("patch", "ij", n, "-n", ns, "--type", "merge", "-p",
+                                    json.dumps({"spec": {"isolation": {"dedicatedGPU": False}}}))
+                marks["patched"] = now
+            if "burst" not in procs and now >= T_BURST:
+                procs["burst"] = loadgen(endpoint, tokens[JOB], tmp_path / f"{ns}.burst.json",
+                                         BURST, BURST_S)
             s = sample(cluster, ns, t0)
             timeline.append(s)
+            if s["retiring"] and "moving" not in marks:
+                marks["moving"] = now
+            if "moving" in marks and "moved" not in marks and not s["retiring"] \
+                    and s["gpus"] == 1:
+                marks["moved"] = now
             cap, planned = s["capacity"] or 0.0, s["planned"] or 0.0
-            if burst is not None and "capacity" not in marks and planned >= (
+            if "burst" in procs and "capacity" not in marks and planned >= (
                     BASE + BURST) and cap >= planned * 0.99 and s["phase"] == "Running" \
                     and s["atAgent"] == s["replicas"]:
                 marks["capacity"] = now
@@ -153,29 +207,40 @@ def test_an_auto_job_follows_its_load_and_loses_nothing(
                     and planned < BASE + BURST:
                 marks["scaled_in"] = now
             time.sleep(2)
-        assert burst is not None
         outs = {}
-        for name, p in (("base", base), ("burst", burst)):
+        for name, p in procs.items():
             text, _ = p.communicate(timeout=180)
             assert p.returncode == 0, text
             outs[name] = json.loads((tmp_path / f"{ns}.{name}.json").read_text())
     finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
         print("\n[timeline] t(s) phase replicas capacity planned offered served p99(ms) "
-              "waiting atAgent")
+              "waiting atAgent | retiring | partner (phase, replicas, at agent) | GPUs")
         for s in timeline:
             print("[timeline]", " ".join(str(s[k]) for k in (
                 "t", "phase", "replicas", "capacity", "planned", "offered", "served", "p99",
-                "waiting", "atAgent")))
-        for reason, message in events(cluster, ns):
-            print(f"[event] {reason}: {message}")
+                "waiting", "atAgent")), "|", s["retiring"], "|", s["partner"], "|", s["gpus"])
+        for obj, reason, message in events(cluster, ns, JOB, PARTNER):
+            print(f"[event] {obj} {reason}: {message}")
         print_logs(cluster)
-    print(f"[timing] marks (s from the start of the load; burst at {T_BURST:g}): {marks}")
+    print(f"[timing] marks (s from the start of the load; isolation lifted at {PATCH_AT:g}, "
+          f"burst at {T_BURST:g}): {marks}")
     for name, s in outs.items():
         print(f"[load] {name}: sent {s['sent']} ok {s['ok']} lost {s['lost']} "
               f"failed {s['failed']} not sent {s.get('not_sent')}")
         assert s["lost"] == 0 and s["failed"] == {} and not s.get("not_sent"), s
         assert s["ok"] == s["sent"] > 0, s
-    reasons = [r for r, _ in events(cluster, ns)]
+    evs = events(cluster, ns, JOB, PARTNER)
+    reasons = [r for _, r, _ in evs]
+    # The re-plan's move: make-before-break, the old replica gone once the agent counted
+    # the new one.
+    assert "moving" in marks and "moved" in marks, (marks, timeline)
+    moving = [m for _, r, m in evs if r == "Migrating"]
+    assert moving and all("make-before-break" in m for m in moving), moving
+    migrated = [m for _, r, m in evs if r == "Migrated"]
+    assert migrated and all("registered at the DPU agents" in m for m in migrated), migrated
     assert "ScaledOut" in reasons and "ScaledIn" in reasons, reasons
     # The capacity within 90 s of the rate tripling, and p99 back under the SLO.
     assert "capacity" in marks and marks["capacity"] - T_BURST <= 90, (marks, timeline)
@@ -198,9 +263,10 @@ def test_a_worker_twice_as_fast_as_its_profile_is_planned_with_the_observed_figu
     the spec's figure, enough for one replica), and the plan follows: one replica is
     enough, the other is given back (drained: nothing fails)."""
     cluster, ns = release.cluster, namespace
-    profile, job = objects(release.worker_image)
+    profile, job, _ = objects(release.worker_image)
     job["spec"]["demand"]["requestsPerSecond"] = 120
-    del job["spec"]["scaling"]
+    for key in ("scaling", "isolation", "tenant"):
+        del job["spec"][key]
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(profile))
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(job))
     served = chart.wait_serving(cluster, ns, JOB)
@@ -251,6 +317,6 @@ def test_a_worker_twice_as_fast_as_its_profile_is_planned_with_the_observed_figu
 @pytest.fixture(autouse=True)
 def _cleanup(release: Release, namespace: str) -> Iterator[None]:
     yield
-    release.cluster.kubectl("delete", "ij", JOB, "-n", namespace, "--wait=true",
-                            "--timeout=90s", check=False)
+    release.cluster.kubectl("delete", "ij", JOB, PARTNER, "-n", namespace, "--wait=true",
+                            "--ignore-not-found", "--timeout=90s", check=False)
     release.cluster.kubectl("delete", "modelprofile", MODEL, "--ignore-not-found", check=False)
