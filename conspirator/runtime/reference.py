@@ -6,6 +6,9 @@
   payload length and its first and last 8 bytes (so a test can check the bytes landed).
 * ``checksum``: the length and the CRC-32 of the whole input (tests of integrity).
 * ``echo``: the input itself (capped by the result area).
+* ``resnet18``: a real CPU model, ResNet-18 in ONNX Runtime with seeded random weights, over
+  the buffer without a copy (:mod:`conspirator.runtime.resnet`; the ``model`` extra); input
+  ``(batch, 3, 224, 224)`` float32, output the 1000 logits per image.
 """
 
 from __future__ import annotations
@@ -59,9 +62,16 @@ def expected_touch(payload: bytes) -> np.ndarray[Any, Any]:
                     np.uint64)
 
 
+def resnet18() -> Callable[[Any], Result]:
+    from conspirator.runtime.resnet import ResNet18
+
+    return ResNet18()
+
+
 MODELS: dict[str, Callable[[], Callable[[Any], Result]]] = {
     "mlp": Mlp,
     "touch": lambda: touch,
     "checksum": lambda: checksum,
     "echo": lambda: echo,
+    "resnet18": resnet18,
 }
