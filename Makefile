@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-operator bench-operator-replan clean
+	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-datapath-model bench-operator bench-operator-replan clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -168,6 +168,11 @@ bench-deviceplugin: install
 # host load (needs 2+ cores and gcc; pins to cores 0 and 1; about 5 minutes).
 bench-datapath: install
 	$(BIN)/python benchmarks/datapath/dp_bench.py --out benchmarks/results/datapath
+
+# The four architectures with ResNet-18 (ONNX Runtime, CPU) in the loop: the end-to-end
+# completion time (dp_model.py; about 3 minutes).
+bench-datapath-model: install
+	$(BIN)/python benchmarks/datapath/dp_model.py --out benchmarks/results/datapath/model
 
 # Operator: 1,000 InferenceJobs on 100 simulated GPU nodes of the local cluster (~6 min).
 bench-operator: install e2e-build

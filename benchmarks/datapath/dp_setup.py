@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,31 @@ def address_of(buf: Any) -> int:
 # ---------------------------------------------------------------------- the setups
 
 
+@dataclass(frozen=True)
+class WorkerModel:
+    """The worker's model and its input: ``touch`` on bytes (the data path alone) by
+    default; dp_model.py runs ``resnet18`` on float32 images."""
+
+    name: str = "touch"
+    shape: tuple[int, ...] = (max(SIZES),)
+    dtype: str = "uint8"
+
+    @property
+    def shape_arg(self) -> str:
+        return ",".join(str(d) for d in self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
 class Setup:
     """One architecture's processes; ``address`` and the pids to account."""
 
-    def __init__(self, arch: Arch, workdir: Path, busy_poll_us: int = 0) -> None:
+    def __init__(self, arch: Arch, workdir: Path, busy_poll_us: int = 0,
+                 model: WorkerModel = WorkerModel()) -> None:
         self.arch = arch
+        self.model = model
         self.busy_poll_us = busy_poll_us  # the reserved-core agent's polling window
         self.dir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -128,8 +149,9 @@ class Setup:
         return p
 
     def worker(self, registry: Path) -> None:
-        w = self.spawn(conspirator("worker", "--model", "touch", "--shape", str(max(SIZES)),
-                                   "--dtype", "uint8", "--slots", str(SLOTS),
+        m = self.model
+        w = self.spawn(conspirator("worker", "--model", m.name, "--shape", m.shape_arg,
+                                   "--dtype", m.dtype, "--slots", str(SLOTS),
                                    "--registry", str(registry), "--job", JOB, "--replica",
                                    "w0", "--cpu", str(HOST_CPU), "--log-level", "WARNING"))
         self.host_pids.append(w.pid)
@@ -139,14 +161,15 @@ class Setup:
         if a.name == "worker-tcp":
             port_file = self.dir / "port.json"
             p = self.spawn([sys.executable, str(HERE / "dp_worker_tcp.py"), "--job", JOB,
-                            "--token", TOKEN, "--size", str(max(SIZES)), "--cpu",
-                            str(HOST_CPU), "--port-file", str(port_file)])
+                            "--token", TOKEN, "--size", str(self.model.nbytes), "--cpu",
+                            str(HOST_CPU), "--port-file", str(port_file), "--model",
+                            self.model.name, "--dtype", self.model.dtype])
             self.host_pids.append(p.pid)
             self.address = f"tcp://127.0.0.1:{wait_file(port_file)['tcp_port']}"
         elif a.name == "direct":
             self._start_registry()
             self.worker(self.dir / "registry.sock")
-            end = time.monotonic() + 30
+            end = time.monotonic() + 120
             assert self.registry is not None
             while not self.registry.entries:
                 if time.monotonic() > end:
@@ -170,7 +193,7 @@ class Setup:
             self.worker(self.dir / "registry.sock")
             self.address = (f"tcp://127.0.0.1:{port}" if a.transport == "tcp"
                             else f"unix://{self.dir / 'agent.sock'}")
-            end = time.monotonic() + 30
+            end = time.monotonic() + 120  # a real model takes seconds to load
             while self.agent_stats().get("replicas", 0) < 1:
                 if time.monotonic() > end:
                     raise TimeoutError("the replica was not published")

@@ -15,12 +15,14 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from conspirator.runtime.reference import touch
+from conspirator.runtime.reference import MODELS
+from conspirator.runtime.replica import Result
 from conspirator.wire import auth
 from conspirator.wire.frames import (
     CONTROL_MAX,
@@ -47,9 +49,11 @@ REQUEST_TYPES = frozenset({MsgType.REQUEST, MsgType.BYE, MsgType.PING})
 class WorkerProtocol(asyncio.BufferedProtocol):
     """Headers into a small buffer, payloads into the worker's input tensor."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, model: Callable[[Any], Result], dtype: str) -> None:
         self.input = np.zeros(size, np.uint8)  # this connection's input tensor
         self.size = size
+        self.model = model
+        self.dtype = np.dtype(dtype)
         self.hdr = bytearray(HEADER_SIZE)
         self.dest: memoryview = memoryview(self.hdr)
         self.pos = 0
@@ -81,7 +85,7 @@ class WorkerProtocol(asyncio.BufferedProtocol):
                 if h.length:
                     return
             h, self.header = self.header, None
-            out = np.asarray(touch(self.input[:h.length]))
+            out = np.asarray(self.model(self.input[:h.length].view(self.dtype)))
             if self.transport is not None:
                 self.transport.write(pack_header(MsgType.RESPONSE, h.request_id, out.nbytes, 1)
                                      + out.tobytes())
@@ -111,7 +115,8 @@ async def recv_frame(sock: socket.socket) -> Frame:
     return Frame(h, body)
 
 
-async def serve_client(sock: socket.socket, job: str, token: str, size: int) -> None:
+async def serve_client(sock: socket.socket, job: str, token: str, size: int,
+                       model: Callable[[Any], Result], dtype: str) -> None:
     loop = asyncio.get_running_loop()
     try:
         hello = Hello.decode((await recv_frame(sock)).body)
@@ -126,11 +131,12 @@ async def serve_client(sock: socket.socket, job: str, token: str, size: int) -> 
     except (ProtocolError, ConnectionError, OSError):
         sock.close()
         return
-    await loop.connect_accepted_socket(lambda: WorkerProtocol(size), sock)
+    await loop.connect_accepted_socket(lambda: WorkerProtocol(size, model, dtype), sock)
 
 
 async def amain(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
+    model = MODELS[args.model]()  # loaded before the port is published; one for all clients
     srv = socket.create_server(("127.0.0.1", 0))
     srv.setblocking(False)
     tmp = Path(str(args.port_file) + ".tmp")
@@ -141,7 +147,8 @@ async def amain(args: argparse.Namespace) -> None:
         conn, _ = await loop.sock_accept(srv)
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        t = loop.create_task(serve_client(conn, args.job, args.token, args.size))
+        t = loop.create_task(serve_client(conn, args.job, args.token, args.size, model,
+                                          args.dtype))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
 
@@ -152,6 +159,8 @@ def main() -> None:
     p.add_argument("--token", required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--cpu", type=int)
+    p.add_argument("--model", choices=sorted(MODELS), default="touch")
+    p.add_argument("--dtype", default="uint8", help="the model's input dtype")
     p.add_argument("--port-file", type=Path, required=True)
     a = p.parse_args()
     if a.cpu is not None:
