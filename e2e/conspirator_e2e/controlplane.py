@@ -23,7 +23,6 @@ from conspirator_e2e.constants import (
 )
 from conspirator_e2e.paths import feature_gates_flag
 
-
 #: The API client rates of kube-controller-manager and kube-scheduler: what Kubernetes' own
 #: scalability tests (clusterloader2 on 100 to 5,000 nodes, CONTROLLER_MANAGER_TEST_ARGS and
 #: SCHEDULER_TEST_ARGS) give both, instead of the defaults (controller-manager 20/s, burst
