@@ -9,7 +9,11 @@ INVALID_ARGUMENT, UNAVAILABLE), never a dropped call.
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +27,15 @@ from conspirator.oip.v2 import grpc_predict_v2_pb2 as pb
 from conspirator.oip.v2 import grpc_predict_v2_pb2_grpc as pbg
 from conspirator.runtime.reference import expected_touch, touch
 
-from .harness import Node, node, wait_for
+from .harness import (
+    Node,
+    conspirator,
+    node,
+    spread_problems,
+    stop_process,
+    wait_for,
+    worker_process,
+)
 from .test_agent import small_config
 
 A, B, F = "team-a/resnet", "team-b/bert", "team-f/floats"
@@ -258,3 +270,66 @@ def test_agent_shutdown_answers_oip_calls(agent: Node,
     with pytest.raises(grpc.RpcError) as e:
         fut.result()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_two_worker_processes_serve_loadgen_over_oip(tmp_path: Path, loop: str) -> None:
+    """``conspirator loadgen --protocol oip`` as a process, two worker processes, the
+    agent's gRPC listener on either event loop: all answered, both replicas, none lost."""
+    with node(TOKENS, loop=loop, oip=True) as n:
+        workers = [worker_process(n.registry_path, A, f"replica-{i}", size=4096, slots=2)
+                   for i in range(2)]
+        try:
+            n.wait_replicas(2)
+            out = tmp_path / "load.json"
+            r = subprocess.run(conspirator(
+                "loadgen", "--protocol", "oip", "--address", f"grpc://{n.oip}", "--job", A,
+                "--token", TOKENS[A], "--requests", "400", "--concurrency", "8",
+                "--payload-size", "4KiB", "--json", str(out), "--no-progress"),
+                check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+            assert r.returncode == 0, r.stdout + r.stderr
+            s = json.loads(out.read_text())
+            assert (s["sent"], s["ok"], s["lost"], s["failed"]) == (400, 400, 0, {})
+            spread = {int(k): v for k, v in s["by_buffer"].items()}
+            assert not spread_problems(spread, 2, 400), spread
+        finally:
+            for w in workers:
+                stop_process(w)
+
+
+def test_the_agent_command_serves_oip(tmp_path: Path) -> None:
+    """``conspirator dpu-agent --oip-listen`` (its own stand-in registry): the ready file
+    names the port, a worker registers, ModelReady turns true and ModelInfer answers."""
+    from .harness import short_dir
+
+    d = short_dir()
+    ready = d / "ready.json"
+    agent = subprocess.Popen(conspirator(
+        "dpu-agent", "--no-tcp", "--oip-listen", "127.0.0.1:0", "--publish-socket",
+        str(d / "publish.sock"), "--local-registry", str(d / "registry.sock"), "--token",
+        f"{A}={TOKENS[A]}", "--ready-file", str(ready), "--log-level", "WARNING"), cwd=d)
+    worker = None
+    try:
+        wait_for(ready.exists, 30, "the agent to listen")
+        port = int(json.loads(ready.read_text())["oip_port"])
+        assert port > 0
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            s = pbg.GRPCInferenceServiceStub(ch)
+
+            def ready_() -> bool:
+                r: pb.ModelReadyResponse = s.ModelReady(pb.ModelReadyRequest(name=A),
+                                                        metadata=auth(A), timeout=10)
+                return r.ready
+
+            assert not ready_()
+            worker = worker_process(str(d / "registry.sock"), A, "w", size=4096)
+            wait_for(ready_, 20, "the model to be ready")
+            payload = np.random.default_rng(4).bytes(4096)
+            r = s.ModelInfer(raw(A, payload, [4096]), metadata=auth(A), timeout=10)
+            assert r.raw_output_contents[0] == expected_touch(payload).tobytes()
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        stop_process(agent)
+        shutil.rmtree(d, ignore_errors=True)
+    assert agent.returncode == 0
