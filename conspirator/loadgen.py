@@ -10,6 +10,10 @@ Every request ends as ``ok`` or as a failure with its error code; ``lost`` (sent
 neither) must be 0, and the exit code is 1 when it is not (or, with ``--strict``, when
 anything failed).  A progress bar runs on stderr; the summary has throughput, latency
 percentiles, a latency histogram and how requests spread over the job's replicas.
+
+``--protocol oip`` sends each request as a KServe / Triton Open Inference Protocol
+``ModelInfer`` call (gRPC) to the agent's OIP listener instead of the native protocol
+(:mod:`conspirator.oip.client`); failures count by their gRPC status.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from conspirator.client import AsyncClient, ConnectionLost, RequestFailed, Response
+from conspirator.oip.client import OipClient, OipFailed
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
@@ -67,6 +72,7 @@ class LoadConfig:
     timeout: float = 30.0
     warmup: int = 0
     max_outstanding: int = 100_000
+    protocol: str = "native"  # native | oip
 
 
 @dataclass
@@ -132,6 +138,8 @@ Connect = Callable[[LoadConfig], Awaitable[LoadClient]]
 
 
 async def _connect(cfg: LoadConfig) -> LoadClient:
+    if cfg.protocol == "oip":
+        return await OipClient.connect(cfg.address, cfg.job, cfg.token)
     return await AsyncClient.connect(cfg.address, cfg.job, cfg.token)
 
 
@@ -163,7 +171,7 @@ class _suppress_request_errors:  # noqa: N801 - used like contextlib.suppress
         return None
 
     def __exit__(self, typ: type[BaseException] | None, *_: object) -> bool:
-        return typ is not None and issubclass(typ, RequestFailed)
+        return typ is not None and issubclass(typ, RequestFailed | OipFailed)
 
 
 async def _one(client: LoadClient, payload: bytes, cfg: LoadConfig,
@@ -175,8 +183,9 @@ async def _one(client: LoadClient, payload: bytes, cfg: LoadConfig,
     except TimeoutError:
         res.failed["CLIENT_TIMEOUT"] = res.failed.get("CLIENT_TIMEOUT", 0) + 1
         return
-    except RequestFailed as e:
-        res.failed[e.code.name] = res.failed.get(e.code.name, 0) + 1
+    except (RequestFailed, OipFailed) as e:
+        name = e.code.name or str(e.code)
+        res.failed[name] = res.failed.get(name, 0) + 1
         return
     res.ok += 1
     res.latencies.append(time.perf_counter() - start)
@@ -244,7 +253,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "loadgen", help="send requests to a job through its DPU agent and measure them",
         description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("--address", required=True,
-                   help="tcp://host:port, unix:///path (same host) or rdma://host:port")
+                   help="tcp://host:port, unix:///path (same host) or rdma://host:port; "
+                   "with --protocol oip, grpc://host:port (the agent's --oip-listen)")
+    p.add_argument("--protocol", choices=("native", "oip"), default="native",
+                   help="the agent's own protocol, or the KServe / Triton Open Inference "
+                   "Protocol (gRPC ModelInfer)")
     p.add_argument("--job", required=True, help="namespace/name of the InferenceJob")
     tok = p.add_mutually_exclusive_group(required=True)
     tok.add_argument("--token", help="the job's token")
@@ -276,16 +289,18 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("give --requests or --duration")
     if args.mode == "open" and args.rate <= 0:
         raise UsageError("--rate must be positive")
+    if args.protocol == "oip" and args.target:
+        raise UsageError("--target has no Open Inference Protocol spelling")
     cfg = LoadConfig(address=args.address, job=args.job, token=token, mode=args.mode,
                      concurrency=args.concurrency, rate=args.rate, requests=args.requests,
                      duration=args.duration, payload_size=args.payload_size,
                      connections=args.connections, target=args.target, timeout=args.timeout,
-                     warmup=args.warmup)
+                     warmup=args.warmup, protocol=args.protocol)
     try:
         show = (not args.no_progress and sys.stderr.isatty()) or \
             os.environ.get("CONSPIRATOR_PROGRESS") == "1"
         res = asyncio.run(_run_with_progress(cfg, show))
-    except (OSError, RequestFailed) as e:
+    except (OSError, RequestFailed, OipFailed, ValueError) as e:
         print(f"conspirator loadgen: error: {e}", file=sys.stderr)
         return 1
     report(res, cfg)

@@ -1,17 +1,21 @@
-"""Generate the Python stubs of the kubelet APIs: ``conspirator gen-protos``.
+"""Generate the Python stubs of the gRPC APIs: ``conspirator gen-protos``.
 
-Four APIs: the device plugin API v1beta1 (``deviceplugin/v1beta1``), the PodResources API
-v1 (``deviceplugin/podresources/v1``), and the DRA driver's two, the DRA plugin API v1
-(``deviceplugin/dra/v1``) and the plugin registration API
-(``deviceplugin/dra/registration``).  One command makes every generated file, with the
+Five APIs: the kubelet's four, the device plugin API v1beta1 (``deviceplugin/v1beta1``),
+the PodResources API v1 (``deviceplugin/podresources/v1``), and the DRA driver's two, the
+DRA plugin API v1 (``deviceplugin/dra/v1``) and the plugin registration API
+(``deviceplugin/dra/registration``); and the KServe / Triton Open Inference Protocol v2
+(``conspirator/oip/v2/grpc_predict_v2.proto``, package ``inference``), which the DPU agent
+serves and ``conspirator loadgen --protocol oip`` speaks (in the core, so that both reach
+it).  Each directory holds one ``.proto``.  One command makes every generated file, with the
 pinned ``grpcio-tools`` (its bundled ``protoc`` and gRPC plugin) and ``mypy-protobuf`` (typed
 ``.pyi`` stubs), so that the committed stubs are reproducible;
 ``tests/deviceplugin/test_protos.py`` regenerates them into a temporary directory and fails
 when the committed ones differ.
 
-Each ``.proto`` is compiled as ``conspirator/<its directory>/api.proto`` (a temporary include
-root with that layout), so that the generated modules import each other by their installed
-names (``from conspirator.deviceplugin.v1beta1 import api_pb2``).
+Each ``.proto`` is compiled under its installed package path (``deviceplugin/v1beta1`` ->
+``conspirator/deviceplugin/v1beta1/api.proto``, ``conspirator/oip/v2`` as it is; a temporary
+include root with that layout), so that the generated modules import each other by their
+installed names (``from conspirator.deviceplugin.v1beta1 import api_pb2``).
 """
 
 from __future__ import annotations
@@ -23,25 +27,48 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-PROTO_NAME = "api.proto"
-GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
 SOURCES = (
     Path("deviceplugin/v1beta1"),
     Path("deviceplugin/podresources/v1"),
     Path("deviceplugin/dra/v1"),
     Path("deviceplugin/dra/registration"),
+    Path("conspirator/oip/v2"),
 )
 DEFAULT_SRC = SOURCES[0]
 
 
+def generated_names(stem: str) -> tuple[str, ...]:
+    """What protoc makes of ``<stem>.proto`` (messages, gRPC stubs, and their .pyi)."""
+    return (f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py", f"{stem}_pb2_grpc.pyi")
+
+
+GENERATED = generated_names("api")
+
+
+def proto_file(src_dir: Path) -> Path:
+    """The one ``.proto`` of a source directory."""
+    protos = sorted(src_dir.glob("*.proto"))
+    if len(protos) != 1:
+        raise ProtoGenError(f"{src_dir} holds {len(protos)} .proto files, not one "
+                            "(run from the repository root or give --src)")
+    return protos[0]
+
+
+def _last(parts: tuple[str, ...], name: str) -> int:
+    return len(parts) - 1 - parts[::-1].index(name) if name in parts else -1
+
+
 def proto_package(src_dir: Path) -> Path:
     """The installed package path of a source directory: ``.../deviceplugin/v1beta1`` ->
-    ``conspirator/deviceplugin/v1beta1`` (the directory-to-package mapping of pyproject)."""
+    ``conspirator/deviceplugin/v1beta1``, ``.../conspirator/oip/v2`` as it is (the
+    directory-to-package mapping of pyproject)."""
     parts = src_dir.resolve().parts
-    if "deviceplugin" not in parts:
-        raise ProtoGenError(f"{src_dir} is not under deviceplugin/")
-    i = len(parts) - 1 - parts[::-1].index("deviceplugin")
-    return Path("conspirator", *parts[i:])
+    dp, core = _last(parts, "deviceplugin"), _last(parts, "conspirator")
+    if dp > core:
+        return Path("conspirator", *parts[dp:])
+    if core >= 0:
+        return Path(*parts[core:])
+    raise ProtoGenError(f"{src_dir} is not under deviceplugin/ or conspirator/")
 
 
 class ProtoGenError(RuntimeError):
@@ -60,21 +87,19 @@ def _plugin(name: str) -> str:
 
 
 def generate(src_dir: Path, out_dir: Path) -> list[Path]:
-    """Compile ``src_dir/api.proto``; write the generated files into ``out_dir``."""
+    """Compile ``src_dir``'s ``.proto``; write the generated files into ``out_dir``."""
     try:
         from grpc_tools import protoc  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - the test extra installs it
         raise ProtoGenError("grpcio-tools is missing: pip install 'conspirator[test]'") from exc
-    proto = src_dir / PROTO_NAME
-    if not proto.is_file():
-        raise ProtoGenError(f"{proto} not found (run from the repository root or give --src)")
+    proto = proto_file(src_dir)
     with tempfile.TemporaryDirectory(prefix="conspirator-protos-") as tmp:
         root = Path(tmp) / "in"
         gen = Path(tmp) / "out"
         package = proto_package(src_dir)
         (root / package).mkdir(parents=True)
         gen.mkdir()
-        shutil.copyfile(proto, root / package / PROTO_NAME)
+        shutil.copyfile(proto, root / package / proto.name)
         args = [
             "grpc_tools.protoc",
             f"--proto_path={root}",
@@ -84,14 +109,14 @@ def generate(src_dir: Path, out_dir: Path) -> list[Path]:
             f"--grpc_python_out={gen}",
             f"--mypy_out={gen}",
             f"--mypy_grpc_out={gen}",
-            str(package / PROTO_NAME),
+            str(package / proto.name),
         ]
         code = protoc.main(args)
         if code != 0:
             raise ProtoGenError(f"protoc failed with exit code {code}")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in GENERATED:
+        for name in generated_names(proto.stem):
             produced = gen / package / name
             if not produced.exists():
                 raise ProtoGenError(f"protoc did not produce {name}")
@@ -105,7 +130,7 @@ def stale(src_dir: Path) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="conspirator-protos-check-") as tmp:
         generate(src_dir, Path(tmp))
         out = []
-        for name in GENERATED:
+        for name in generated_names(proto_file(src_dir).stem):
             committed = src_dir / name
             fresh = Path(tmp) / name
             if not committed.exists() or committed.read_bytes() != fresh.read_bytes():
@@ -142,13 +167,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "gen-protos",
         help="generate the kubelet device plugin, PodResources, DRA and plugin registration "
-             "API stubs (pinned grpcio-tools)",
+             "API stubs and the Open Inference Protocol's (pinned grpcio-tools)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--src", action="append",
-        help="directory holding api.proto, where the stubs are written (repeatable; "
+        help="directory holding one .proto, where the stubs are written (repeatable; "
              f"default: {', '.join(str(s) for s in SOURCES)})",
     )
     p.add_argument("--out", default=None, help="write the stubs here instead of --src")

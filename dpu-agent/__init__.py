@@ -7,13 +7,15 @@ returns the worker's result on the client's connection.  DESIGN section 6; docs/
 
 Modules, each importing only those below it (``cli`` at the top)::
 
-    cli > server | localregistry | metrics > accept > rdma > sessionstart
+    cli > server | localregistry | metrics > accept | oip > rdma > sessionstart
         > inline | staged > session | poller > core > limits > state > targets | staging
-        | tokens
+        | tokens | oiptensor
 
 - :mod:`.server`: the listeners and their lifecycle; :mod:`.accept`: a connection from
   accept on (the shared handshake, then a client's session set-up or the registry's
   publish channel); :mod:`.sessionstart` and :mod:`.rdma`: the transports' set-up;
+- :mod:`.oip`: the KServe / Triton Open Inference Protocol listener (gRPC ``ModelInfer``
+  into the same dispatcher), :mod:`.oiptensor`: its tensors checked against the job's input;
 - :mod:`.inline`: the TCP zero-copy receive protocol; :mod:`.staged`: the one-sided
   (local / RDMA) protocol; :mod:`.session`: what both share (the connection's session);
 - :mod:`.core`: dispatch, completions, timeouts; :mod:`.state`: requests, replicas, jobs;

@@ -43,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--listen", type=_hostport, default=("0.0.0.0", 7470),
                    help="TCP address for clients (HOST:PORT; port 0 picks one)")
     p.add_argument("--no-tcp", action="store_true", help="no TCP listener")
+    p.add_argument("--oip-listen", type=_hostport, default=None, metavar="HOST:PORT",
+                   help="also serve the KServe / Triton Open Inference Protocol (v2, gRPC: "
+                   "ModelInfer, ModelReady, ...) here, e.g. 0.0.0.0:8001 (Triton's gRPC "
+                   "port); model name: the job's namespace/name, metadata 'authorization: "
+                   "Bearer <job token>' (default: off)")
+    p.add_argument("--oip-window", type=int, default=64,
+                   help="Open Inference Protocol calls of one job in the agent at once; more "
+                   "wait (default %(default)s)")
     p.add_argument("--local-socket", help="unix socket for same-host (one-sided) clients")
     p.add_argument("--publish-socket", required=True,
                    help="unix socket where the node's buffer registry publishes buffers")
@@ -150,7 +158,10 @@ def main(args: argparse.Namespace) -> int:
                       handshake_timeout=args.handshake_timeout,
                       max_handshakes=args.max_handshakes, max_connections=args.max_connections,
                       max_connections_per_job=args.max_connections_per_job,
-                      idle_timeout=args.idle_timeout, fair_staging=not args.no_fair_staging)
+                      idle_timeout=args.idle_timeout, fair_staging=not args.no_fair_staging,
+                      oip_window=args.oip_window)
+    if cfg.oip_window < 1:
+        raise SystemExit("--oip-window must be at least 1")
     if not 0 < cfg.observe_slice <= cfg.observe_window:
         raise SystemExit("--observe-slice must be positive and at most --observe-window")
     loop_factory, loop_name = event_loop(args.event_loop)
@@ -176,7 +187,7 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig, tokens: TokenStore,
                  node_token: str | None) -> None:
     agent = Agent(cfg, tokens, tcp=None if args.no_tcp else args.listen,
                   local_path=args.local_socket, publish_path=args.publish_socket,
-                  rdma_device=args.rdma)
+                  rdma_device=args.rdma, oip=args.oip_listen)
     await agent.start()
     if args.metrics_port:
         from conspirator.dpu_agent.metrics import serve
@@ -205,7 +216,8 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig, tokens: TokenStore,
         loop.add_signal_handler(signal.SIGUSR1, dump)
     if args.ready_file:
         tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"tcp_port": agent.tcp_port, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"tcp_port": agent.tcp_port, "oip_port": agent.oip_port,
+                                   "pid": os.getpid()}))
         tmp.rename(args.ready_file)
     await stop.wait()
     logging.getLogger("conspirator.dpu_agent").info("stopping: %s", agent.core.stats)

@@ -26,6 +26,7 @@ class AgentConfig:
     busy_poll_us: int = 0  # poll instead of sleeping for this long after an event (0: off)
     observe_window: float = 60.0  # the window of the observed load (``load.py``), seconds
     observe_slice: float = 5.0  # how often the window's snapshots are taken, seconds
+    oip_window: int = 64  # Open Inference Protocol calls of one job in the core at once
 
 
 @dataclass

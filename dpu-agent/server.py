@@ -8,6 +8,9 @@ Listeners (any subset):
 * a unix stream socket for clients on the same host (``Mode.LOCAL``): the agent hands the
   client a staging region (a sealed memfd, SCM_RIGHTS) that it writes into before sending
   a small STAGED frame (:mod:`.staged`): the one-sided model of RDMA, without the NIC;
+* the Open Inference Protocol (KServe / Triton v2, gRPC; ``oip``, off by default): an
+  unchanged Triton or KServe client's ``ModelInfer`` goes through the same dispatcher
+  (:mod:`.oip`);
 * the publish socket (unix ``SOCK_SEQPACKET``) where the node's buffer registry, after
   authenticating with the node token, publishes and withdraws worker buffers.
 
@@ -29,6 +32,7 @@ from typing import Any
 from conspirator.dpu_agent.accept import serve_client, serve_publisher
 from conspirator.dpu_agent.core import AgentConfig, AgentCore
 from conspirator.dpu_agent.limits import Limits
+from conspirator.dpu_agent.oip import OipServer
 from conspirator.dpu_agent.poller import BusyPoller
 from conspirator.dpu_agent.session import ConnSession
 from conspirator.dpu_agent.staging import StagingPool
@@ -47,7 +51,8 @@ class Agent:
     def __init__(self, config: AgentConfig, tokens: TokenStore, *,
                  tcp: tuple[str, int] | None = ("0.0.0.0", 7470),
                  local_path: str | None = None, publish_path: str | None = None,
-                 rdma_device: str | None = None, native: Impl | None = None) -> None:
+                 rdma_device: str | None = None, native: Impl | None = None,
+                 oip: tuple[str, int] | None = None) -> None:
         self.config = config
         self.tokens = tokens
         self.tcp = tcp
@@ -65,6 +70,9 @@ class Agent:
         self.tcp_port = 0
         self._closed = asyncio.Event()
         self.poller: BusyPoller | None = None
+        self.oip = oip
+        self.oip_server: OipServer | None = None
+        self.oip_port = 0
 
     # -- lifecycle
 
@@ -85,10 +93,14 @@ class Agent:
         if self.publish_path is not None:
             self._listen(self._unix_listener(self.publish_path, socket.SOCK_SEQPACKET),
                          self._accept_publisher)
+        if self.oip is not None:
+            self.oip_server = OipServer(self.core, self.tokens, self.oip,
+                                        self.config.oip_window)
+            self.oip_port = await self.oip_server.start()
         self._spawn(self._sweeper())
-        log.info("agent up: tcp %s, local %s, publish %s, epoch %x",
+        log.info("agent up: tcp %s, local %s, publish %s, oip %s, epoch %x",
                  self.tcp_port or "-", self.local_path or "-", self.publish_path or "-",
-                 self.core.epoch)
+                 self.oip_port or "-", self.core.epoch)
 
     @staticmethod
     def _unix_listener(path: str, kind: int) -> socket.socket:
@@ -145,11 +157,15 @@ class Agent:
         await self._closed.wait()
 
     async def close(self, reason: str = "the agent is shutting down") -> None:
+        if self._closed.is_set():  # closed already (a second close has nothing to do)
+            return
         if self.poller is not None:
             self.poller.stop()
         self.core.shutdown(reason)
         for s in list(self.sessions):
             s.fatal(ErrorCode.SHUTTING_DOWN, reason)
+        if self.oip_server is not None:  # its calls were just answered (UNAVAILABLE)
+            await self.oip_server.stop()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()

@@ -97,6 +97,9 @@ class ReplicaHandle:
         self.pod_uid = pub.pod_uid
         self.devices = pub.extra.get("devices", "")
         self.weight = spec.weight
+        # The worker's view of a slot (the Open Inference Protocol checks requests by it).
+        self.shape = spec.shape
+        self.dtype = spec.dtype
         self.owner = owner
         self.geometry = g = Geometry(spec.slots, spec.slot_bytes, spec.result_bytes)
         if len(fds) != spec.nfds:

@@ -78,6 +78,11 @@ class Node:
         return f"tcp://127.0.0.1:{self.agent.tcp_port}"
 
     @property
+    def oip(self) -> str:
+        """The Open Inference Protocol listener (``node(oip=True)``)."""
+        return f"127.0.0.1:{self.agent.oip_port}"
+
+    @property
     def local(self) -> str:
         return f"unix://{self.dir / 'agent.sock'}"
 
@@ -123,14 +128,14 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
 @contextmanager
 def node(jobs: dict[str, str], config: AgentConfig | None = None,
          with_registry: bool = True, native: Impl | None = None,
-         loop: str = "auto") -> Iterator[Node]:
+         loop: str = "auto", oip: bool = False) -> Iterator[Node]:
     d = short_dir()
     lt = LoopThread(loop)
     cfg = config or AgentConfig(window=8, staging_budget=64 << 20, max_payload=4 << 20,
                                 local_slot_bytes=1 << 20, no_replica_timeout=2.0)
     agent = Agent(cfg, StaticTokens(jobs, {NODE: NODE_TOKEN}), tcp=("127.0.0.1", 0),
                   local_path=str(d / "agent.sock"), publish_path=str(d / "publish.sock"),
-                  native=native)
+                  native=native, oip=("127.0.0.1", 0) if oip else None)
     lt.run(agent.start())
     registry = None
     if with_registry:

@@ -71,8 +71,55 @@ def test_dra_stubs_are_fresh(src: str) -> None:
 
 
 def test_every_proto_source_is_generated_by_default() -> None:
-    protos = {p.parent.relative_to(ROOT) for p in (ROOT / "deviceplugin").rglob("api.proto")}
+    protos = {p.parent.relative_to(ROOT)
+              for d in ("deviceplugin", "conspirator") for p in (ROOT / d).rglob("*.proto")}
     assert protos == set(protogen.SOURCES)
+
+
+def test_oip_stubs_are_fresh_and_the_protocols() -> None:
+    """The Open Inference Protocol v2: KServe's grpc_predict_v2.proto, whose messages are
+    Triton's too (the same service path and field numbers on the wire)."""
+    from conspirator.oip.v2 import grpc_predict_v2_pb2 as oip
+    from conspirator.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
+
+    src = ROOT / "conspirator" / "oip" / "v2"
+    assert protogen.stale(src) == [], (
+        "the OIP stubs differ from grpc_predict_v2.proto: run `conspirator gen-protos`")
+    assert grpc.__version__ == oip_grpc.GRPC_GENERATED_VERSION
+    d = oip.DESCRIPTOR
+    assert d.package == "inference"
+    assert {m.full_name for m in d.services_by_name["GRPCInferenceService"].methods} == {
+        f"inference.GRPCInferenceService.{m}" for m in (
+            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+            "ModelInfer")}
+    numbers = {f.name: f.number for f in oip.ModelInferRequest.DESCRIPTOR.fields}
+    assert numbers == {"model_name": 1, "model_version": 2, "id": 3, "parameters": 4,
+                       "inputs": 5, "outputs": 6, "raw_input_contents": 7}
+    numbers = {f.name: f.number for f in oip.ModelInferResponse.DESCRIPTOR.fields}
+    assert numbers == {"model_name": 1, "model_version": 2, "id": 3, "parameters": 4,
+                       "outputs": 5, "raw_output_contents": 6}
+    numbers = {f.name: f.number
+               for f in oip.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields}
+    assert numbers == {"name": 1, "datatype": 2, "shape": 3, "parameters": 4, "contents": 5}
+    numbers = {f.name: f.number for f in oip.InferTensorContents.DESCRIPTOR.fields}
+    assert numbers == {"bool_contents": 1, "int_contents": 2, "int64_contents": 3,
+                       "uint_contents": 4, "uint64_contents": 5, "fp32_contents": 6,
+                       "fp64_contents": 7, "bytes_contents": 8}
+    numbers = {f.name: f.number for f in oip.InferParameter.DESCRIPTOR.fields}
+    assert numbers == {"bool_param": 1, "int64_param": 2, "string_param": 3}
+    assert {f.name: f.number for f in oip.ModelReadyRequest.DESCRIPTOR.fields} == {
+        "name": 1, "version": 2}
+
+
+def test_gen_protos_refuses_a_directory_without_one_proto(tmp_path: Path) -> None:
+    bad = tmp_path / "conspirator" / "nothing"
+    bad.mkdir(parents=True)
+    with pytest.raises(protogen.ProtoGenError, match=r"0 \.proto files"):
+        protogen.generate(bad, tmp_path / "out")
+    assert protogen.proto_package(ROOT / "conspirator" / "oip" / "v2") == \
+        Path("conspirator/oip/v2")
+    assert protogen.proto_package(ROOT / "deviceplugin" / "v1beta1") == \
+        Path("conspirator/deviceplugin/v1beta1")
 
 
 def test_dra_wire_names_are_the_kubelets() -> None:
