@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-down demo-operator demo-sim test lint typecheck unit e2e e2e-oldest e2e-build e2e-up e2e-down install \
-	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-datapath-model bench-operator bench-operator-replan clean
+	generate fakenvml gpu-check gpu-check-fake bench-fractional bench-mig bench-parvagpu bench-policies bench-demand bench-scale bench-deviceplugin bench-datapath bench-datapath-model bench-datapath-fairness bench-operator bench-operator-replan clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -173,6 +173,10 @@ bench-datapath: install
 # completion time (dp_model.py; about 3 minutes).
 bench-datapath-model: install
 	$(BIN)/python benchmarks/datapath/dp_model.py --out benchmarks/results/datapath/model
+
+# A light job's latency beside a saturating one on one agent (dp_fairness.py; ~3 minutes).
+bench-datapath-fairness: install
+	$(BIN)/python benchmarks/datapath/dp_fairness.py --out benchmarks/results/datapath/fairness
 
 # Operator: 1,000 InferenceJobs on 100 simulated GPU nodes of the local cluster (~6 min).
 bench-operator: install e2e-build
